@@ -1,0 +1,46 @@
+"""How jobs, log lines and nodes look on the wire (read-only: writes go through services)."""
+
+from rest_framework import serializers
+
+from jobs.models import Job, LogLine, Node
+
+
+class JobSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    cancel_requested = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "kind", "name", "params", "state", "progress", "message", "attempt",
+                  "max_attempts", "node", "queue", "priority", "owner", "timeout_s",
+                  "cancel_requested", "created_at", "started_at", "finished_at", "result",
+                  "error"]
+        read_only_fields = fields
+
+    def get_cancel_requested(self, job) -> bool:
+        return job.cancel_requested_at is not None
+
+
+class LogLineSerializer(serializers.ModelSerializer):
+    seq = serializers.IntegerField(source="id", help_text="Pass as ?after= for what follows.")
+    line = serializers.IntegerField(source="seq", help_text="The line's number in its attempt.")
+
+    class Meta:
+        model = LogLine
+        fields = ["seq", "attempt", "line", "ts", "level", "text"]
+
+
+class NodeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Node
+        fields = ["name", "state", "last_heartbeat", "queues", "concurrency", "running",
+                  "utilization"]
+
+
+class KindSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    description = serializers.CharField()
+    queue = serializers.CharField()
+    params_schema = serializers.DictField(source="schema")

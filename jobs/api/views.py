@@ -1,0 +1,146 @@
+"""The REST API under /api/v1/: thin views over the services and selectors."""
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs import selectors, services
+from jobs.api.serializers import JobSerializer, KindSerializer, LogLineSerializer, NodeSerializer
+from jobs.broadcast import current_seq
+from jobs.models import JobState
+from jobs.states import TransitionRefused
+from workers.kinds import all_kinds
+
+
+class NewestFirst(CursorPagination):
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
+def visible_job_or_404(request, job_id):
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise NotFound("No such job.")
+    return job
+
+
+class KindList(APIView):
+    @extend_schema(responses=KindSerializer(many=True))
+    def get(self, request):
+        return Response(KindSerializer(all_kinds(), many=True).data)
+
+
+class JobList(ListAPIView):
+    serializer_class = JobSerializer
+    pagination_class = NewestFirst
+
+    def get_queryset(self):
+        state = self.request.query_params.get("state")
+        if state and state not in JobState.values:
+            raise ValidationError({"state": [f"must be one of {', '.join(JobState.values)}"]})
+        return selectors.job_list(self.request.user, state=state,
+                                  kind=self.request.query_params.get("kind"),
+                                  q=self.request.query_params.get("q"))
+
+    @extend_schema(
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        request={"application/json": {"type": "object"}},
+        responses={201: JobSerializer},
+        description="Submit one job (an object) or several at once (a list of objects).",
+    )
+    def post(self, request):
+        data = request.data
+        if isinstance(data, list):
+            return self.submit_many(request, data)
+        try:
+            spec = services.validate_spec(data)
+        except services.InvalidJob as exc:
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= 200:
+            raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters"]})
+        job, created = services.submit_job(owner=request.user, spec=spec, idempotency_key=key)
+        response = Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        if not created:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+    def submit_many(self, request, items):
+        if not items or len(items) > settings.JOB_MAX_BATCH:
+            raise ValidationError({"non_field_errors": [
+                f"a list must hold 1 to {settings.JOB_MAX_BATCH} jobs"]})
+        specs, errors = [], []
+        for item in items:
+            try:
+                specs.append(services.validate_spec(item))
+                errors.append({})
+            except services.InvalidJob as exc:
+                errors.append(exc.errors)
+        if any(errors):
+            return Response(errors, status=status.HTTP_400_BAD_REQUEST)
+        jobs = services.submit_jobs(owner=request.user, specs=specs)
+        return Response(JobSerializer(jobs, many=True).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetail(APIView):
+    @extend_schema(responses=JobSerializer)
+    def get(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        # The websocket stream's position, read before the row: deltas after it apply on top.
+        seq = current_seq(selectors.job_group(job.pk))
+        job.refresh_from_db()
+        return Response({**JobSerializer(job).data, "stream_seq": seq})
+
+
+class JobCancel(APIView):
+    @extend_schema(request=None, responses={202: JobSerializer})
+    def post(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        try:
+            job = services.cancel_job(job=job)
+        except TransitionRefused as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobRetry(APIView):
+    @extend_schema(request=None, responses={201: JobSerializer})
+    def post(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        new = services.retry_job(job=job, owner=request.user)
+        return Response(JobSerializer(new).data, status=status.HTTP_201_CREATED)
+
+
+class JobLogs(APIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
+                   responses=LogLineSerializer(many=True))
+    def get(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        try:
+            after = int(request.query_params.get("after", 0))
+            limit = min(int(request.query_params.get("limit", selectors.LOG_PAGE)),
+                        selectors.LOG_PAGE)
+        except ValueError:
+            raise ValidationError({"after": ["must be a whole number"]}) from None
+        lines = selectors.job_logs(job, after=after, limit=max(limit, 1))
+        return Response({"lines": LogLineSerializer(lines, many=True).data,
+                         "next_after": lines[-1].id if lines else after})
+
+
+class JobMetrics(APIView):
+    def get(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        return Response({"series": selectors.job_metrics(job)})
+
+
+class NodeList(APIView):
+    @extend_schema(responses=NodeSerializer(many=True))
+    def get(self, request):
+        return Response(NodeSerializer(selectors.nodes(), many=True).data)

@@ -1,0 +1,54 @@
+"""Sends attempts to the workers through Celery, only after the transaction commits."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.db import transaction
+
+from portal.celery import app
+from workers import protocol
+
+log = logging.getLogger(__name__)
+# The hard limit leaves the soft one (which the job sees as "timed out") time to be reported.
+HARD_LIMIT_MARGIN_S = 15
+
+
+def attempt_spec(job) -> protocol.AttemptSpec:
+    return protocol.AttemptSpec(job=job.pk, attempt=job.attempt, token=job.token, kind=job.kind,
+                                params=job.params, timeout_s=job.timeout_s)
+
+
+def dispatch_on_commit(jobs) -> None:
+    """After the current transaction commits, send each job's current attempt."""
+    sends = [(attempt_spec(job), job.queue) for job in jobs]
+    transaction.on_commit(lambda: send(sends))
+
+
+def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:
+    """Mark then send each attempt; returns how many went out. One that fails stays queued in
+    the database without a marker, and the reconciler sends it again."""
+    if not sends:
+        return 0
+    sent = 0
+    try:
+        client = protocol.redis_client()
+        now = time.time()
+        client.zadd(protocol.DISPATCHED,
+                    {protocol.dispatch_member(spec.job, spec.attempt): now for spec, _ in sends})
+        with app.producer_or_acquire() as producer:
+            for spec, queue in sends:
+                app.send_task(
+                    protocol.TASK_NAME,
+                    args=[spec.to_message()],
+                    queue=queue,
+                    task_id=f"{spec.job}-{spec.attempt}-{spec.token[:8]}",
+                    soft_time_limit=spec.timeout_s,
+                    time_limit=(spec.timeout_s + HARD_LIMIT_MARGIN_S) if spec.timeout_s else None,
+                    producer=producer,
+                )
+                sent += 1
+    except Exception as exc:  # broker away: the reconciler retries from the database
+        log.warning("dispatch of %d attempts failed after %d: %s", len(sends), sent, exc)
+    return sent

@@ -1,0 +1,296 @@
+"""The ingester: reads the workers' event stream in a consumer group and writes it in batches.
+
+Writes are idempotent (log lines and metric points are keyed by attempt and sequence; state
+moves are guarded claims), events of a superseded attempt are dropped by their fencing token,
+and updates are broadcast only after the batch commits. Entries are acknowledged after the
+commit, so a crash replays them (at least once) and changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+from operator import or_
+
+import redis
+from django import db
+from django.db import DatabaseError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from jobs import states
+from jobs.broadcast import Outbox
+from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint, Node, NodeState
+from jobs.services import signal_cancel, state_event
+from portal.env import LEASE_S
+from workers import protocol
+
+log = logging.getLogger(__name__)
+ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
+READ_COUNT = 200
+BLOCK_MS = 1000
+RECLAIM_IDLE_MS = 15_000
+
+
+def at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class Batch:
+    """Applies one batch of events inside one transaction."""
+
+    def __init__(self, events: list[dict]):
+        self.events = events
+        self.outbox = Outbox()
+        self.now = timezone.now()
+        self.rows: dict[int, dict] = {}
+        self.pending_progress: dict[int, dict] = {}
+        self.logs: list[LogLine] = []
+        self.metrics: list[MetricPoint] = []
+        self.to_stop: list[int] = []
+
+    def apply(self) -> Outbox:
+        ids = {e["job"] for e in self.events if "job" in e}
+        self.rows = {row["id"]: row for row in Job.objects.filter(pk__in=ids).values(
+            "id", "attempt", "token", "owner_id", "state", "cancel_requested_at")}
+        for event in self.events:
+            kind = event.get("t")
+            if kind == protocol.HEARTBEAT:
+                self.heartbeat(event)
+            elif "job" in event and self.current(event):
+                getattr(self, kind)(event)
+        for job_id in list(self.pending_progress):
+            self.write_progress(job_id)
+        LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
+        MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
+        if self.to_stop:
+            stop = list(self.to_stop)
+            transaction.on_commit(lambda: signal_cancel(*stop))
+        return self.outbox
+
+    def current(self, event) -> bool:
+        """Fencing: only the job's current attempt, with its token, may change anything."""
+        row = self.rows.get(event["job"])
+        ok = row is not None and row["attempt"] == event.get("a") and row["token"] == event.get("k")
+        if row is not None and row["state"] in {JobState.SUCCEEDED, JobState.FAILED,
+                                                JobState.CANCELLED} and ok \
+                and event.get("t") == protocol.STARTED:
+            self.to_stop.append(event["job"])  # a stray copy of a finished job: stop it
+        return ok
+
+    def started(self, e) -> None:
+        row = self.rows[e["job"]]
+        won = states.claim(e["job"], JobState.RUNNING, source={JobState.QUEUED},
+                           guard={"attempt": e["a"], "token": e["k"]}, started_at=at(e["ts"]),
+                           node=e.get("node", ""), message="",
+                           lease_expires_at=self.now + timedelta(seconds=LEASE_S))
+        Attempt.objects.filter(job_id=e["job"], number=e["a"]).update(
+            state="running", started_at=at(e["ts"]), node=e.get("node", ""),
+            worker=e.get("worker", ""))
+        if won:
+            row["state"] = JobState.RUNNING
+            self.outbox.job(e["job"], row["owner_id"], {
+                "type": "job.state", "state": JobState.RUNNING, "attempt": e["a"],
+                "node": e.get("node", ""), "message": "", "started_at": at(e["ts"]).isoformat()})
+
+    def progress(self, e) -> None:
+        self.pending_progress[e["job"]] = e
+
+    def write_progress(self, job_id: int) -> None:
+        e = self.pending_progress.pop(job_id, None)
+        if e is None:
+            return
+        row = self.rows[job_id]
+        message = e.get("msg") or _progress_text(e)
+        updated = Job.objects.filter(pk=job_id, attempt=e["a"], token=e["k"],
+                                     state=JobState.RUNNING).update(progress=e.get("p"),
+                                                                    message=message[:500])
+        if updated:
+            self.outbox.job(job_id, row["owner_id"], {
+                "type": "job.progress", "progress": e.get("p"), "message": message,
+                "done": e.get("done"), "total": e.get("total"), "unit": e.get("unit", "")})
+
+    def log(self, e) -> None:
+        self.logs.append(LogLine(job_id=e["job"], attempt=e["a"], seq=e["seq"], ts=at(e["ts"]),
+                                 level=e.get("level", "info")[:10], text=e.get("text", "")))
+        self.outbox.job(e["job"], 0, {"type": "job.log", "attempt": e["a"], "seq": e["seq"],
+                                      "level": e.get("level", "info"), "text": e.get("text", ""),
+                                      "ts": at(e["ts"]).isoformat()}, lists=False)
+
+    def metric(self, e) -> None:
+        self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["a"], name=e["name"],
+                                        step=e["step"], value=e["value"], ts=at(e["ts"])))
+        self.outbox.job(e["job"], 0, {"type": "job.metric", "name": e["name"],
+                                      "step": e["step"], "value": e["value"]}, lists=False)
+
+    def finished(self, e) -> None:
+        self.write_progress(e["job"])
+        row = self.rows[e["job"]]
+        outcome, error = e.get("outcome"), e.get("error", "")
+        guard = {"attempt": e["a"], "token": e["k"]}
+        fields = {"finished_at": at(e["ts"]), "lease_expires_at": None}
+        won = False
+        if outcome == JobState.SUCCEEDED:
+            # A cancelled job never ends as succeeded: the claim requires no cancel request.
+            won = states.claim(e["job"], JobState.SUCCEEDED, source={JobState.RUNNING},
+                               guard={**guard, "cancel_requested_at__isnull": True},
+                               result=e.get("result"), progress=1.0, message="", **fields)
+        if not won and (outcome == JobState.CANCELLED or row["cancel_requested_at"]
+                        or outcome == JobState.SUCCEEDED):
+            outcome = JobState.CANCELLED
+            won = states.claim(e["job"], JobState.CANCELLED, source={JobState.RUNNING},
+                               guard=guard, message="cancelled", **fields)
+        elif outcome == JobState.FAILED:
+            won = states.claim(e["job"], JobState.FAILED, source={JobState.RUNNING}, guard=guard,
+                               error=error, message="failed", **fields)
+        Attempt.objects.filter(job_id=e["job"], number=e["a"], finished_at__isnull=True).update(
+            state=outcome, finished_at=at(e["ts"]), error=error)
+        if won:
+            row["state"] = outcome
+            job = Job.objects.get(pk=e["job"])
+            self.outbox.job(e["job"], row["owner_id"], {
+                **state_event(job), "finished_at": at(e["ts"]).isoformat()})
+
+    def heartbeat(self, e) -> None:
+        lease = self.now + timedelta(seconds=LEASE_S)
+        held = e.get("attempts") or []
+        if held:
+            Job.objects.filter(
+                reduce(or_, (Q(pk=j, attempt=a, token=k) for j, a, k in held)),
+                state__in=[JobState.QUEUED, JobState.RUNNING],
+            ).update(lease_expires_at=lease)
+        node, created = Node.objects.get_or_create(name=e["node"])
+        was = node.state
+        node.worker = e.get("worker", "")[:200]
+        node.queues = e.get("queues") or []
+        node.concurrency = e.get("concurrency") or 0
+        node.running = len(held)
+        node.utilization = e.get("util") or {}
+        node.last_heartbeat = at(e["ts"])
+        if node.state == NodeState.OFFLINE:
+            node.state = NodeState.ONLINE
+        node.save(update_fields=["worker", "queues", "concurrency", "running", "utilization",
+                                 "last_heartbeat", "state"])
+        self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
+
+
+def node_event(node: Node, *, changed: bool = False) -> dict:
+    return {"type": "node.health", "node": node.name, "state": node.state,
+            "running": node.running, "concurrency": node.concurrency,
+            "utilization": node.utilization, "changed": changed,
+            "last_heartbeat": node.last_heartbeat.isoformat() if node.last_heartbeat else None}
+
+
+def _progress_text(e) -> str:
+    done, total, unit = e.get("done"), e.get("total"), e.get("unit") or ""
+    if done is None:
+        return ""
+    if total:
+        return f"{done:g} / {total:g} {unit}".strip()
+    return f"{done:g} {unit}".strip()
+
+
+def decode(fields: dict) -> list[dict]:
+    raw = fields.get(b"b") or fields.get("b")
+    try:
+        events = json.loads(raw)
+    except (TypeError, ValueError):
+        return []
+    return [e for e in events if isinstance(e, dict) and "t" in e and "ts" in e]
+
+
+def apply_events(events: list[dict]) -> None:
+    """Write a batch in one transaction and broadcast it after the commit."""
+    with transaction.atomic():
+        outbox = Batch(events).apply()
+        outbox.publish_on_commit()
+
+
+class Ingester:
+    def __init__(self, client: redis.Redis | None = None, consumer: str | None = None):
+        self.client = client or protocol.redis_client()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.replay = True  # first read what this consumer was given and did not acknowledge
+        self._last_reclaim = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, id="0",
+                                      mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self):
+        if time.monotonic() - self._last_reclaim > RECLAIM_IDLE_MS / 1000:
+            self._last_reclaim = time.monotonic()
+            # Entries a crashed ingester took and never acknowledged.
+            _, claimed, *_ = self.client.xautoclaim(
+                protocol.EVENTS_STREAM, protocol.INGEST_GROUP, self.consumer,
+                min_idle_time=RECLAIM_IDLE_MS, start_id="0-0", count=READ_COUNT)
+            if claimed:
+                return claimed
+        start = "0" if self.replay else ">"
+        reply = self.client.xreadgroup(protocol.INGEST_GROUP, self.consumer,
+                                       {protocol.EVENTS_STREAM: start}, count=READ_COUNT,
+                                       block=None if self.replay else BLOCK_MS)
+        entries = reply[0][1] if reply else []
+        if self.replay and not entries:
+            self.replay = False
+        return entries
+
+    def step(self) -> int:
+        """Read, write and acknowledge one batch; returns how many events it held."""
+        entries = [(entry_id, fields) for entry_id, fields in self.read() if fields]
+        self.client.set(ALIVE_KEY, time.time(), ex=60)
+        if not entries:
+            return 0
+        events = [event for _, fields in entries for event in decode(fields)]
+        try:
+            apply_events(events)
+        except DatabaseError:
+            self.replay = True  # nothing was acknowledged: read them again
+            raise
+        except Exception:
+            log.exception("a batch failed; applying its %d events one by one", len(events))
+            self.apply_one_by_one(events)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, *ids)
+        pipe.xdel(protocol.EVENTS_STREAM, *ids)
+        pipe.execute()
+        return len(events)
+
+    @staticmethod
+    def apply_one_by_one(events: list[dict]) -> None:
+        for event in events:
+            try:
+                apply_events([event])
+            except DatabaseError:
+                raise
+            except Exception:
+                log.exception("dropping a malformed event: %.500r", event)
+
+    def run(self, stop=lambda: False) -> None:
+        delay = 0.1
+        while not stop():
+            try:
+                self.ensure_group() if self.replay else None
+                self.step()
+                delay = 0.1
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted: the stream and group are new
+                    self.replay = True
+                    continue
+                log.warning("ingester: %s", exc)
+                time.sleep(delay)
+            except (redis.RedisError, DatabaseError) as exc:
+                log.warning("ingester waiting: %s", exc)
+                db.connection.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

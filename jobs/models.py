@@ -1,0 +1,157 @@
+"""Jobs, their attempts, and what the attempts said (log lines, metric points); nodes."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Job(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                              related_name="jobs")
+    kind = models.CharField(max_length=100)
+    name = models.CharField(max_length=200, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=50)
+    priority = models.SmallIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    progress = models.FloatField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    # The current attempt and its fencing token: events of any other attempt change nothing.
+    attempt = models.PositiveIntegerField(default=0)
+    token = models.CharField(max_length=32, blank=True)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    timeout_s = models.PositiveIntegerField()
+    node = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["owner", "-id"], name="job_owner_newest"),
+            models.Index(fields=["state", "lease_expires_at"], name="job_state_lease"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"],
+                                    condition=models.Q(idempotency_key__isnull=False),
+                                    name="job_owner_idempotency_key"),
+        ]
+
+    def __str__(self):
+        return f"job {self.pk} ({self.kind}, {self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class AttemptState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class Attempt(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    token = models.CharField(max_length=32)
+    state = models.CharField(max_length=16, choices=AttemptState.choices,
+                             default=AttemptState.QUEUED)
+    node = models.CharField(max_length=100, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "number"], name="attempt_job_number"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} attempt {self.number} ({self.state})"
+
+
+class LogLine(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
+    attempt = models.PositiveIntegerField()
+    seq = models.PositiveIntegerField(help_text="Order within the attempt, set by the worker.")
+    ts = models.DateTimeField()
+    level = models.CharField(max_length=10, default="info")
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "seq"], name="logline_once"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} #{self.attempt}.{self.seq}"
+
+
+class MetricPoint(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metric_points")
+    attempt = models.PositiveIntegerField()
+    name = models.CharField(max_length=100)
+    step = models.PositiveIntegerField()
+    value = models.FloatField()
+    ts = models.DateTimeField()
+
+    class Meta:
+        ordering = ["job", "name", "step"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "name", "step"],
+                                    name="metricpoint_once"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} {self.name}[{self.step}]"
+
+
+class NodeState(models.TextChoices):
+    ONLINE = "online"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+class Node(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.ONLINE)
+    worker = models.CharField(max_length=200, blank=True)
+    queues = models.JSONField(default=list, blank=True)
+    concurrency = models.PositiveIntegerField(default=0)
+    running = models.PositiveIntegerField(default=0)
+    utilization = models.JSONField(default=dict, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name

@@ -1,0 +1,219 @@
+"""Writes: submit, cancel, retry. Views, the API and the admin call these and nothing else."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pydantic import ValidationError
+
+from jobs import states
+from jobs.broadcast import Outbox
+from jobs.dispatch import dispatch_on_commit
+from jobs.models import Attempt, Job, JobState
+from workers import protocol
+from workers.kinds import get_kind
+
+SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s"}
+_PYDANTIC_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a parameter of this kind",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "string_type": "must be a string",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+}
+
+
+class InvalidJob(Exception):
+    """The submitted job is not valid; `errors` maps each wrong field to its messages."""
+
+    def __init__(self, errors):
+        super().__init__(errors)
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str
+    params: dict
+    name: str
+    priority: int
+    queue: str
+    max_attempts: int
+    timeout_s: int
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def params_errors(exc: ValidationError) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "params"
+        template = _PYDANTIC_MESSAGES.get(err["type"])
+        message = template.format(**err.get("ctx", {})) if template else err["msg"]
+        errors.setdefault(field, []).append(message)
+    return errors
+
+
+def _int_field(data, field, errors, *, default, low, high) -> int:
+    value = data.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors[field] = ["must be a whole number"]
+    elif not low <= value <= high:
+        errors[field] = [f"must be between {low} and {high}"]
+    return value
+
+
+def validate_spec(data) -> JobSpec:
+    """Check one submitted job; raise InvalidJob with per-field messages."""
+    if not isinstance(data, dict):
+        raise InvalidJob({"non_field_errors": ["a job must be a JSON object"]})
+    errors: dict = {}
+    for field in sorted(set(data) - SPEC_FIELDS):
+        errors[field] = ["cannot be set when submitting a job"]
+    kind_name = data.get("kind")
+    kind = None
+    if not kind_name:
+        errors["kind"] = ["is required"]
+    elif not isinstance(kind_name, str):
+        errors["kind"] = ["must be a string"]
+    elif (kind := get_kind(kind_name)) is None:
+        errors["kind"] = [f"unknown kind {kind_name!r}"]
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        errors["params"] = {"non_field_errors": ["must be a JSON object"]}
+    elif kind is not None:
+        try:
+            params = kind.params.model_validate(params, strict=True).model_dump(mode="json")
+        except ValidationError as exc:
+            errors["params"] = params_errors(exc)
+    name = data.get("name", "")
+    if not isinstance(name, str) or len(name) > 200:
+        errors["name"] = ["must be a string of at most 200 characters"]
+    queue = data.get("queue") or (kind.queue if kind else "")
+    if not isinstance(queue, str) or (queue and queue not in settings.JOB_QUEUES):
+        errors["queue"] = [f"must be one of {', '.join(settings.JOB_QUEUES)}"]
+    priority = _int_field(data, "priority", errors, default=0, low=-100, high=100)
+    max_attempts = _int_field(data, "max_attempts", errors,
+                              default=settings.JOB_DEFAULT_MAX_ATTEMPTS, low=1, high=20)
+    timeout_s = _int_field(data, "timeout_s", errors, default=settings.JOB_DEFAULT_TIMEOUT_S,
+                           low=1, high=settings.JOB_MAX_TIMEOUT_S)
+    if errors:
+        raise InvalidJob(errors)
+    return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
+                   queue=queue, max_attempts=max_attempts, timeout_s=timeout_s)
+
+
+def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
+    return Job(owner=owner, kind=spec.kind, name=spec.name, params=spec.params,
+               queue=spec.queue, priority=spec.priority, max_attempts=spec.max_attempts,
+               timeout_s=spec.timeout_s, state=JobState.QUEUED, attempt=1, token=new_token(),
+               created_at=now, dispatched_at=now, idempotency_key=idempotency_key)
+
+
+def submit_jobs(*, owner, specs: list[JobSpec]) -> list[Job]:
+    """Admit and queue jobs; each is dispatched once the transaction commits."""
+    now = timezone.now()
+    with transaction.atomic():
+        jobs = Job.objects.bulk_create([_new_job(owner, spec, now) for spec in specs])
+        Attempt.objects.bulk_create([
+            Attempt(job=job, number=1, token=job.token, created_at=now) for job in jobs
+        ])
+        dispatch_on_commit(jobs)
+        outbox = Outbox()
+        for job in jobs:
+            outbox.job(job.pk, owner.pk, state_event(job), lists=True)
+        outbox.publish_on_commit()
+    return jobs
+
+
+def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Submit one job; with an idempotency key, a repeat returns the first job (created=False)."""
+    if idempotency_key:
+        existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing:
+            return existing, False
+    if not idempotency_key:
+        return submit_jobs(owner=owner, specs=[spec])[0], True
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            job = _new_job(owner, spec, now, idempotency_key)
+            job.save()
+            Attempt.objects.create(job=job, number=1, token=job.token, created_at=now)
+            dispatch_on_commit([job])
+    except IntegrityError:
+        return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
+    return job, True
+
+
+def state_event(job: Job) -> dict:
+    return {
+        "type": "job.state", "state": job.state, "attempt": job.attempt, "node": job.node,
+        "message": job.message, "progress": job.progress, "error": job.error,
+        "kind": job.kind, "name": job.name,
+    }
+
+
+def cancel_job(*, job: Job) -> Job:
+    """Cancel a job: at once if it has not started, else by asking its running attempt to stop.
+    The request is durable (in the database) and reaches the worker through Redis."""
+    now = timezone.now()
+    with transaction.atomic():
+        ended = states.claim(job.pk, JobState.CANCELLED, source={JobState.PENDING,
+                             JobState.QUEUED}, finished_at=now, cancel_requested_at=now,
+                             message="cancelled before it started", lease_expires_at=None)
+        if ended:
+            Attempt.objects.filter(job=job, number=job.attempt).update(
+                state="cancelled", finished_at=now)
+        else:
+            asked = bool(Job.objects.filter(pk=job.pk, state=JobState.RUNNING,
+                                            cancel_requested_at__isnull=True)
+                         .update(cancel_requested_at=now, message="cancelling…"))
+            if not asked and not Job.objects.filter(pk=job.pk, state=JobState.RUNNING).exists():
+                raise states.TransitionRefused(f"job {job.pk} is already {_state_of(job)}")
+        transaction.on_commit(lambda: signal_cancel(job.pk))
+        job.refresh_from_db()
+        outbox = Outbox()
+        outbox.job(job.pk, job.owner_id, state_event(job))
+        outbox.publish_on_commit()
+    return job
+
+
+def _state_of(job: Job) -> str:
+    return Job.objects.filter(pk=job.pk).values_list("state", flat=True).first() or "gone"
+
+
+def signal_cancel(*job_ids: int) -> None:
+    """Raise the cancel flag that workers poll; the reconciler raises it again after a Redis
+    restart, since the database holds the request."""
+    if not job_ids:
+        return
+    try:
+        pipe = protocol.redis_client().pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.set(protocol.cancel_key(job_id), 1, ex=7 * 24 * 3600)
+        pipe.execute()
+    except Exception:  # the reconciler will raise it from the database
+        pass
+
+
+def retry_job(*, job: Job, owner) -> Job:
+    """A new job with the same kind and parameters."""
+    spec = JobSpec(kind=job.kind, params=job.params, name=job.name, priority=job.priority,
+                   queue=job.queue, max_attempts=job.max_attempts, timeout_s=job.timeout_s)
+    return submit_jobs(owner=owner, specs=[spec])[0]

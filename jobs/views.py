@@ -1,0 +1,84 @@
+"""The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from jobs import forms, selectors, services
+from jobs.models import JobState
+from jobs.states import TransitionRefused
+from workers.kinds import all_kinds, get_kind
+
+LIST_PAGE = 50
+
+
+@login_required
+def job_list(request):
+    state = request.GET.get("state") or None
+    if state not in JobState.values:
+        state = None
+    jobs = selectors.job_list(request.user, state=state)[:LIST_PAGE]
+    return render(request, "jobs/list.html",
+                  {"jobs": jobs, "state": state, "states": JobState.values})
+
+
+@login_required
+def job_new(request):
+    kinds = all_kinds()
+    kind = get_kind(request.POST.get("kind") or request.GET.get("kind") or "") or \
+        get_kind("diag.sleep") or kinds[0]
+    schema = kind.schema()
+    errors: dict = {}
+    values: dict = {}
+    if request.method == "POST":
+        values, errors = forms.params_from_post(schema, request.POST)
+        data = {"kind": kind.name, "params": values, "name": request.POST.get("name", "")}
+        if not errors:
+            try:
+                spec = services.validate_spec(data)
+            except services.InvalidJob as exc:
+                errors = _flatten(exc.errors)
+            else:
+                job, _ = services.submit_job(owner=request.user, spec=spec)
+                return redirect("job-detail", job_id=job.pk)
+    context = {
+        "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, values),
+        "errors": errors, "name": request.POST.get("name", ""),
+    }
+    return render(request, "jobs/new.html", context, status=400 if errors else 200)
+
+
+def _flatten(errors: dict) -> dict:
+    """Service errors ({"params": {"seconds": [...]}, "name": [...]}) keyed by form field."""
+    flat = {}
+    for field, messages in errors.items():
+        if isinstance(messages, dict):
+            flat.update(messages)
+        else:
+            flat[field] = messages
+    return flat
+
+
+@login_required
+def job_detail(request, job_id):
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise Http404("No such job.")
+    return render(request, "jobs/detail.html", {
+        "job": job, "log_lines": selectors.job_log_tail(job),
+        "attempts": job.attempts.order_by("number"),
+    })
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise Http404("No such job.")
+    try:
+        services.cancel_job(job=job)
+    except TransitionRefused:
+        pass  # already finished: the page shows how
+    return redirect("job-detail", job_id=job.pk)

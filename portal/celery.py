@@ -1,0 +1,35 @@
+"""The Celery app, shared by the portal (which sends) and the workers (which run).
+
+It reads only the environment, never Django's settings or database: a worker needs Redis alone.
+"""
+
+from celery import Celery
+
+from portal.env import REDIS_URL, env_int
+
+app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_ignore_result=True,
+    result_backend=None,
+    # Ack on start: a lost attempt comes back through the portal's lease, not a redelivery.
+    task_acks_late=False,
+    worker_prefetch_multiplier=env_int("WORKER_PREFETCH", 4),
+    broker_transport_options={"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 600)},
+    broker_connection_retry_on_startup=True,
+    task_default_queue="cpu",
+    worker_send_task_events=False,
+    task_send_sent_event=False,
+    worker_hijack_root_logger=True,
+)
+
+
+def _add_agent():
+    from workers.agent import NodeAgentStep
+
+    app.steps["worker"].add(NodeAgentStep)
+
+
+_add_agent()

@@ -1,0 +1,143 @@
+/* Live updates: a websocket per page, a snapshot over HTTP first and after any gap in `seq`,
+   reconnect with backoff and jitter. Everything user-supplied is set as text, never as HTML. */
+"use strict";
+const Portal = (() => {
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const indicator = document.getElementById("live-indicator");
+
+  function setStatus(state) {
+    if (!indicator) return;
+    indicator.dataset.state = state;
+    indicator.querySelector(".live-text").textContent = state;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, {credentials: "same-origin", headers: {Accept: "application/json"}});
+    if (!response.ok) throw new Error(`${url}: ${response.status}`);
+    return response.json();
+  }
+
+  class Stream {
+    constructor(path, {onEvent, resync}) {
+      this.path = path;
+      this.onEvent = onEvent;
+      this.resync = resync;
+      this.seq = {};
+      this.failures = 0;
+      this.syncing = null;
+      this.connect();
+    }
+
+    connect() {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      this.ws = new WebSocket(`${scheme}://${location.host}${this.path}`);
+      setStatus(this.failures ? "reconnecting" : "connecting");
+      this.ws.onopen = () => { this.failures = 0; setStatus("live"); this.sync(); };
+      this.ws.onmessage = (message) => this.receive(JSON.parse(message.data));
+      this.ws.onclose = (event) => {
+        if (event.code === 4401 || event.code === 4404) { setStatus("denied"); return; }
+        this.failures += 1;
+        setStatus("reconnecting");
+        const delay = Math.min(30000, 500 * 2 ** Math.min(this.failures, 6)) * (0.5 + Math.random() / 2);
+        setTimeout(() => this.connect(), delay);
+      };
+    }
+
+    sync() {
+      // While a snapshot loads, frames are dropped; the snapshot says which seq it includes.
+      this.syncing = this.resync().then((seqs) => {
+        this.seq = Object.assign({}, seqs || {});
+        this.syncing = null;
+      }).catch(() => { this.syncing = null; setStatus("stale"); });
+    }
+
+    receive(frame) {
+      if (frame.type !== "batch" || this.syncing) return;
+      const last = this.seq[frame.stream];
+      if (last !== undefined && frame.seq <= last) return;
+      if (last !== undefined && frame.seq !== last + 1) { this.sync(); return; }
+      this.seq[frame.stream] = frame.seq;
+      frame.events.forEach((event) => this.onEvent(event));
+    }
+  }
+
+  function setState(el, state) {
+    el.textContent = state;
+    el.className = `state state-${state}`;
+  }
+
+  function watchJob(root) {
+    const id = root.dataset.job;
+    const $ = (sel) => document.getElementById(sel);
+    const log = $("job-log");
+    let lastLogSeq = 0;
+    log.querySelectorAll("[data-seq]").forEach((line) => { lastLogSeq = Math.max(lastLogSeq, +line.dataset.seq); });
+
+    function showProgress(fraction) {
+      if (fraction === null || fraction === undefined) return;
+      $("job-progress").value = fraction;
+      $("job-progress-text").textContent = `${Math.round(fraction * 100)} %`;
+    }
+    function appendLog(key, level, text) {
+      if (log.querySelector(`[data-key="${key}"]`)) return;
+      const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      const line = document.createElement("span");
+      line.className = `line level-${level}`;
+      line.dataset.key = key;
+      line.textContent = `${text}\n`;
+      log.appendChild(line);
+      if (follow) log.scrollTop = log.scrollHeight;
+    }
+    function showJob(job) {
+      if (job.state) setState($("job-state"), job.state);
+      if (job.attempt !== undefined) $("job-attempt").textContent = job.attempt;
+      if (job.node !== undefined) $("job-node").textContent = job.node || "—";
+      if (job.message !== undefined) $("job-message").textContent = job.message;
+      if (job.error) { $("job-error").textContent = job.error; $("job-error").hidden = false; }
+      if (job.progress !== undefined) showProgress(job.progress);
+      if (job.result !== undefined && job.result !== null) {
+        $("job-result").textContent = JSON.stringify(job.result, null, 2);
+        $("job-result-box").hidden = false;
+      }
+      if (job.state && TERMINAL.has(job.state)) $("cancel-form").hidden = true;
+    }
+
+    new Stream(`/ws/jobs/${id}/`, {
+      onEvent(event) {
+        if (event.type === "job.state") showJob(event);
+        else if (event.type === "job.progress") {
+          showProgress(event.progress);
+          if (event.message !== undefined) $("job-message").textContent = event.message;
+        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text);
+      },
+      async resync() {
+        const job = await getJSON(`/api/v1/jobs/${id}/`);
+        showJob(job);
+        const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
+        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text));
+        lastLogSeq = page.next_after;
+        return {[`job-${id}`]: job.stream_seq};
+      },
+    });
+  }
+
+  function watchList(table) {
+    function update(event) {
+      const row = table.querySelector(`tr[data-job="${event.job || event.id}"]`);
+      if (!row) return;
+      if (event.state) setState(row.querySelector('[data-field="state"]'), event.state);
+      if (event.progress !== undefined && event.progress !== null) row.querySelector('[data-field="progress"]').value = event.progress;
+      if (event.node !== undefined) row.querySelector('[data-field="node"]').textContent = event.node;
+    }
+    new Stream("/ws/cluster/", {
+      onEvent(event) { if (event.type === "job.state" || event.type === "job.progress") update(event); },
+      async resync() {
+        const page = await getJSON("/api/v1/jobs/?limit=50");
+        page.results.forEach(update);
+        return {};
+      },
+    });
+  }
+
+  return {watchJob, watchList, Stream};
+})();

@@ -1,0 +1,1 @@
+"""Everything that runs on a worker node; importable without the portal's database."""

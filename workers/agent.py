@@ -1,0 +1,131 @@
+"""The node agent: a thread in each worker's main process.
+
+Every HEARTBEAT_S it reports the node's utilization and the attempts it runs (which renews their
+leases). It is also the backstop for cancellation: an attempt whose job was cancelled and that has
+not stopped by itself within CANCEL_GRACE_S is reported cancelled and its pool process killed,
+which ends that job alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import psutil
+import redis
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from portal.env import CANCEL_GRACE_S, HEARTBEAT_S
+from workers import protocol
+from workers.events import EventSink
+from workers.protocol import redis_client
+from workers.runner import finished_event
+
+log = logging.getLogger(__name__)
+TICK_S = min(0.5, HEARTBEAT_S)
+
+
+def utilization() -> dict:
+    memory = psutil.virtual_memory()
+    return {
+        "cpu": psutil.cpu_percent(interval=None),
+        "mem": memory.percent,
+        "mem_used": memory.used,
+        "mem_total": memory.total,
+        "load1": os.getloadavg()[0],
+    }
+
+
+def active_attempts() -> list[tuple[protocol.AttemptSpec, int | None]]:
+    """The attempts this worker's pool is running, with the pid of the process running each."""
+    found = []
+    for request in list(worker_state.active_requests):
+        if request.name != protocol.TASK_NAME or not request.args:
+            continue
+        found.append((protocol.AttemptSpec.from_message(request.args[0]), request.worker_pid))
+    return found
+
+
+class Agent:
+    def __init__(self, hostname: str, queues: list[str], concurrency: int):
+        self.hostname = hostname
+        self.node = protocol.node_name(hostname)
+        self.queues = queues
+        self.concurrency = concurrency
+        self.sink = EventSink()
+        self._stop = threading.Event()
+        self._cancel_seen: dict[tuple[int, int], float] = {}
+
+    def heartbeat(self) -> None:
+        attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
+        self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
+                        "attempts": attempts, "queues": self.queues,
+                        "concurrency": self.concurrency, "util": utilization()}, now=True)
+
+    def enforce_cancels(self, client: redis.Redis) -> None:
+        running = active_attempts()
+        if not running:
+            self._cancel_seen.clear()
+            return
+        flags = client.mget([protocol.cancel_key(spec.job) for spec, _ in running])
+        now = time.monotonic()
+        live = set()
+        for (spec, pid), flag in zip(running, flags, strict=True):
+            if not flag:
+                continue
+            key = (spec.job, spec.attempt)
+            live.add(key)
+            first = self._cancel_seen.setdefault(key, now)
+            if now - first >= CANCEL_GRACE_S and pid:
+                log.warning("job %s ignored its cancel for %.0f s: stopping process %s",
+                            spec.job, CANCEL_GRACE_S, pid)
+                self.sink.emit(finished_event(spec, "cancelled",
+                                              error="stopped by force after the cancel"))
+                self.sink.flush(retry_for=5)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._cancel_seen = {k: v for k, v in self._cancel_seen.items() if k in live}
+
+    def run(self) -> None:
+        psutil.cpu_percent(interval=None)
+        last_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    self.heartbeat()
+                self.enforce_cancels(redis_client())
+            except Exception:  # the agent must outlive any one bad tick
+                log.exception("node agent tick failed")
+            self._stop.wait(TICK_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class NodeAgentStep(bootsteps.StartStopStep):
+    """Starts the agent beside the worker's pool."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.agent: Agent | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker):
+        queues = [q.name for q in worker.app.amqp.queues.consume_from.values()] \
+            if worker.app.amqp.queues.consume_from else []
+        self.agent = Agent(worker.hostname, queues, worker.concurrency)
+        self.thread = threading.Thread(target=self.agent.run, name="node-agent", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker):
+        if self.agent:
+            self.agent.stop()

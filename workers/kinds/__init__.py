@@ -1,0 +1,61 @@
+"""The job-kind registry: a kind is one module in this package (or an installed entry point)
+that defines ``KINDS``, a list of :class:`JobKind`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+ENTRY_POINT_GROUP = "portal.kinds"
+
+
+class Params(BaseModel):
+    """Base of every kind's parameter model: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    title: str
+    description: str
+    params: type[Params]
+    run: Callable[[Any, Any], Any]
+    queue: str = "cpu"
+
+    def schema(self) -> dict:
+        return self.params.model_json_schema()
+
+
+def _modules():
+    for info in pkgutil.iter_modules(__path__):
+        yield importlib.import_module(f"{__name__}.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        yield ep.load()
+
+
+@cache
+def registry() -> dict[str, JobKind]:
+    kinds: dict[str, JobKind] = {}
+    for module in _modules():
+        for kind in getattr(module, "KINDS", []):
+            if kind.name in kinds:
+                raise ValueError(f"job kind {kind.name!r} is defined twice")
+            kinds[kind.name] = kind
+    return kinds
+
+
+def get_kind(name: str) -> JobKind | None:
+    return registry().get(name)
+
+
+def all_kinds() -> list[JobKind]:
+    return sorted(registry().values(), key=lambda kind: kind.name)

@@ -1,0 +1,51 @@
+"""Diagnostic kinds: a sleeper that reports progress each second, and a no-op for benchmarks."""
+
+from pydantic import Field
+
+from workers.kinds import JobKind, Params
+
+
+class SleepParams(Params):
+    seconds: float = Field(5, ge=0, le=86_400, description="How long to sleep, in seconds.")
+    fail: bool = Field(False, description="Fail at the end instead of succeeding.")
+
+
+def sleep(ctx, params: SleepParams):
+    whole = int(params.seconds)
+    ctx.log(f"sleeping {params.seconds:g} s")
+    ctx.progress(0, params.seconds, unit="s")
+    for second in range(1, whole + 1):
+        ctx.sleep(1)
+        ctx.progress(second, params.seconds, unit="s")
+    ctx.sleep(params.seconds - whole)
+    ctx.progress(params.seconds, params.seconds, unit="s")
+    if params.fail:
+        raise RuntimeError("failed as asked (fail=true)")
+    ctx.log("done")
+    return {"slept": params.seconds}
+
+
+class NoopParams(Params):
+    pass
+
+
+def noop(ctx, params: NoopParams):
+    return None
+
+
+KINDS = [
+    JobKind(
+        name="diag.sleep",
+        title="Sleep",
+        description="Sleeps for a while, reporting progress each second; can be told to fail.",
+        params=SleepParams,
+        run=sleep,
+    ),
+    JobKind(
+        name="diag.noop",
+        title="No-op",
+        description="Returns at once; measures the portal's own overhead.",
+        params=NoopParams,
+        run=noop,
+    ),
+]

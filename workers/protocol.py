@@ -1,0 +1,82 @@
+"""What the portal and the workers say to each other through Redis: key names and messages.
+
+Workers hold no database credentials: a task message carries everything an attempt needs, and
+everything a worker has to say goes onto one Redis Stream that the portal's ingester reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import redis
+
+from portal.env import REDIS_URL, env_str
+
+PREFIX = env_str("PORTAL_REDIS_PREFIX", "portal") or "portal"
+EVENTS_STREAM = f"{PREFIX}:events"
+INGEST_GROUP = "ingest"
+# Sorted set of "job:attempt" members whose task message is in the broker and not yet started.
+DISPATCHED = f"{PREFIX}:dispatched"
+TASK_NAME = "portal.run_attempt"
+
+
+def start_key(job_id: int, attempt: int) -> str:
+    """Set once, when one copy of an attempt's message starts: a second copy is then dropped."""
+    return f"{PREFIX}:started:{job_id}:{attempt}"
+
+
+def cancel_key(job_id: int) -> str:
+    return f"{PREFIX}:cancel:{job_id}"
+
+
+def dispatch_member(job_id: int, attempt: int) -> str:
+    return f"{job_id}:{attempt}"
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One attempt of one job, as the task message carries it (plain JSON)."""
+
+    job: int
+    attempt: int
+    token: str
+    kind: str
+    params: dict
+    timeout_s: int | None = None
+
+    def to_message(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: dict) -> AttemptSpec:
+        return cls(**{name: message[name] for name in cls.__dataclass_fields__ if name in message})
+
+
+# Event types on the stream.
+STARTED = "started"
+PROGRESS = "progress"
+LOG = "log"
+METRIC = "metric"
+FINISHED = "finished"
+HEARTBEAT = "heartbeat"
+
+
+def node_name(hostname: str) -> str:
+    """A Celery hostname "w1@box" names node "w1"."""
+    return hostname.split("@", 1)[0] if hostname else "unknown"
+
+
+_client: redis.Redis | None = None
+_client_pid: int | None = None
+
+
+def redis_client() -> redis.Redis:
+    """One client per process (a forked pool child makes its own)."""
+    global _client, _client_pid
+    if _client is None or _client_pid != os.getpid():
+        _client = redis.Redis.from_url(
+            REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        _client_pid = os.getpid()
+    return _client

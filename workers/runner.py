@@ -1,0 +1,76 @@
+"""Runs one attempt of one job on a worker: claim the start, run the kind's code, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers import protocol
+from workers.context import Cancelled, JobContext
+from workers.events import EventSink
+from workers.kinds import get_kind
+
+log = logging.getLogger(__name__)
+
+# Atomically: forget the dispatch marker, refuse a cancelled job or a second copy of the same
+# attempt, and put the "started" event on the stream.
+_CLAIM_START = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
+redis.call('XADD', KEYS[4], '*', 'b', ARGV[3])
+return 1
+"""
+START_KEY_TTL_S = 7 * 24 * 3600
+FINISH_RETRY_S = 60.0
+
+
+def claim_start(client: redis.Redis, spec: protocol.AttemptSpec, node: str, worker: str) -> int:
+    event = {"t": protocol.STARTED, "job": spec.job, "a": spec.attempt, "k": spec.token,
+             "node": node, "worker": worker, "ts": time.time()}
+    keys = [protocol.start_key(spec.job, spec.attempt), protocol.DISPATCHED,
+            protocol.cancel_key(spec.job), protocol.EVENTS_STREAM]
+    args = [protocol.dispatch_member(spec.job, spec.attempt), node, json.dumps([event]),
+            START_KEY_TTL_S]
+    return int(client.eval(_CLAIM_START, len(keys), *keys, *args))
+
+
+def finished_event(spec: protocol.AttemptSpec, outcome: str, *, result=None, error: str = ""):
+    return {"t": protocol.FINISHED, "job": spec.job, "a": spec.attempt, "k": spec.token,
+            "outcome": outcome, "result": result, "error": error[:5000]}
+
+
+def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
+        client: redis.Redis) -> str:
+    claimed = claim_start(client, spec, node, worker)
+    if claimed != 1:
+        log.info("attempt %s/%s not started (%s)", spec.job, spec.attempt,
+                 "cancelled" if claimed < 0 else "already started elsewhere")
+        return "skipped"
+    ctx = JobContext(spec, sink, client)
+    outcome, result, error = "succeeded", None, ""
+    try:
+        kind = get_kind(spec.kind)
+        if kind is None:
+            raise LookupError(f"job kind {spec.kind!r} is not installed on node {node}")
+        result = kind.run(ctx, kind.params.model_validate(spec.params))
+        json.dumps(result)
+    except Cancelled:
+        outcome = "cancelled"
+        ctx.log("cancelled", level="warning")
+    except SoftTimeLimitExceeded:
+        outcome, error = "failed", f"timed out after {spec.timeout_s} s"
+        ctx.log(error, level="error")
+    except Exception as exc:  # the job's own failure, reported rather than raised
+        outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        ctx.log(traceback.format_exc(), level="error")
+    if outcome != "succeeded":
+        result = None
+    sink.emit(finished_event(spec, outcome, result=result, error=error))
+    sink.flush(retry_for=FINISH_RETRY_S)
+    return outcome
