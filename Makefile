@@ -1,0 +1,41 @@
+# The one entry point: make run | test | lint | fmt | bench
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Enough settings to check migrations without a server or a secret.
+CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
+
+.PHONY: install system-deps run test test-fast lint fmt bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	./scripts/system-deps.sh
+
+## Run the whole local cluster in the foreground (Ctrl-C stops it).
+run: install
+	$(PY) -m portal.cluster
+
+## Install everything and run every test.
+test: install system-deps
+	$(CHECK_ENV) $(PY) manage.py makemigrations --check --dry-run >/dev/null
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(CHECK_ENV) $(PY) manage.py makemigrations --check --dry-run
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+
+bench: install system-deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) data staticfiles .pytest_cache
