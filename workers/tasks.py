@@ -1,5 +1,7 @@
 """The one Celery task: run an attempt described by a plain-JSON message."""
 
+import time
+
 from portal.celery import app
 from workers import protocol, runner
 from workers.events import sink
@@ -16,3 +18,13 @@ def run_attempt(self, message: dict) -> str:
         sink=sink(),
         client=redis_client(),
     )
+
+
+@app.task(name="portal.ping", ignore_result=True)
+def ping(reply_to: str | None = None) -> float:
+    """A bare task through the same queues and workers: a health probe, and the baseline that
+    the benchmark compares the portal's own path against. Pushes its start time to reply_to."""
+    started = time.time()
+    if reply_to:
+        redis_client().rpush(reply_to, started)
+    return started
