@@ -1,4 +1,4 @@
-"""The one Celery task: run an attempt described by a plain-JSON message."""
+"""The Celery tasks: run an attempt described by a plain-JSON message, and a bare ping."""
 
 import time
 
