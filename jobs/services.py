@@ -64,7 +64,8 @@ def params_errors(exc: ValidationError) -> dict[str, list[str]]:
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"]) or "params"
         template = _PYDANTIC_MESSAGES.get(err["type"])
-        message = template.format(**err.get("ctx", {})) if template else err["msg"]
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in err.get("ctx", {}).items()}
+        message = template.format(**ctx) if template else err["msg"]
         errors.setdefault(field, []).append(message)
     return errors
 

@@ -7,7 +7,8 @@ from celery import Celery
 
 from portal.env import REDIS_URL, env_int
 
-app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"])
+# No Django fix-up: a worker must never load the portal's settings or touch its database.
+app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"], fixups=[])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],

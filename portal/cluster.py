@@ -44,10 +44,11 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 class Cluster:
     """Starts and stops the cluster's processes; the tests start theirs through it too."""
 
-    def __init__(self, env: dict[str, str], *, quiet: bool = False):
+    def __init__(self, env: dict[str, str], *, quiet: bool = False, log=None):
         self.env = dict(env)
         self.procs: dict[str, subprocess.Popen] = {}
         self.quiet = quiet
+        self.log = log or sys.stdout
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -61,8 +62,8 @@ class Cluster:
     def _relay(self, name: str, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
             if not self.quiet:
-                sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
-                sys.stdout.flush()
+                self.log.write(f"[{name}] {line.decode(errors='replace')}")
+                self.log.flush()
 
     def manage(self, *args: str) -> str:
         out = subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
@@ -91,7 +92,8 @@ class Cluster:
     def worker_env(self) -> dict[str, str]:
         # Workers need Redis only: they get no database credentials.
         return {k: v for k, v in self.env.items()
-                if k not in {"DATABASE_URL", "SECRET_KEY", "SECRET_KEY_FILE"}}
+                if k not in {"DATABASE_URL", "SECRET_KEY", "SECRET_KEY_FILE",
+                             "DJANGO_SETTINGS_MODULE"}}
 
     def start_worker(self, node: str, *, concurrency: int = 2,
                      queues: str = "cpu,etl,train,gpu", extra: list[str] | None = None):

@@ -1,5 +1,7 @@
 """Diagnostic kinds: a sleeper that reports progress each second, and a no-op for benchmarks."""
 
+import time
+
 from pydantic import Field
 
 from workers.kinds import JobKind, Params
@@ -8,16 +10,19 @@ from workers.kinds import JobKind, Params
 class SleepParams(Params):
     seconds: float = Field(5, ge=0, le=86_400, description="How long to sleep, in seconds.")
     fail: bool = Field(False, description="Fail at the end instead of succeeding.")
+    ignore_cancel: bool = Field(False, description="Keep sleeping through a cancel, like code "
+                                "that never checks: shows the node agent's forced stop.")
 
 
 def sleep(ctx, params: SleepParams):
     whole = int(params.seconds)
     ctx.log(f"sleeping {params.seconds:g} s")
     ctx.progress(0, params.seconds, unit="s")
+    nap = time.sleep if params.ignore_cancel else ctx.sleep
     for second in range(1, whole + 1):
-        ctx.sleep(1)
+        nap(1)
         ctx.progress(second, params.seconds, unit="s")
-    ctx.sleep(params.seconds - whole)
+    nap(params.seconds - whole)
     ctx.progress(params.seconds, params.seconds, unit="s")
     if params.fail:
         raise RuntimeError("failed as asked (fail=true)")

@@ -1,0 +1,90 @@
+"""Test set-up: a throwaway PostgreSQL and Redis for the whole run (set TEST_DATABASE_URL to
+use a running PostgreSQL instead), fast timings for leases and heartbeats, one shared cast of
+users, and a real local cluster (web server, two worker nodes, ingester, reconciler) for the
+integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.services import PostgresServer, RedisServer
+
+# Fast enough that lost nodes are noticed within seconds, slow enough for a loaded 2-core box.
+TIMINGS = {
+    "HEARTBEAT_S": "0.5",
+    "LEASE_S": "4",
+    "CANCEL_GRACE_S": "2",
+    "CANCEL_POLL_S": "0.2",
+    "DISPATCH_GRACE_S": "2",
+    "RECONCILE_EVERY_S": "0.5",
+    "NODE_OFFLINE_S": "5",
+    "EVENT_FLUSH_S": "0.05",
+}
+_servers: list = []
+
+
+def pytest_configure(config):
+    if os.environ.get("PORTAL_TEST_CONFIGURED"):
+        return
+    os.environ["PORTAL_TEST_CONFIGURED"] = "1"
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    if not database_url:
+        pg = PostgresServer().start()
+        _servers.append(pg)
+        database_url = pg.url
+    # Always a Redis of our own: the integration tests restart it.
+    redis = RedisServer().start()
+    _servers.append(redis)
+    redis_url = redis.url
+    config.portal_redis = redis
+    os.environ.update({
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "test-only-secret",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+        **TIMINGS,
+    })
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    import django
+
+    django.setup()
+
+
+def pytest_unconfigure(config):
+    while _servers:
+        _servers.pop().cleanup()
+
+
+@pytest.fixture
+def cast(db):
+    """The shared cast: two users who must not see each other's jobs, and a staff member."""
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import ApiToken
+
+    User = get_user_model()
+
+    class Cast:
+        # No passwords (hashing one takes a third of a second): tests that log in set their own.
+        alice = User.objects.create_user("alice")
+        bob = User.objects.create_user("bob")
+        admin = User.objects.create_user("admin", is_staff=True, is_superuser=True)
+        alice_key = ApiToken.issue(alice)[1]
+        bob_key = ApiToken.issue(bob)[1]
+
+    return Cast
+
+
+@pytest.fixture
+def api(cast):
+    """An API client authenticated as alice with her token."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {cast.alice_key}")
+    return client
