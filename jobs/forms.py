@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -47,6 +48,8 @@ def params_from_post(schema: dict, post) -> tuple[dict, dict[str, list[str]]]:
             try:
                 number = float(raw)
             except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
                 errors[field.name] = ["must be a number"]
                 continue
             if field.type == "integer":

@@ -88,3 +88,18 @@ def api(cast):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {cast.alice_key}")
     return client
+
+
+def pytest_collection_modifyitems(config, items):
+    """Unit tests first, then those that need the whole cluster (started once, kept to the end)."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
+
+
+@pytest.fixture
+def redis_client():
+    """The run's Redis, emptied for this test."""
+    from workers import protocol
+
+    client = protocol.redis_client()
+    client.flushdb()
+    return client

@@ -85,6 +85,7 @@ def live_cluster(request, django_db_setup, django_db_blocker):
         env = {**os.environ, "DATABASE_URL": test_database_url()}
     cluster = Cluster(env, log=log)
     port = free_port()
+    request.config.portal_redis.restart()  # nothing left over from the unit tests
     try:
         cluster.start_web(port)
         cluster.start_ingester()

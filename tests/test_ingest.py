@@ -1,0 +1,127 @@
+"""The ingester's writes: idempotent, fenced by attempt and token, coalesced, after-commit."""
+
+import json
+import time
+
+import pytest
+
+from jobs.ingest import Batch, Ingester, apply_events
+from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint, Node
+from workers import protocol
+
+
+@pytest.fixture
+def job(cast):
+    job = Job.objects.create(owner=cast.alice, kind="diag.sleep", queue="cpu", timeout_s=60,
+                             state=JobState.QUEUED, attempt=1, token="tok1")
+    Attempt.objects.create(job=job, number=1, token="tok1")
+    return job
+
+
+def ev(job, kind, attempt=1, token="tok1", **fields):
+    return {"t": kind, "job": job.pk, "a": attempt, "k": token, "ts": time.time(), **fields}
+
+
+def life(job, **finish):
+    return [
+        ev(job, "started", node="w1", worker="w1@box"),
+        ev(job, "progress", p=0.5, done=1, total=2, unit="s"),
+        ev(job, "log", seq=1, level="info", text="hello"),
+        ev(job, "metric", name="loss", value=0.5, step=0),
+        ev(job, "progress", p=1.0, done=2, total=2, unit="s"),
+        ev(job, "finished", outcome=finish.get("outcome", "succeeded"),
+           result={"ok": True}, error=finish.get("error", "")),
+    ]
+
+
+def test_a_job_life_is_written_in_one_batch(job):
+    apply_events(life(job))
+    job.refresh_from_db()
+    assert job.state == "succeeded" and job.progress == 1.0 and job.result == {"ok": True}
+    assert job.node == "w1" and job.started_at and job.finished_at
+    assert LogLine.objects.get(job=job).text == "hello"
+    assert MetricPoint.objects.get(job=job).value == 0.5
+    attempt = Attempt.objects.get(job=job, number=1)
+    assert attempt.state == "succeeded" and attempt.worker == "w1@box"
+
+
+def test_the_same_events_applied_twice_change_nothing_more(job):
+    events = life(job)
+    apply_events(events)
+    first = Job.objects.filter(pk=job.pk).values().get()
+    apply_events(events)
+    assert Job.objects.filter(pk=job.pk).values().get() == first
+    assert LogLine.objects.filter(job=job).count() == 1
+    assert MetricPoint.objects.filter(job=job).count() == 1
+
+
+def test_events_of_a_superseded_attempt_change_nothing(job):
+    apply_events([ev(job, "started", node="w1")])
+    Job.objects.filter(pk=job.pk).update(attempt=2, token="tok2", state=JobState.QUEUED)
+    apply_events([ev(job, "log", seq=5, text="stale"),
+                  ev(job, "finished", outcome="failed", error="stale failure")])
+    apply_events([ev(job, "finished", attempt=2, token="wrong", outcome="succeeded")])
+    job.refresh_from_db()
+    assert (job.state, job.attempt, job.error) == ("queued", 2, "")
+    assert not LogLine.objects.filter(job=job).exists()
+
+
+def test_a_job_whose_cancel_was_requested_never_ends_succeeded(job):
+    apply_events([ev(job, "started", node="w1")])
+    Job.objects.filter(pk=job.pk).update(cancel_requested_at=job.created_at)
+    apply_events([ev(job, "finished", outcome="succeeded", result={"ok": True})])
+    job.refresh_from_db()
+    assert job.state == "cancelled" and job.result is None
+
+
+def test_a_failure_is_recorded_with_its_error(job):
+    apply_events(life(job, outcome="failed", error="ValueError: bad row"))
+    job.refresh_from_db()
+    assert job.state == "failed" and job.error == "ValueError: bad row"
+    assert Attempt.objects.get(job=job).state == "failed"
+
+
+def test_progress_is_coalesced_to_the_latest(job):
+    apply_events([ev(job, "started", node="w1")] +
+                 [ev(job, "progress", p=i / 10, done=i, total=10) for i in range(11)])
+    job.refresh_from_db()
+    assert job.progress == 1.0 and job.message == "10 / 10"
+
+
+def test_a_heartbeat_renews_the_leases_of_the_attempts_it_holds_only(job, cast):
+    other = Job.objects.create(owner=cast.alice, kind="diag.sleep", queue="cpu", timeout_s=60,
+                               state=JobState.RUNNING, attempt=1, token="other")
+    apply_events([ev(job, "started", node="w1")])
+    Job.objects.filter(pk=job.pk).update(lease_expires_at=None)
+    apply_events([{"t": "heartbeat", "node": "w1", "worker": "w1@box", "ts": time.time(),
+                   "attempts": [[job.pk, 1, "tok1"], [other.pk, 1, "forged"]],
+                   "queues": ["cpu"], "concurrency": 2, "util": {"cpu": 12.5}}])
+    job.refresh_from_db()
+    other.refresh_from_db()
+    assert job.lease_expires_at is not None and other.lease_expires_at is None
+    node = Node.objects.get(name="w1")
+    assert node.state == "online" and node.running == 2 and node.utilization == {"cpu": 12.5}
+
+
+def test_broadcasts_wait_for_the_commit(job, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        outbox = Batch(life(job)).apply()
+    assert outbox.groups[f"job-{job.pk}"] and not callbacks  # published only via on_commit
+    with django_capture_on_commit_callbacks() as callbacks:
+        apply_events([ev(job, "log", seq=2, text="more")])
+    assert len(callbacks) == 1
+
+
+def test_a_malformed_event_is_dropped_without_blocking_the_others(job, redis_client):
+    batch = [{"t": "log", "job": job.pk, "a": 1, "k": "tok1", "ts": time.time()},  # no seq
+             ev(job, "started", node="w1")]
+    redis_client.xadd(protocol.EVENTS_STREAM, {"b": json.dumps(batch)})
+    redis_client.xadd(protocol.EVENTS_STREAM, {"b": "not json"})
+    ingester = Ingester(consumer="test")
+    ingester.ensure_group()
+    while ingester.replay:
+        ingester.step()
+    ingester.step()
+    job.refresh_from_db()
+    assert job.state == "running"
+    assert redis_client.xlen(protocol.EVENTS_STREAM) == 0

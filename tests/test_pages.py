@@ -1,0 +1,93 @@
+"""The browser's pages, rendered in-process: login, submit form, list, job page, cancel."""
+
+import pytest
+from django.test import Client
+
+from jobs.models import Job, JobState
+
+
+@pytest.fixture
+def alice(cast):
+    client = Client()
+    client.force_login(cast.alice)
+    return client
+
+
+def test_pages_ask_for_a_login_first(db):
+    response = Client().get("/jobs/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_login_page_renders(db):
+    response = Client().get("/accounts/login/")
+    assert response.status_code == 200 and b'name="password"' in response.content
+
+
+def test_the_submit_form_is_built_from_the_kinds_parameters(alice):
+    html = alice.get("/jobs/new/?kind=diag.sleep").content.decode()
+    assert 'name="param-seconds"' in html and 'type="number"' in html
+    assert 'name="param-fail"' in html and 'type="checkbox"' in html
+    assert "diag.noop" in html  # offered in the kind picker
+
+
+def test_a_valid_form_submits_the_job_and_opens_its_page(alice):
+    response = alice.post("/jobs/new/", {"kind": "diag.sleep", "name": "from the form",
+                                         "param-seconds": "2", "param-fail": "on"})
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert job.params == {"seconds": 2.0, "fail": True, "ignore_cancel": False}
+    assert job.name == "from the form" and job.state == JobState.QUEUED
+
+
+@pytest.mark.parametrize(("seconds", "message"), [
+    ("-5", "must be at least 0"), ("abc", "must be a number"), ("1e999", "must be a number")])
+def test_a_bad_form_shows_the_error_beside_the_field_and_submits_nothing(alice, seconds, message):
+    response = alice.post("/jobs/new/", {"kind": "diag.sleep", "param-seconds": seconds})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert f'data-error="seconds">{message}' in html
+    assert Job.objects.count() == 0
+
+
+def test_an_empty_field_takes_the_kinds_default(alice):
+    alice.post("/jobs/new/", {"kind": "diag.sleep", "param-seconds": ""})
+    assert Job.objects.get().params["seconds"] == 5.0
+
+
+def test_the_list_shows_my_jobs_only(alice, cast):
+    Job.objects.create(owner=cast.alice, kind="diag.noop", name="mine", queue="cpu",
+                       timeout_s=5)
+    Job.objects.create(owner=cast.bob, kind="diag.noop", name="bobs", queue="cpu", timeout_s=5)
+    html = alice.get("/jobs/").content.decode()
+    assert "mine" in html and "bobs" not in html
+
+
+def test_someone_elses_job_page_is_not_found(alice, cast):
+    job = Job.objects.create(owner=cast.bob, kind="diag.noop", queue="cpu", timeout_s=5)
+    assert alice.get(f"/jobs/{job.pk}/").status_code == 404
+    assert alice.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+
+
+def test_user_text_on_the_job_page_is_escaped(alice, cast):
+    job = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5,
+                             name="<script>alert(1)</script>")
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_the_cancel_button_cancels_a_queued_job(alice, cast):
+    job = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5,
+                             state=JobState.QUEUED, attempt=1, token="t")
+    response = alice.post(f"/jobs/{job.pk}/cancel/")
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.state == JobState.CANCELLED
+
+
+def test_the_admin_lists_jobs_and_nodes(cast):
+    client = Client()
+    client.force_login(cast.admin)
+    Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5)
+    assert client.get("/admin/jobs/job/").status_code == 200
+    assert client.get("/admin/jobs/node/").status_code == 200
