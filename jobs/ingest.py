@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
@@ -25,8 +26,8 @@ from django.utils import timezone
 
 from jobs import states
 from jobs.broadcast import Outbox
-from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint, Node, NodeState
-from jobs.services import signal_cancel, state_event
+from jobs.models import TERMINAL, Attempt, Job, JobState, LogLine, MetricPoint, Node, NodeState
+from jobs.services import signal_cancel
 from portal.env import LEASE_S
 from workers import protocol
 
@@ -41,31 +42,59 @@ def at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+JOB_FIELDS = ("id", "attempt", "token", "owner_id", "state", "cancel_requested_at", "kind",
+              "name", "node", "message", "progress", "error", "max_attempts")
+
+
+class Plan:
+    """What a batch does to one job: simulated in memory on the locked row, then written with
+    the other jobs that move the same way."""
+
+    def __init__(self, row: dict):
+        self.row = row
+        self.source = row["state"]
+        self.path = [row["state"]]
+        self.fields: dict = {}
+        self.attempt: dict = {}
+        self.events: list[dict] = []
+        self.progress: dict | None = None
+
+    @property
+    def state(self) -> str:
+        return self.path[-1]
+
+    def move(self, target: str, **fields) -> None:
+        self.path.append(target)
+        self.fields.update(fields)
+        self.row.update(fields, state=target)
+
+
 class Batch:
-    """Applies one batch of events inside one transaction."""
+    """Applies one batch of events inside one transaction, with a few set-based statements:
+    the jobs' rows are locked and read once, each job's events are played on its row in memory,
+    and the results are written grouped by how the jobs moved."""
 
     def __init__(self, events: list[dict]):
         self.events = events
         self.outbox = Outbox()
         self.now = timezone.now()
-        self.rows: dict[int, dict] = {}
-        self.pending_progress: dict[int, dict] = {}
+        self.plans: dict[int, Plan] = {}
         self.logs: list[LogLine] = []
         self.metrics: list[MetricPoint] = []
         self.to_stop: list[int] = []
 
     def apply(self) -> Outbox:
-        ids = {e["job"] for e in self.events if "job" in e}
-        self.rows = {row["id"]: row for row in Job.objects.filter(pk__in=ids).values(
-            "id", "attempt", "token", "owner_id", "state", "cancel_requested_at")}
+        ids = sorted({e["job"] for e in self.events if "job" in e})
+        rows = (Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+                .values(*JOB_FIELDS))
+        self.plans = {row["id"]: Plan(row) for row in rows}
         for event in self.events:
             kind = event.get("t")
             if kind == protocol.HEARTBEAT:
                 self.heartbeat(event)
             elif "job" in event and self.current(event):
-                getattr(self, kind)(event)
-        for job_id in list(self.pending_progress):
-            self.write_progress(job_id)
+                getattr(self, kind)(self.plans[event["job"]], event)
+        self.write()
         LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
         if self.to_stop:
@@ -75,86 +104,93 @@ class Batch:
 
     def current(self, event) -> bool:
         """Fencing: only the job's current attempt, with its token, may change anything."""
-        row = self.rows.get(event["job"])
-        ok = row is not None and row["attempt"] == event.get("a") and row["token"] == event.get("k")
-        if row is not None and row["state"] in {JobState.SUCCEEDED, JobState.FAILED,
-                                                JobState.CANCELLED} and ok \
-                and event.get("t") == protocol.STARTED:
-            self.to_stop.append(event["job"])  # a stray copy of a finished job: stop it
+        plan = self.plans.get(event["job"])
+        if plan is None:
+            return False
+        row = plan.row
+        ok = row["attempt"] == event.get("a") and row["token"] == event.get("k")
+        if ok and event.get("t") == protocol.STARTED and plan.state in TERMINAL:
+            self.to_stop.append(event["job"])  # a stray copy of an ended job: stop it
         return ok
 
-    def started(self, e) -> None:
-        row = self.rows[e["job"]]
-        won = states.claim(e["job"], JobState.RUNNING, source={JobState.QUEUED},
-                           guard={"attempt": e["a"], "token": e["k"]}, started_at=at(e["ts"]),
-                           node=e.get("node", ""), message="",
-                           lease_expires_at=self.now + timedelta(seconds=LEASE_S))
-        Attempt.objects.filter(job_id=e["job"], number=e["a"]).update(
-            state="running", started_at=at(e["ts"]), node=e.get("node", ""),
-            worker=e.get("worker", ""))
-        if won:
-            row["state"] = JobState.RUNNING
-            self.outbox.job(e["job"], row["owner_id"], {
-                "type": "job.state", "state": JobState.RUNNING, "attempt": e["a"],
-                "node": e.get("node", ""), "message": "", "started_at": at(e["ts"]).isoformat()})
+    def started(self, plan: Plan, e) -> None:
+        if plan.state != JobState.QUEUED:
+            return  # a replayed event
+        when = at(e["ts"])
+        plan.move(JobState.RUNNING, started_at=when, node=e.get("node", ""), message="",
+                  lease_expires_at=self.now + timedelta(seconds=LEASE_S))
+        plan.attempt.update(state="running", started_at=when, node=e.get("node", ""),
+                            worker=e.get("worker", "")[:200])
+        plan.events.append({"type": "job.state", "state": JobState.RUNNING,
+                            "attempt": e["a"], "node": e.get("node", ""), "message": "",
+                            "started_at": when.isoformat()})
 
-    def progress(self, e) -> None:
-        self.pending_progress[e["job"]] = e
-
-    def write_progress(self, job_id: int) -> None:
-        e = self.pending_progress.pop(job_id, None)
-        if e is None:
+    def progress(self, plan: Plan, e) -> None:
+        if plan.state != JobState.RUNNING:
             return
-        row = self.rows[job_id]
-        message = e.get("msg") or _progress_text(e)
-        updated = Job.objects.filter(pk=job_id, attempt=e["a"], token=e["k"],
-                                     state=JobState.RUNNING).update(progress=e.get("p"),
-                                                                    message=message[:500])
-        if updated:
-            self.outbox.job(job_id, row["owner_id"], {
-                "type": "job.progress", "progress": e.get("p"), "message": message,
-                "done": e.get("done"), "total": e.get("total"), "unit": e.get("unit", "")})
+        message = (e.get("msg") or _progress_text(e))[:500]
+        plan.fields.update(progress=e.get("p"), message=message)
+        plan.row.update(progress=e.get("p"), message=message)
+        plan.progress = {"type": "job.progress", "progress": e.get("p"), "message": message,
+                         "done": e.get("done"), "total": e.get("total"),
+                         "unit": e.get("unit", "")}
 
-    def log(self, e) -> None:
+    def log(self, plan: Plan, e) -> None:
         self.logs.append(LogLine(job_id=e["job"], attempt=e["a"], seq=e["seq"], ts=at(e["ts"]),
                                  level=e.get("level", "info")[:10], text=e.get("text", "")))
         self.outbox.job(e["job"], 0, {"type": "job.log", "attempt": e["a"], "seq": e["seq"],
                                       "level": e.get("level", "info"), "text": e.get("text", ""),
                                       "ts": at(e["ts"]).isoformat()}, lists=False)
 
-    def metric(self, e) -> None:
+    def metric(self, plan: Plan, e) -> None:
         self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["a"], name=e["name"],
                                         step=e["step"], value=e["value"], ts=at(e["ts"])))
         self.outbox.job(e["job"], 0, {"type": "job.metric", "name": e["name"],
                                       "step": e["step"], "value": e["value"]}, lists=False)
 
-    def finished(self, e) -> None:
-        self.write_progress(e["job"])
-        row = self.rows[e["job"]]
+    def finished(self, plan: Plan, e) -> None:
+        if plan.state == JobState.QUEUED:
+            # Its "started" was lost with a restarted Redis: it did start, so pass through running.
+            plan.move(JobState.RUNNING, started_at=at(e["ts"]))
+        if plan.state != JobState.RUNNING:
+            return
         outcome, error = e.get("outcome"), e.get("error", "")
-        guard = {"attempt": e["a"], "token": e["k"]}
-        fields = {"finished_at": at(e["ts"]), "lease_expires_at": None}
-        won = False
-        if outcome == JobState.SUCCEEDED:
-            # A cancelled job never ends as succeeded: the claim requires no cancel request.
-            won = states.claim(e["job"], JobState.SUCCEEDED, source={JobState.RUNNING},
-                               guard={**guard, "cancel_requested_at__isnull": True},
-                               result=e.get("result"), progress=1.0, message="", **fields)
-        if not won and (outcome == JobState.CANCELLED or row["cancel_requested_at"]
-                        or outcome == JobState.SUCCEEDED):
+        ended = {"finished_at": at(e["ts"]), "lease_expires_at": None}
+        if outcome == JobState.SUCCEEDED and not plan.row["cancel_requested_at"]:
+            plan.move(JobState.SUCCEEDED, result=e.get("result"), progress=1.0, message="",
+                      **ended)
+        elif outcome == JobState.FAILED and not plan.row["cancel_requested_at"]:
+            plan.move(JobState.FAILED, error=error, message="failed", **ended)
+        else:
+            # A job whose cancel was asked for never ends as succeeded.
             outcome = JobState.CANCELLED
-            won = states.claim(e["job"], JobState.CANCELLED, source={JobState.RUNNING},
-                               guard=guard, message="cancelled", **fields)
-        elif outcome == JobState.FAILED:
-            won = states.claim(e["job"], JobState.FAILED, source={JobState.RUNNING}, guard=guard,
-                               error=error, message="failed", **fields)
-        Attempt.objects.filter(job_id=e["job"], number=e["a"], finished_at__isnull=True).update(
-            state=outcome, finished_at=at(e["ts"]), error=error)
-        if won:
-            row["state"] = outcome
-            job = Job.objects.get(pk=e["job"])
-            self.outbox.job(e["job"], row["owner_id"], {
-                **state_event(job), "finished_at": at(e["ts"]).isoformat()})
+            plan.move(JobState.CANCELLED, message="cancelled", **ended)
+        plan.attempt.update(state=outcome, finished_at=at(e["ts"]), error=error)
+        plan.events.append({**state_event_of(plan.row), "finished_at": at(e["ts"]).isoformat()})
+
+    def write(self) -> None:
+        groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
+        for job_id, plan in self.plans.items():
+            if plan.fields or len(plan.path) > 1:
+                groups[tuple(_moves(plan.path))][job_id] = plan.fields
+        tokens = {job_id: plan.row["token"] for job_id, plan in self.plans.items()}
+        won: set[int] = set()
+        for path, rows in groups.items():
+            if len(path) == 1:  # progress only, no move
+                updated = (Job.objects.filter(pk__in=list(rows), state=path[0])
+                           .update(**states.per_row_values(Job, rows)))
+                won |= set(rows) if updated == len(rows) else set()
+            else:
+                won |= states.claim_many(rows, path=list(path), token=tokens)
+        attempts = {plan.row["token"]: plan.attempt for job_id, plan in self.plans.items()
+                    if plan.attempt and job_id in won}
+        if attempts:
+            Attempt.objects.filter(token__in=list(attempts), finished_at__isnull=True).update(
+                **states.per_row_values(Attempt, attempts, key="token"))
+        for job_id in won:
+            plan = self.plans[job_id]
+            for event in plan.events + ([plan.progress] if plan.progress else []):
+                self.outbox.job(job_id, plan.row["owner_id"], event)
 
     def heartbeat(self, e) -> None:
         lease = self.now + timedelta(seconds=LEASE_S)
@@ -184,6 +220,17 @@ def node_event(node: Node, *, changed: bool = False) -> dict:
             "running": node.running, "concurrency": node.concurrency,
             "utilization": node.utilization, "changed": changed,
             "last_heartbeat": node.last_heartbeat.isoformat() if node.last_heartbeat else None}
+
+
+def _moves(path: list[str]) -> list[str]:
+    """queued, running, running -> queued, running: repeated states collapse."""
+    return [state for i, state in enumerate(path) if i == 0 or state != path[i - 1]]
+
+
+def state_event_of(row: dict) -> dict:
+    return {"type": "job.state", "state": row["state"], "attempt": row["attempt"],
+            "node": row["node"], "message": row["message"], "progress": row["progress"],
+            "error": row["error"], "kind": row["kind"], "name": row["name"]}
 
 
 def _progress_text(e) -> str:

@@ -100,20 +100,27 @@ def recover_one(job: Job, now) -> bool:
     return True
 
 
-def redispatch_missing(client: redis.Redis, now) -> int:
-    """Queued jobs whose message is not marked in Redis any more are sent again."""
+def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> int:
+    """Queued jobs whose message is not marked in Redis any more are sent again, once they have
+    been seen so on two passes in a row: a job that has just started has lost its marker too,
+    and the ingester needs a moment to record it as running."""
     cutoff = now - timedelta(seconds=settings.DISPATCH_GRACE_S)
     queued = list(Job.objects.filter(state=JobState.QUEUED, dispatched_at__lt=cutoff)
                   .order_by("dispatched_at")[:BATCH])
+    seen_before = dict(suspects)
+    suspects.clear()
     if not queued:
         return 0
     scores = client.zmscore(protocol.DISPATCHED,
                             [protocol.dispatch_member(job.pk, job.attempt) for job in queued])
-    missing = [job for job, score in zip(queued, scores, strict=True) if score is None]
     resend = []
-    for job in missing:
-        if Job.objects.filter(pk=job.pk, state=JobState.QUEUED, attempt=job.attempt,
-                              dispatched_at=job.dispatched_at).update(dispatched_at=now):
+    for job, score in zip(queued, scores, strict=True):
+        if score is not None:
+            continue
+        if seen_before.get(job.pk) != job.attempt:
+            suspects[job.pk] = job.attempt
+        elif Job.objects.filter(pk=job.pk, state=JobState.QUEUED, attempt=job.attempt,
+                                dispatched_at=job.dispatched_at).update(dispatched_at=now):
             resend.append((attempt_spec(job), job.queue))
     if resend:
         log.warning("sending %d queued jobs again: their messages were lost", len(resend))
@@ -141,17 +148,21 @@ def mark_offline(now) -> int:
     return len(silent)
 
 
-def reconcile_once(client: redis.Redis | None = None) -> dict:
-    client = client or protocol.redis_client()
-    now = timezone.now()
-    done = {"lost": 0, "resent": 0, "offline": 0}
-    try:
-        caught_up = ingester_caught_up(client)
-    except redis.RedisError:
-        caught_up = False
-    if caught_up:
-        done["lost"] = recover_lost(now)
-        done["resent"] = redispatch_missing(client, now)
-        reraise_cancels()
-    done["offline"] = mark_offline(now)
-    return done
+class Reconciler:
+    def __init__(self, client: redis.Redis | None = None):
+        self.client = client or protocol.redis_client()
+        self.suspects: dict[int, int] = {}  # queued jobs seen without a marker: id -> attempt
+
+    def once(self) -> dict:
+        now = timezone.now()
+        done = {"lost": 0, "resent": 0, "offline": 0}
+        try:
+            caught_up = ingester_caught_up(self.client)
+        except redis.RedisError:
+            caught_up = False
+        if caught_up:
+            done["lost"] = recover_lost(now)
+            done["resent"] = redispatch_missing(self.client, now, self.suspects)
+            reraise_cancels()
+        done["offline"] = mark_offline(now)
+        return done

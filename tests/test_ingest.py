@@ -125,3 +125,33 @@ def test_a_malformed_event_is_dropped_without_blocking_the_others(job, redis_cli
     job.refresh_from_db()
     assert job.state == "running"
     assert redis_client.xlen(protocol.EVENTS_STREAM) == 0
+
+
+def test_a_finish_whose_start_was_lost_still_ends_the_job(job):
+    apply_events([ev(job, "finished", outcome="succeeded", result=None)])
+    job.refresh_from_db()
+    assert job.state == "succeeded" and job.started_at is not None
+
+
+def test_many_jobs_in_one_batch_each_get_their_own_outcome(cast):
+    jobs = []
+    for i in range(20):
+        j = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=60,
+                               state=JobState.QUEUED, attempt=1, token=f"tok-{i}")
+        Attempt.objects.create(job=j, number=1, token=f"tok-{i}")
+        jobs.append(j)
+    events = []
+    for i, j in enumerate(jobs):
+        events.append(ev(j, "started", token=f"tok-{i}", node=f"w{i % 2}"))
+    for i, j in enumerate(jobs):
+        outcome = "succeeded" if i % 2 else "failed"
+        events.append(ev(j, "finished", token=f"tok-{i}", outcome=outcome, result={"i": i},
+                         error="" if i % 2 else f"boom {i}"))
+    apply_events(events)
+    for i, j in enumerate(jobs):
+        j.refresh_from_db()
+        if i % 2:
+            assert (j.state, j.result, j.node) == ("succeeded", {"i": i}, f"w{i % 2}")
+        else:
+            assert (j.state, j.error, j.result) == ("failed", f"boom {i}", None)
+        assert Attempt.objects.get(job=j).state == j.state

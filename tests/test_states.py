@@ -92,3 +92,29 @@ def test_of_two_concurrent_claims_exactly_one_wins(django_user_model):
         job.refresh_from_db()
         assert len(winners) == 1
         assert job.state == winners[0]
+
+
+def test_many_jobs_move_in_one_claim_each_with_its_own_fields(cast):
+    jobs = [make_job(cast.alice) for _ in range(3)]
+    moved_elsewhere = make_job(cast.alice, state=S.CANCELLED)
+    rows = {job.pk: {"node": f"w{job.pk}"} for job in jobs + [moved_elsewhere]}
+    tokens = {job_id: "t1" for job_id in rows}
+    won = states.claim_many(rows, path=[S.QUEUED, S.RUNNING, S.SUCCEEDED], token=tokens)
+    assert won == {job.pk for job in jobs}
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.state, job.node) == (S.SUCCEEDED, f"w{job.pk}")
+    moved_elsewhere.refresh_from_db()
+    assert (moved_elsewhere.state, moved_elsewhere.node) == (S.CANCELLED, "")
+
+
+def test_a_batch_claim_refuses_a_path_with_a_forbidden_step(cast):
+    job = make_job(cast.alice)
+    with pytest.raises(ValueError):
+        states.claim_many({job.pk: {}}, path=[S.QUEUED, S.SUCCEEDED], token={job.pk: "t1"})
+
+
+def test_a_batch_claim_checks_each_rows_token(cast):
+    job = make_job(cast.alice)
+    assert states.claim_many({job.pk: {}}, path=[S.QUEUED, S.RUNNING],
+                             token={job.pk: "stale"}) == set()

@@ -8,7 +8,7 @@ from django import db
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from jobs.reconcile import reconcile_once
+from jobs.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,10 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         self.stdout.write("reconciler running")
+        reconciler = Reconciler()
         while not stop.is_set():
             try:
-                done = reconcile_once()
+                done = reconciler.once()
                 if any(done.values()):
                     log.info("reconciled: %s", done)
             except Exception:  # keep looping: the next pass may find Redis or the database back
