@@ -37,11 +37,15 @@ def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:
         now = time.time()
         client.zadd(protocol.DISPATCHED,
                     {protocol.dispatch_member(spec.job, spec.attempt): now for spec, _ in sends})
-        with app.producer_or_acquire() as producer:
+        # One pipelined round trip to Redis for the whole list, not one (or two) per message.
+        with app.producer_or_acquire() as producer, producer.batch():
             for spec, queue in sends:
                 app.send_task(
                     protocol.TASK_NAME,
                     args=[spec.to_message()],
+                    # Named here, so Celery need not repr() the parameters of every message.
+                    argsrepr=f"job {spec.job} attempt {spec.attempt}",
+                    kwargsrepr="{}",
                     queue=queue,
                     task_id=f"{spec.job}-{spec.attempt}-{spec.token[:8]}",
                     soft_time_limit=spec.timeout_s,

@@ -177,16 +177,13 @@ class Batch:
         won: set[int] = set()
         for path, rows in groups.items():
             if len(path) == 1:  # progress only, no move
-                updated = (Job.objects.filter(pk__in=list(rows), state=path[0])
-                           .update(**states.per_row_values(Job, rows)))
-                won |= set(rows) if updated == len(rows) else set()
+                won |= states.update_rows(Job, rows, where={"state": path[0]})
             else:
                 won |= states.claim_many(rows, path=list(path), token=tokens)
         attempts = {plan.row["token"]: plan.attempt for job_id, plan in self.plans.items()
                     if plan.attempt and job_id in won}
         if attempts:
-            Attempt.objects.filter(token__in=list(attempts), finished_at__isnull=True).update(
-                **states.per_row_values(Attempt, attempts, key="token"))
+            states.update_rows(Attempt, attempts, key="token")
         for job_id in won:
             plan = self.plans[job_id]
             for event in plan.events + ([plan.progress] if plan.progress else []):
