@@ -13,17 +13,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.joined = []
         user = self.scope.get("user")
-        await self.accept()
         if not user or not user.is_authenticated:
+            await self.accept()
             await self.close(code=NOT_AUTHENTICATED)
             return
         groups = await database_sync_to_async(self.allowed_groups)(user)
         if groups is None:
+            await self.accept()
             await self.close(code=NOT_FOUND)
             return
+        # Joined before the handshake completes: nothing published after "hello" is missed.
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
         self.joined = groups
+        await self.accept()
         await self.send_json({"type": "hello", "streams": groups})
 
     def allowed_groups(self, user) -> list[str] | None:

@@ -227,7 +227,8 @@ def _moves(path: list[str]) -> list[str]:
 def state_event_of(row: dict) -> dict:
     return {"type": "job.state", "state": row["state"], "attempt": row["attempt"],
             "node": row["node"], "message": row["message"], "progress": row["progress"],
-            "error": row["error"], "kind": row["kind"], "name": row["name"]}
+            "error": row["error"], "kind": row["kind"], "name": row["name"],
+            "result": row.get("result")}
 
 
 def _progress_text(e) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from jobs.models import Attempt, Job, JobState
 from workers import protocol
 from workers.kinds import get_kind
 
+log = logging.getLogger(__name__)
 SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s"}
 _PYDANTIC_MESSAGES = {
     "missing": "is required",
@@ -166,7 +168,7 @@ def state_event(job: Job) -> dict:
     return {
         "type": "job.state", "state": job.state, "attempt": job.attempt, "node": job.node,
         "message": job.message, "progress": job.progress, "error": job.error,
-        "kind": job.kind, "name": job.name,
+        "kind": job.kind, "name": job.name, "result": job.result,
     }
 
 
@@ -209,8 +211,8 @@ def signal_cancel(*job_ids: int) -> None:
         for job_id in job_ids:
             pipe.set(protocol.cancel_key(job_id), 1, ex=7 * 24 * 3600)
         pipe.execute()
-    except Exception:  # the reconciler will raise it from the database
-        pass
+    except Exception as exc:  # the reconciler raises it again from the database
+        log.warning("cancel flag for jobs %s not set: %s", job_ids, exc)
 
 
 def retry_job(*, job: Job, owner) -> Job:

@@ -42,8 +42,12 @@ def job_new(request):
             else:
                 job, _ = services.submit_job(owner=request.user, spec=spec)
                 return redirect("job-detail", job_id=job.pk)
+    # A form sent back shows what was typed, not what it was parsed into.
+    typed = {name[len("param-"):]: value for name, value in request.POST.items()
+             if name.startswith("param-")}
     context = {
-        "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, values),
+        "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, {
+            **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}}),
         "errors": errors, "name": request.POST.get("name", ""),
     }
     return render(request, "jobs/new.html", context, status=400 if errors else 200)

@@ -258,3 +258,13 @@ def test_api_token_command_refuses_an_unknown_user_without_create(db):
 
     with pytest.raises(CommandError, match="no user 'nobody'"):
         call_command("api_token", "nobody")
+
+
+def test_the_openapi_schema_generates_without_a_single_warning(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+    assert "tokenAuth" in out.getvalue() and "/api/v1/jobs/{job_id}/metrics/" in out.getvalue()

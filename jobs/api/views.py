@@ -1,8 +1,8 @@
 """The REST API under /api/v1/: thin views over the services and selectors."""
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import CursorPagination
@@ -135,6 +135,8 @@ class JobLogs(APIView):
 
 
 class JobMetrics(APIView):
+    @extend_schema(responses=inline_serializer("JobMetrics", {
+        "series": serializers.DictField(help_text="name -> [{step, value}, ...]")}))
     def get(self, request, job_id):
         job = visible_job_or_404(request, job_id)
         return Response({"series": selectors.job_metrics(job)})

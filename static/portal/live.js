@@ -18,10 +18,11 @@ const Portal = (() => {
   }
 
   class Stream {
-    constructor(path, {onEvent, resync}) {
+    constructor(path, {onEvent, resync, keep = () => false}) {
       this.path = path;
       this.onEvent = onEvent;
       this.resync = resync;
+      this.keep = keep;  // events still worth applying after a snapshot that gave no seq
       this.seq = {};
       this.failures = 0;
       this.syncing = null;
@@ -32,7 +33,7 @@ const Portal = (() => {
       const scheme = location.protocol === "https:" ? "wss" : "ws";
       this.ws = new WebSocket(`${scheme}://${location.host}${this.path}`);
       setStatus(this.failures ? "reconnecting" : "connecting");
-      this.ws.onopen = () => { this.failures = 0; setStatus("live"); this.sync(); };
+      this.ws.onopen = () => { this.failures = 0; };
       this.ws.onmessage = (message) => this.receive(JSON.parse(message.data));
       this.ws.onclose = (event) => {
         if (event.code === 4401 || event.code === 4404) { setStatus("denied"); return; }
@@ -44,15 +45,28 @@ const Portal = (() => {
     }
 
     sync() {
-      // While a snapshot loads, frames are dropped; the snapshot says which seq it includes.
+      // While a snapshot loads, frames are held; the snapshot says which seq it includes, and
+      // the held frames after it are applied then (on a stream it gives no seq for, only the
+      // events `keep` accepts).
+      this.held = [];
       this.syncing = this.resync().then((seqs) => {
         this.seq = Object.assign({}, seqs || {});
         this.syncing = null;
-      }).catch(() => { this.syncing = null; setStatus("stale"); });
+        const held = this.held;
+        this.held = [];
+        held.forEach((frame) => {
+          if (this.seq[frame.stream] !== undefined) this.receive(frame);
+          else frame.events.filter(this.keep).forEach((event) => this.onEvent(event));
+        });
+      }).catch(() => { this.syncing = null; this.held = []; setStatus("stale"); });
     }
 
     receive(frame) {
-      if (frame.type !== "batch" || this.syncing) return;
+      // The server says hello once it has joined the streams: a snapshot taken after that
+      // misses nothing (one taken on open could).
+      if (frame.type === "hello") { setStatus("live"); this.sync(); return; }
+      if (frame.type !== "batch") return;
+      if (this.syncing) { this.held.push(frame); return; }
       const last = this.seq[frame.stream];
       if (last !== undefined && frame.seq <= last) return;
       if (last !== undefined && frame.seq !== last + 1) { this.sync(); return; }
@@ -88,6 +102,16 @@ const Portal = (() => {
       log.appendChild(line);
       if (follow) log.scrollTop = log.scrollHeight;
     }
+    // The attempts table is drawn by the server: redrawn from the page when the state moves on.
+    const shown = () => `${$("job-state").textContent}:${$("job-attempt").textContent}`;
+    let attemptsDrawn = shown();
+    async function redrawAttempts() {
+      const response = await fetch(location.pathname, {credentials: "same-origin"});
+      if (!response.ok) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const rows = page.querySelector("#attempts tbody");
+      if (rows) $("attempts").tBodies[0].replaceWith(document.adoptNode(rows));
+    }
     function showJob(job) {
       if (job.state) setState($("job-state"), job.state);
       if (job.attempt !== undefined) $("job-attempt").textContent = job.attempt;
@@ -100,12 +124,18 @@ const Portal = (() => {
         $("job-result-box").hidden = false;
       }
       if (job.state && TERMINAL.has(job.state)) $("cancel-form").hidden = true;
+      if (shown() !== attemptsDrawn) { attemptsDrawn = shown(); redrawAttempts().catch(() => {}); }
     }
 
     new Stream(`/ws/jobs/${id}/`, {
       onEvent(event) {
-        if (event.type === "job.state") showJob(event);
-        else if (event.type === "job.progress") {
+        if (event.type === "job.state") {
+          showJob(event);
+          // The final state event carries no result: the snapshot has it.
+          if (TERMINAL.has(event.state) && event.result === undefined) {
+            getJSON(`/api/v1/jobs/${id}/`).then(showJob).catch(() => {});
+          }
+        } else if (event.type === "job.progress") {
           showProgress(event.progress);
           if (event.message !== undefined) $("job-message").textContent = event.message;
         } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text);
@@ -131,6 +161,8 @@ const Portal = (() => {
     }
     new Stream("/ws/cluster/", {
       onEvent(event) { if (event.type === "job.state" || event.type === "job.progress") update(event); },
+      // A job's final state cannot go stale, whenever it arrives.
+      keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),
       async resync() {
         const page = await getJSON("/api/v1/jobs/?limit=50");
         page.results.forEach(update);

@@ -1,0 +1,284 @@
+"""In a real browser (Debian's Chromium driven by Playwright) against the live cluster: logging
+in, submitting through the form, watching a job run live, cancelling it, updates that race a
+page's snapshot, inline form errors, pages that load nothing from elsewhere, and user-supplied
+text that stays text.
+
+Screenshots land in test-artifacts/ for a person to look at."""
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from playwright.sync_api import expect, sync_playwright
+
+from jobs import services
+from jobs.models import Job
+from tests.integration.conftest import ARTIFACTS, wait_for_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-gpu"]
+PASSWORD = "a browser's password"
+# The box has two shared cores: a 3 s job can take a while to be picked up and reported.
+JOB_MS = 30_000
+XSS_NAME = '<img src=x onerror="window.__xss=1">'
+JOB_URL = re.compile(r"/jobs/(\d+)/$")
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def browser(live_cluster):
+    # Playwright's sync API keeps its event loop running on a greenlet of this thread, which
+    # Django takes for async code and refuses the ORM: allowed here, for this module only and
+    # after the cluster has started, so no server process inherits the setting.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Traffic:
+    """Everything one tab asked for (requests and websockets) and every uncaught script error."""
+
+    def __init__(self, page, live):
+        self.live = live
+        self.urls: list[str] = []
+        self.script_errors: list[str] = []
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("websocket", lambda socket: self.urls.append(socket.url))
+        page.on("pageerror", lambda error: self.script_errors.append(str(error)))
+
+    def foreign(self) -> list[str]:
+        local = (f"{self.live.base}/", self.live.ws_url("/"), "data:")
+        return [url for url in self.urls if not url.startswith(local)]
+
+    def assert_clean(self) -> None:
+        assert self.urls, "the tab made no requests at all"
+        assert self.foreign() == []
+        assert self.script_errors == []
+
+
+@pytest.fixture
+def tab(live, browser):
+    context = browser.new_context(base_url=live.base, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.traffic = Traffic(page, live)
+    yield page
+    context.close()
+
+
+def log_in(page, username="browser"):
+    user = get_user_model().objects.create_user(username, password=PASSWORD)
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/jobs/$"))
+    expect(page.locator(".topbar .who")).to_have_text(username)
+    return user
+
+
+def submit(owner, **spec):
+    job, _ = services.submit_job(owner=owner, spec=services.validate_spec(spec))
+    return job
+
+
+def attempt_row(page, number: int):
+    return page.locator("#attempts tbody tr").filter(
+        has=page.locator("td:first-child", has_text=re.compile(rf"^{number}$")))
+
+
+def rendered_state(html: str) -> str:
+    return re.search(r'id="job-state">([^<]*)<', html)[1]
+
+
+def test_a_job_submitted_through_the_form_is_watched_live_to_success_without_a_reload(tab):
+    user = log_in(tab)
+    tab.get_by_role("link", name="Submit", exact=True).click()
+    expect(tab.get_by_role("heading", name="Submit a job")).to_be_visible()
+    tab.get_by_label("Kind").select_option("diag.sleep")  # the picker reloads the form
+    expect(tab).to_have_url(re.compile(r"/jobs/new/\?kind=diag\.sleep$"))
+    tab.get_by_label("Seconds").fill("3")
+    with tab.expect_navigation(url=JOB_URL) as landed:
+        tab.get_by_role("button", name="Submit", exact=True).click()
+    tab.evaluate("window.__marker = 1")
+    # The server drew the page before the job ended: what follows arrives over the websocket.
+    assert rendered_state(landed.value.text()) in {"pending", "queued", "running"}
+    job_id = int(JOB_URL.search(tab.url)[1])
+
+    state = tab.locator("#job-state")
+    expect(state).to_have_text("succeeded", timeout=JOB_MS)
+    expect(state).to_have_class("state state-succeeded")
+    expect(tab.locator("#job-progress")).to_have_js_property("value", 1)
+    expect(tab.locator("#job-progress-text")).to_have_text("100 %")
+    expect(tab.locator("#job-log")).to_contain_text("done")
+    # Each line once, whether it came with the snapshot or live.
+    expect(tab.locator("#job-log .line")).to_have_text(["sleeping 3 s", "done"])
+    expect(tab.locator("#job-node")).to_have_text(re.compile(r"^w[12]$"))
+    expect(tab.locator("#job-result")).to_contain_text('"slept": 3')
+    expect(tab.locator("#cancel-form")).to_be_hidden()
+    expect(attempt_row(tab, 1)).to_have_text(re.compile(r"^1succeededw[12]"))
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    expect(tab.locator("#live-indicator .live-text")).to_have_text("live")
+    assert tab.evaluate("window.__marker") == 1, "the job page reloaded"
+    tab.screenshot(path=ARTIFACTS / "job-succeeded.png", full_page=True)
+
+    job = Job.objects.get(pk=job_id)
+    assert (job.owner, job.kind, job.params["seconds"], job.state) == (
+        user, "diag.sleep", 3, "succeeded")
+    tab.traffic.assert_clean()
+
+
+def test_a_negative_duration_is_shown_next_to_its_field_and_creates_no_job(tab):
+    log_in(tab)
+    tab.goto("/jobs/new/?kind=diag.sleep")
+    # A number input takes no letters, so the bad value is a number out of range.
+    tab.get_by_label("Seconds").fill("-5")
+    with tab.expect_navigation() as posted:
+        tab.get_by_role("button", name="Submit", exact=True).click()
+    assert posted.value.status == 400
+
+    field = tab.locator(".field", has=tab.locator('input[name="param-seconds"]'))
+    expect(field).to_have_class(re.compile(r"\bhas-error\b"))
+    error = field.locator('[data-error="seconds"]')
+    expect(error).to_be_visible()
+    expect(error).to_have_text("must be at least 0")
+    expect(tab.locator("[data-error]")).to_have_count(1)  # no other field complains
+    assert float(tab.get_by_label("Seconds").input_value()) == -5  # what was typed stays
+    expect(tab.locator('input[name="kind"]')).to_have_value("diag.sleep")
+    tab.screenshot(path=ARTIFACTS / "submit-errors.png", full_page=True)
+
+    assert Job.objects.count() == 0
+    tab.traffic.assert_clean()
+
+
+def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
+    user = log_in(tab)
+    job = submit(user, kind="diag.sleep", params={"seconds": 30}, name="long sleep")
+    tab.goto(f"/jobs/{job.pk}/")
+    state = tab.locator("#job-state")
+    expect(state).to_have_text("running", timeout=JOB_MS)
+    cancel = tab.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_visible()
+
+    with tab.expect_navigation(url=JOB_URL):  # the button posts a form, then comes back
+        cancel.click()
+    tab.evaluate("window.__marker = 1")
+    expect(state).to_have_text("cancelled", timeout=JOB_MS)
+    expect(state).to_have_class("state state-cancelled")
+    expect(cancel).to_be_hidden()
+    expect(attempt_row(tab, 1)).to_have_text(re.compile(r"^1cancelledw[12]"))
+    assert tab.evaluate("window.__marker") == 1, "the job page reloaded"
+    tab.screenshot(path=ARTIFACTS / "job-cancelled.png", full_page=True)
+
+    done = wait_for_job(job.pk, timeout=15)
+    assert done.state == "cancelled" and done.cancel_requested_at is not None
+    tab.traffic.assert_clean()
+
+
+def test_a_state_change_arriving_while_the_page_loads_its_snapshot_is_not_lost(tab):
+    user = log_in(tab)
+    job = submit(user, kind="diag.sleep", params={"seconds": 3})
+    # Hold the page's snapshot half-way (the job is read, its log not yet) ...
+    held = []
+    tab.route(re.compile(r"/api/v1/jobs/\d+/logs/"),
+              lambda route: route.continue_() if held else held.append(route))
+    with tab.expect_websocket() as opened:
+        tab.goto(f"/jobs/{job.pk}/")
+    frames = []
+    opened.value.on("framereceived", lambda frame: frames.append(frame))
+    while not held:
+        tab.wait_for_timeout(50)
+    snapshot = tab.locator("#job-state").text_content()
+    assert snapshot not in TERMINAL, f"the job ended before the page read it ({snapshot})"
+    # ... until the job has ended and its last frame has reached the page.
+    assert wait_for_job(job.pk, timeout=JOB_MS / 1000).state == "succeeded"
+    while not any('"succeeded"' in frame for frame in frames):
+        tab.wait_for_timeout(100)
+    held[0].continue_()
+
+    expect(tab.locator("#job-state")).to_have_text("succeeded", timeout=10_000)
+    expect(tab.locator("#job-progress-text")).to_have_text("100 %")
+    expect(tab.locator("#cancel-form")).to_be_hidden()
+    tab.traffic.assert_clean()
+
+
+def test_a_job_ending_while_the_list_loads_its_snapshot_is_shown_ended(tab):
+    user = log_in(tab)
+    job = submit(user, kind="diag.sleep", params={"seconds": 3})
+    wait_for_job(job.pk, states={"running"}, timeout=JOB_MS / 1000)
+    # The list's snapshot is read now, while the job runs, and handed over only later.
+    held = []
+
+    def read_now(route):
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    tab.route(re.compile(r"/api/v1/jobs/\?"), read_now)
+    with tab.expect_websocket() as opened:
+        tab.goto("/jobs/")
+    frames = []
+    opened.value.on("framereceived", lambda frame: frames.append(frame))
+    while not held:
+        tab.wait_for_timeout(50)
+    route, snapshot = held[0]
+    assert snapshot.json()["results"][0]["state"] == "running"
+    assert wait_for_job(job.pk, timeout=JOB_MS / 1000).state == "succeeded"
+    while not any('"succeeded"' in frame for frame in frames):
+        tab.wait_for_timeout(100)
+    route.fulfill(response=snapshot)
+
+    row = tab.locator(f'tr[data-job="{job.pk}"]')
+    expect(row.locator('[data-field="state"]')).to_have_text("succeeded", timeout=10_000)
+    expect(row.locator('[data-field="progress"]')).to_have_js_property("value", 1)
+    tab.traffic.assert_clean()
+
+
+def test_every_page_loads_its_assets_and_data_from_the_portal_alone(tab, live):
+    user = log_in(tab)
+    job = submit(user, kind="diag.sleep", params={"seconds": 1})
+    tab.goto("/jobs/")
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    tab.goto("/jobs/new/?kind=diag.noop")
+    expect(tab.get_by_label("Kind")).to_have_value("diag.noop")
+    tab.goto(f"/jobs/{job.pk}/")
+    expect(tab.locator("#job-state")).to_have_text("succeeded", timeout=JOB_MS)
+    tab.goto("/api/docs/")
+    expect(tab.locator(".swagger-ui .info")).to_be_visible()  # drawn from the fetched schema
+
+    urls = tab.traffic.urls
+    for needed in ("/static/portal/app.css", "/static/portal/live.js", "/api/schema/"):
+        assert any(needed in url for url in urls), f"{needed} was never requested"
+    assert live.ws_url("/ws/cluster/") in urls and live.ws_url(f"/ws/jobs/{job.pk}/") in urls
+    tab.traffic.assert_clean()
+
+
+def test_a_job_name_made_of_html_is_shown_as_text_and_never_runs_as_script(tab):
+    user = log_in(tab)
+    job = submit(user, kind="diag.noop", name=XSS_NAME)
+    submit(user, kind="diag.sleep", params={"seconds": 30}, name="a plain neighbour")
+
+    tab.goto("/jobs/")
+    row = tab.locator(f'tr[data-job="{job.pk}"]')
+    expect(row.locator("td.name")).to_have_text(XSS_NAME)
+    expect(row.locator('[data-field="state"]')).to_have_text("succeeded", timeout=JOB_MS)
+    expect(tab.locator("main img")).to_have_count(0)
+    tab.screenshot(path=ARTIFACTS / "job-list.png", full_page=True)
+
+    tab.goto(f"/jobs/{job.pk}/")
+    expect(tab.locator("h1 .name")).to_have_text(XSS_NAME)
+    expect(tab.locator("#job-state")).to_have_text("succeeded", timeout=JOB_MS)
+    expect(tab.locator("main img")).to_have_count(0)
+
+    assert tab.evaluate("typeof window.__xss") == "undefined"
+    assert not [url for url in tab.traffic.urls if url.endswith("/x")]  # the img never loaded
+    tab.traffic.assert_clean()
+    for other in Job.objects.exclude(state__in=TERMINAL):
+        services.cancel_job(job=other)  # leave the workers free for the next test
