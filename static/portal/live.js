@@ -152,8 +152,42 @@ const Portal = (() => {
   }
 
   function watchList(table) {
+    const filter = table.dataset.state || "";
+    function cell(child) {
+      const td = document.createElement("td");
+      td.append(child);
+      return td;
+    }
+    function addRow(event) {
+      // A job that appeared after the page loaded: newest first, built as text, never HTML.
+      const id = String(event.job || event.id);
+      const link = document.createElement("a");
+      link.href = `/jobs/${id}/`;
+      link.textContent = id;
+      const state = document.createElement("span");
+      state.dataset.field = "state";
+      const progress = document.createElement("progress");
+      progress.max = 1;
+      progress.value = 0;
+      progress.dataset.field = "progress";
+      const row = document.createElement("tr");
+      row.dataset.job = id;
+      const node = cell(event.node || "");
+      node.dataset.field = "node";
+      const created = new Date().toISOString().replace("T", " ").slice(0, 19);
+      row.append(cell(link), cell(event.name || ""), cell(event.kind || ""), cell(state),
+                 cell(progress), node, cell(created));
+      row.cells[1].className = "name";
+      setState(state, event.state);
+      table.tBodies[0].querySelector("tr.empty")?.remove();
+      table.tBodies[0].prepend(row);
+      return row;
+    }
     function update(event) {
-      const row = table.querySelector(`tr[data-job="${event.job || event.id}"]`);
+      let row = table.querySelector(`tr[data-job="${event.job || event.id}"]`);
+      if (!row && event.type === "job.state" && event.kind && (!filter || filter === event.state)) {
+        row = addRow(event);
+      }
       if (!row) return;
       if (event.state) setState(row.querySelector('[data-field="state"]'), event.state);
       if (event.progress !== undefined && event.progress !== null) row.querySelector('[data-field="progress"]').value = event.progress;

@@ -282,3 +282,19 @@ def test_a_job_name_made_of_html_is_shown_as_text_and_never_runs_as_script(tab):
     tab.traffic.assert_clean()
     for other in Job.objects.exclude(state__in=TERMINAL):
         services.cancel_job(job=other)  # leave the workers free for the next test
+
+
+def test_a_job_submitted_elsewhere_appears_on_the_open_list_live_as_text(tab):
+    user = log_in(tab)
+    tab.goto("/jobs/")
+    expect(tab.locator("#live-indicator")).to_have_text(re.compile("live"))
+    tab.evaluate("window.__marker = 1")
+    job = submit(user, kind="diag.noop", name=XSS_NAME)
+    row = tab.locator(f'tr[data-job="{job.pk}"]')
+    expect(row.locator("td.name")).to_have_text(XSS_NAME, timeout=JOB_MS)
+    expect(row.locator('[data-field="state"]')).to_have_text("succeeded", timeout=JOB_MS)
+    expect(row.locator("a")).to_have_attribute("href", f"/jobs/{job.pk}/")
+    expect(tab.locator("main img")).to_have_count(0)
+    assert tab.evaluate("window.__marker") == 1  # no reload
+    assert tab.evaluate("typeof window.__xss") == "undefined"
+    tab.traffic.assert_clean()
