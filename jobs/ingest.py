@@ -24,9 +24,19 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import states
+from jobs import history, states
 from jobs.broadcast import Outbox
-from jobs.models import TERMINAL, Attempt, Job, JobState, LogLine, MetricPoint, Node, NodeState
+from jobs.models import (
+    TERMINAL,
+    Attempt,
+    Job,
+    JobState,
+    LogLine,
+    MetricPoint,
+    Node,
+    NodeSample,
+    NodeState,
+)
 from jobs.services import signal_cancel
 from portal.env import LEASE_S
 from workers import protocol
@@ -82,6 +92,7 @@ class Batch:
         self.logs: list[LogLine] = []
         self.metrics: list[MetricPoint] = []
         self.to_stop: list[int] = []
+        self.samples: list = []
 
     def apply(self) -> Outbox:
         ids = sorted({e["job"] for e in self.events if "job" in e})
@@ -97,6 +108,7 @@ class Batch:
         self.write()
         LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
+        NodeSample.objects.bulk_create(self.samples)
         if self.to_stop:
             stop = list(self.to_stop)
             transaction.on_commit(lambda: signal_cancel(*stop))
@@ -209,6 +221,7 @@ class Batch:
             node.state = NodeState.ONLINE
         node.save(update_fields=["worker", "queues", "concurrency", "running", "utilization",
                                  "last_heartbeat", "state"])
+        self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
         self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
 
 

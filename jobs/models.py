@@ -155,3 +155,40 @@ class Node(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class NodeSample(models.Model):
+    """One heartbeat's utilization, kept raw for NODE_SAMPLES_RAW_H hours."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    ts = models.DateTimeField()
+    cpu = models.FloatField()
+    mem = models.FloatField()
+    gpu = models.FloatField(null=True, blank=True, help_text="Mean GPU utilization, if any.")
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["node", "ts"], name="nodesample_node_ts"),
+                   models.Index(fields=["ts"], name="nodesample_ts")]
+
+    def __str__(self):
+        return f"{self.node_id} @ {self.ts:%H:%M:%S}"
+
+
+class NodeMinute(models.Model):
+    """A node's utilization over one minute (mean and peak), kept for NODE_MINUTES_DAYS days."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="minutes")
+    minute = models.DateTimeField()
+    cpu = models.FloatField()
+    cpu_max = models.FloatField()
+    mem = models.FloatField()
+    gpu = models.FloatField(null=True, blank=True)
+    samples = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["node", "minute"], name="nodeminute_once")]
+        indexes = [models.Index(fields=["minute"], name="nodeminute_minute")]
+
+    def __str__(self):
+        return f"{self.node_id} @ {self.minute:%Y-%m-%d %H:%M}"

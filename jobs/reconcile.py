@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import states
+from jobs import history, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import attempt_spec, dispatch_on_commit, send
 from jobs.ingest import ALIVE_KEY, node_event
@@ -152,6 +152,7 @@ class Reconciler:
     def __init__(self, client: redis.Redis | None = None):
         self.client = client or protocol.redis_client()
         self.suspects: dict[int, int] = {}  # queued jobs seen without a marker: id -> attempt
+        self.rolled_minute = None
 
     def once(self) -> dict:
         now = timezone.now()
@@ -165,4 +166,8 @@ class Reconciler:
             done["resent"] = redispatch_missing(self.client, now, self.suspects)
             reraise_cancels()
         done["offline"] = mark_offline(now)
+        if self.rolled_minute != history.minute_of(now):  # once a minute
+            done["rolled_up"] = history.roll_up(now)
+            done["pruned"] = sum(history.prune(now))
+            self.rolled_minute = history.minute_of(now)
         return done

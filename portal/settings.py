@@ -144,6 +144,9 @@ JOB_MAX_BATCH = env_int("JOB_MAX_BATCH", 1000)
 DISPATCH_GRACE_S = env_float("DISPATCH_GRACE_S", 5.0)
 RECONCILE_EVERY_S = env_float("RECONCILE_EVERY_S", 2.0)
 NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
+# Utilization history: raw samples for this many hours, one-minute rollups for this many days.
+NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)
+NODE_MINUTES_DAYS = env_float("NODE_MINUTES_DAYS", 30.0)
 
 LOGGING = {
     "version": 1,

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 
-import psutil
 import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
@@ -24,20 +23,10 @@ from workers import protocol
 from workers.events import EventSink
 from workers.protocol import redis_client
 from workers.runner import finished_event
+from workers.utilization import Sampler
 
 log = logging.getLogger(__name__)
 TICK_S = min(0.5, HEARTBEAT_S)
-
-
-def utilization() -> dict:
-    memory = psutil.virtual_memory()
-    return {
-        "cpu": psutil.cpu_percent(interval=None),
-        "mem": memory.percent,
-        "mem_used": memory.used,
-        "mem_total": memory.total,
-        "load1": os.getloadavg()[0],
-    }
 
 
 def active_attempts() -> list[tuple[protocol.AttemptSpec, int | None]]:
@@ -57,6 +46,7 @@ class Agent:
         self.queues = queues
         self.concurrency = concurrency
         self.sink = EventSink()
+        self.sampler = Sampler()
         self._stop = threading.Event()
         self._cancel_seen: dict[tuple[int, int], float] = {}
 
@@ -64,7 +54,8 @@ class Agent:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
         self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "queues": self.queues,
-                        "concurrency": self.concurrency, "util": utilization()}, now=True)
+                        "concurrency": self.concurrency, "util": self.sampler.sample()},
+                       now=True)
 
     def enforce_cancels(self, client: redis.Redis) -> None:
         running = active_attempts()
@@ -93,7 +84,6 @@ class Agent:
         self._cancel_seen = {k: v for k, v in self._cancel_seen.items() if k in live}
 
     def run(self) -> None:
-        psutil.cpu_percent(interval=None)
         last_beat = 0.0
         while not self._stop.is_set():
             try:

@@ -11,4 +11,5 @@ urlpatterns = [
     path("jobs/<str:job_id>/logs/", views.JobLogs.as_view(), name="api-job-logs"),
     path("jobs/<str:job_id>/metrics/", views.JobMetrics.as_view(), name="api-job-metrics"),
     path("nodes/", views.NodeList.as_view(), name="api-nodes"),
+    path("nodes/<str:name>/metrics/", views.NodeMetrics.as_view(), name="api-node-metrics"),
 ]

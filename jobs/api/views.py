@@ -1,6 +1,10 @@
 """The REST API under /api/v1/: thin views over the services and selectors."""
 
+from datetime import UTC, timedelta
+
 from django.conf import settings
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -9,7 +13,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs import selectors, services
+from jobs import history, selectors, services
 from jobs.api.serializers import JobSerializer, KindSerializer, LogLineSerializer, NodeSerializer
 from jobs.broadcast import current_seq
 from jobs.models import JobState
@@ -146,3 +150,39 @@ class NodeList(APIView):
     @extend_schema(responses=NodeSerializer(many=True))
     def get(self, request):
         return Response(NodeSerializer(selectors.nodes(), many=True).data)
+
+
+class NodeMetrics(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("since", str, description="ISO 8601 time"),
+                    OpenApiParameter("window", int, description="seconds back from now"),
+                    OpenApiParameter("points", int, description="at most this many (10-1000)")],
+        responses=inline_serializer("NodeSeries", {
+            "source": serializers.CharField(), "t": serializers.ListField(),
+            "cpu": serializers.ListField(), "mem": serializers.ListField(),
+            "gpu": serializers.ListField()}))
+    def get(self, request, name):
+        node = selectors.nodes().filter(name=name).first()
+        if node is None:
+            raise NotFound("No such node.")
+        return Response(history.series(node, since=since_param(request.query_params),
+                                       points=int_param(request.query_params, "points", 300)))
+
+
+def int_param(params, name: str, default: int) -> int:
+    try:
+        return int(params.get(name, default))
+    except ValueError:
+        raise ValidationError({name: ["must be a whole number"]}) from None
+
+
+def since_param(params):
+    if "since" in params:
+        since = parse_datetime(params["since"])
+        if since is None:
+            raise ValidationError({"since": ["must be an ISO 8601 date and time"]})
+        return since if since.tzinfo else since.replace(tzinfo=UTC)
+    window = int_param(params, "window", 900)
+    if not 1 <= window <= 365 * 86400:
+        raise ValidationError({"window": ["must be between 1 and 31536000 seconds"]})
+    return timezone.now() - timedelta(seconds=window)

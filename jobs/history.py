@@ -1,0 +1,85 @@
+"""Node utilization history: raw samples, one-minute rollups, retention, downsampled series."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from jobs.models import Node, NodeMinute, NodeSample
+
+SERIES = ("cpu", "mem", "gpu")
+
+
+def sample_from(node: Node, ts: datetime, util: dict) -> NodeSample:
+    gpus = [g["util"] for g in util.get("gpus") or [] if "util" in g]
+    return NodeSample(node=node, ts=ts, cpu=float(util.get("cpu") or 0.0),
+                      mem=float(util.get("mem") or 0.0),
+                      gpu=sum(gpus) / len(gpus) if gpus else None, data=util)
+
+
+def minute_of(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+def roll_up(now: datetime | None = None) -> int:
+    """Fold every finished minute not yet rolled up into NodeMinute rows (idempotent)."""
+    now = now or timezone.now()
+    current = minute_of(now)
+    last = NodeMinute.objects.order_by("-minute").values_list("minute", flat=True).first()
+    start = last + timedelta(minutes=1) if last else current - timedelta(
+        hours=settings.NODE_SAMPLES_RAW_H)
+    rows = (NodeSample.objects.filter(ts__gte=start, ts__lt=current)
+            .values_list("node_id", "ts", "cpu", "mem", "gpu").iterator(chunk_size=5000))
+    buckets: dict[tuple[int, datetime], list] = defaultdict(list)
+    for node_id, ts, cpu, mem, gpu in rows:
+        buckets[(node_id, minute_of(ts))].append((cpu, mem, gpu))
+    minutes = []
+    for (node_id, minute), values in buckets.items():
+        gpus = [g for _, _, g in values if g is not None]
+        minutes.append(NodeMinute(
+            node_id=node_id, minute=minute, samples=len(values),
+            cpu=sum(v[0] for v in values) / len(values), cpu_max=max(v[0] for v in values),
+            mem=sum(v[1] for v in values) / len(values),
+            gpu=sum(gpus) / len(gpus) if gpus else None))
+    NodeMinute.objects.bulk_create(minutes, ignore_conflicts=True)
+    return len(minutes)
+
+
+def prune(now: datetime | None = None) -> tuple[int, int]:
+    """Raw samples past their window and rollups past theirs are deleted."""
+    now = now or timezone.now()
+    raw, _ = NodeSample.objects.filter(
+        ts__lt=now - timedelta(hours=settings.NODE_SAMPLES_RAW_H)).delete()
+    minutes, _ = NodeMinute.objects.filter(
+        minute__lt=now - timedelta(days=settings.NODE_MINUTES_DAYS)).delete()
+    return raw, minutes
+
+
+def series(node: Node, *, since: datetime, points: int = 300) -> dict:
+    """The node's cpu/mem/gpu over [since, now], at most `points` points: raw samples for the
+    last hour, minute rollups beyond it, averaged into equal buckets on the server."""
+    now = timezone.now()
+    points = max(10, min(points, 1000))
+    if now - since <= timedelta(hours=1):
+        source = "raw"
+        rows = (NodeSample.objects.filter(node=node, ts__gte=since).order_by("ts")
+                .values_list("ts", "cpu", "mem", "gpu"))
+    else:
+        source = "minute"
+        rows = (NodeMinute.objects.filter(node=node, minute__gte=since).order_by("minute")
+                .values_list("minute", "cpu", "mem", "gpu"))
+    width = max((now - since) / points, timedelta(seconds=1))
+    buckets: dict[int, list] = defaultdict(list)
+    for ts, *values in rows.iterator(chunk_size=5000):
+        buckets[int((ts - since) / width)].append(values)
+    out = {"source": source, "t": [], **{name: [] for name in SERIES}}
+    for index in sorted(buckets):
+        values = buckets[index]
+        out["t"].append((since + width * index).isoformat())
+        for position, name in enumerate(SERIES):
+            present = [v[position] for v in values if v[position] is not None]
+            out[name].append(round(sum(present) / len(present), 2) if present else None)
+    return out

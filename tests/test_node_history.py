@@ -1,0 +1,103 @@
+"""Node utilization: the agent's figures, raw samples, minute rollups, retention, series."""
+
+import time
+from datetime import timedelta
+
+import psutil
+import pytest
+from django.utils import timezone
+
+from jobs import history
+from jobs.ingest import apply_events
+from jobs.models import Node, NodeMinute, NodeSample
+from workers.utilization import Sampler
+
+
+def test_the_agents_figures_agree_with_psutil_on_this_machine():
+    sampler = Sampler()
+    sampler.sample()
+    time.sleep(0.2)
+    figures = sampler.sample()
+    assert figures["mem_total"] == psutil.virtual_memory().total
+    assert len(figures["cpu_cores"]) == psutil.cpu_count()
+    assert figures["disk_total"] == psutil.disk_usage("/").total
+    assert 0 <= figures["cpu"] <= 100 and 0 <= figures["mem"] <= 100
+    assert abs(figures["mem"] - psutil.virtual_memory().percent) < 10
+    assert figures["net_rx_bps"] >= 0 and figures["disk_write_bps"] >= 0
+    assert figures["procs"] > 0 and figures["load1"] >= 0
+
+
+def test_a_node_without_gpus_reports_none_and_no_error():
+    assert Sampler().sample()["gpus"] == []
+
+
+def test_each_heartbeat_is_kept_as_a_sample(db):
+    apply_events([{"t": "heartbeat", "node": "w5", "ts": time.time(), "attempts": [],
+                   "util": {"cpu": 42.0, "mem": 10.0, "gpus": [{"util": 50.0}, {"util": 70.0}]}}])
+    sample = NodeSample.objects.get(node__name="w5")
+    assert (sample.cpu, sample.mem, sample.gpu) == (42.0, 10.0, 60.0)
+
+
+@pytest.fixture
+def node(db):
+    return Node.objects.create(name="w6", last_heartbeat=timezone.now())
+
+
+def add_samples(node, start, cpus):
+    NodeSample.objects.bulk_create([
+        NodeSample(node=node, ts=start + timedelta(seconds=10 * i), cpu=cpu, mem=50.0)
+        for i, cpu in enumerate(cpus)])
+
+
+def test_finished_minutes_roll_up_once_into_mean_and_peak(node):
+    now = timezone.now()
+    last_minute = history.minute_of(now) - timedelta(minutes=1)
+    add_samples(node, last_minute, [10.0, 20.0, 30.0])
+    add_samples(node, history.minute_of(now), [99.0])  # this minute is not over yet
+    assert history.roll_up(now) == 1
+    minute = NodeMinute.objects.get(node=node)
+    assert (minute.minute, minute.cpu, minute.cpu_max, minute.samples) == (
+        last_minute, 20.0, 30.0, 3)
+    assert history.roll_up(now) == 0
+
+
+def test_retention_keeps_each_tier_for_its_window(node, settings):
+    now = timezone.now()
+    add_samples(node, now - timedelta(hours=settings.NODE_SAMPLES_RAW_H, minutes=5), [1.0])
+    add_samples(node, now - timedelta(hours=1), [2.0])
+    NodeMinute.objects.create(node=node, minute=now - timedelta(days=31), cpu=1, cpu_max=1,
+                              mem=1, samples=1)
+    NodeMinute.objects.create(node=node, minute=now - timedelta(days=29), cpu=2, cpu_max=2,
+                              mem=2, samples=1)
+    assert history.prune(now) == (1, 1)
+    assert list(NodeSample.objects.values_list("cpu", flat=True)) == [2.0]
+    assert list(NodeMinute.objects.values_list("cpu", flat=True)) == [2.0]
+
+
+def test_a_short_window_reads_raw_samples_downsampled_on_the_server(node):
+    start = timezone.now() - timedelta(minutes=10)
+    add_samples(node, start, [float(i % 100) for i in range(60)])
+    out = history.series(node, since=start, points=20)
+    assert out["source"] == "raw"
+    assert 10 <= len(out["t"]) <= 21 and len(out["cpu"]) == len(out["t"])
+    assert all(value is None for value in out["gpu"])
+
+
+def test_a_long_window_reads_minute_rollups(node):
+    start = timezone.now() - timedelta(days=2)
+    NodeMinute.objects.bulk_create([
+        NodeMinute(node=node, minute=start + timedelta(minutes=i), cpu=float(i % 7),
+                   cpu_max=7, mem=1, samples=6) for i in range(2000)])
+    out = history.series(node, since=start, points=100)
+    assert out["source"] == "minute" and len(out["t"]) <= 101
+
+
+def test_the_node_metrics_api_answers_series_and_refuses_bad_input(api, node):
+    add_samples(node, timezone.now() - timedelta(minutes=5), [5.0, 15.0])
+    body = api.get("/api/v1/nodes/w6/metrics/?window=900&points=50").json()
+    assert body["source"] == "raw"
+    assert body["cpu"] and set(body["cpu"]) <= {5.0, 10.0, 15.0}
+    assert api.get("/api/v1/nodes/nope/metrics/").status_code == 404
+    assert api.get("/api/v1/nodes/w6/metrics/?since=yesterday").status_code == 400
+    assert api.get("/api/v1/nodes/w6/metrics/?window=0").status_code == 400
+    assert api.get("/api/v1/nodes/w6/metrics/?since=2026-01-01T00:00:00Z").status_code == 200
