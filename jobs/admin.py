@@ -44,5 +44,22 @@ class JobAdmin(admin.ModelAdmin):
 class NodeAdmin(admin.ModelAdmin):
     list_display = ["name", "state", "running", "concurrency", "last_heartbeat"]
     list_filter = ["state"]
-    readonly_fields = ["name", "worker", "queues", "concurrency", "running", "utilization",
-                       "first_seen", "last_heartbeat"]
+    readonly_fields = ["name", "state", "worker", "queues", "concurrency", "running",
+                       "utilization", "first_seen", "last_heartbeat"]
+    actions = ["drain", "undrain"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Drain: finish running jobs, take no new ones")
+    def drain(self, request, queryset):
+        for node in queryset:
+            services.drain_node(node=node, draining=True)
+        self.message_user(request, f"Draining {queryset.count()} nodes.", messages.SUCCESS)
+
+    @admin.action(description="Undrain: take jobs again")
+    def undrain(self, request, queryset):
+        for node in queryset:
+            services.drain_node(node=node, draining=False)
+        self.message_user(request, f"{queryset.count()} nodes take jobs again.",
+                          messages.SUCCESS)

@@ -212,7 +212,7 @@ class Batch:
         node, created = Node.objects.get_or_create(name=e["node"])
         was = node.state
         node.worker = e.get("worker", "")[:200]
-        node.queues = e.get("queues") or []
+        node.queues = e.get("consuming", e.get("queues")) or []  # what it takes work from now
         node.concurrency = e.get("concurrency") or 0
         node.running = len(held)
         node.utilization = e.get("util") or {}

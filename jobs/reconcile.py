@@ -24,7 +24,7 @@ from jobs.broadcast import Outbox
 from jobs.dispatch import attempt_spec, dispatch_on_commit, send
 from jobs.ingest import ALIVE_KEY, node_event
 from jobs.models import Attempt, Job, JobState, Node, NodeState
-from jobs.services import new_token, signal_cancel, state_event
+from jobs.services import new_token, signal_cancel, signal_drain, state_event
 from workers import protocol
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,12 @@ def reraise_cancels() -> None:
     signal_cancel(*ids)
 
 
+def reassert_drains() -> None:
+    """Redis keeps nothing across a restart: the database says which nodes drain."""
+    for name in Node.objects.filter(state=NodeState.DRAINING).values_list("name", flat=True):
+        signal_drain(name, True)
+
+
 def mark_offline(now) -> int:
     cutoff = now - timedelta(seconds=settings.NODE_OFFLINE_S)
     silent = list(Node.objects.filter(last_heartbeat__lt=cutoff)
@@ -165,6 +171,7 @@ class Reconciler:
             done["lost"] = recover_lost(now)
             done["resent"] = redispatch_missing(self.client, now, self.suspects)
             reraise_cancels()
+            reassert_drains()
         done["offline"] = mark_offline(now)
         if self.rolled_minute != history.minute_of(now):  # once a minute
             done["rolled_up"] = history.roll_up(now)

@@ -220,3 +220,33 @@ def retry_job(*, job: Job, owner) -> Job:
     spec = JobSpec(kind=job.kind, params=job.params, name=job.name, priority=job.priority,
                    queue=job.queue, max_attempts=job.max_attempts, timeout_s=job.timeout_s)
     return submit_jobs(owner=owner, specs=[spec])[0]
+
+
+def drain_node(*, node, draining: bool = True):
+    """Drain a node (it finishes what it runs and takes nothing new), or put it back to work."""
+    from jobs.ingest import node_event
+    from jobs.models import Node, NodeState
+
+    with transaction.atomic():
+        if draining:
+            Node.objects.filter(pk=node.pk).update(state=NodeState.DRAINING)
+        else:
+            Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
+                state=NodeState.ONLINE)
+        node.refresh_from_db()
+        transaction.on_commit(lambda: signal_drain(node.name, draining))
+        outbox = Outbox()
+        outbox.add(["cluster"], node_event(node, changed=True))
+        outbox.publish_on_commit()
+    return node
+
+
+def signal_drain(name: str, draining: bool) -> None:
+    try:
+        client = protocol.redis_client()
+        if draining:
+            client.set(protocol.drain_key(name), 1)
+        else:
+            client.delete(protocol.drain_key(name))
+    except Exception as exc:  # the reconciler raises it again from the database
+        log.warning("drain flag for node %s not set: %s", name, exc)

@@ -40,7 +40,8 @@ def active_attempts() -> list[tuple[protocol.AttemptSpec, int | None]]:
 
 
 class Agent:
-    def __init__(self, hostname: str, queues: list[str], concurrency: int):
+    def __init__(self, hostname: str, queues: list[str], concurrency: int, worker=None):
+        self.worker = worker
         self.hostname = hostname
         self.node = protocol.node_name(hostname)
         self.queues = queues
@@ -54,6 +55,7 @@ class Agent:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
         self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "queues": self.queues,
+                        "consuming": sorted(self.consuming()),
                         "concurrency": self.concurrency, "util": self.sampler.sample()},
                        now=True)
 
@@ -83,14 +85,39 @@ class Agent:
                     pass
         self._cancel_seen = {k: v for k, v in self._cancel_seen.items() if k in live}
 
+    def consuming(self) -> set[str]:
+        consumer = getattr(self.worker, "consumer", None)
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:
+            return set(self.queues)
+        return {queue.name for queue in task_consumer.queues}
+
+    def follow_drain(self, client: redis.Redis) -> None:
+        """A draining node finishes what it runs and takes nothing new: it stops consuming its
+        queues, and starts again when undrained. The remote-control commands it sends itself
+        run in the worker's own loop; checked again each tick, since they travel by pub/sub."""
+        if self.worker is None:
+            return
+        draining = bool(client.exists(protocol.drain_key(self.node)))
+        consuming = self.consuming()
+        control = self.worker.app.control
+        if draining:
+            for queue in consuming:
+                control.cancel_consumer(queue, destination=[self.hostname], reply=False)
+        else:
+            for queue in set(self.queues) - consuming:
+                control.add_consumer(queue, destination=[self.hostname], reply=False)
+
     def run(self) -> None:
         last_beat = 0.0
         while not self._stop.is_set():
             try:
+                client = redis_client()
+                self.follow_drain(client)
                 if time.monotonic() - last_beat >= HEARTBEAT_S:
                     last_beat = time.monotonic()
                     self.heartbeat()
-                self.enforce_cancels(redis_client())
+                self.enforce_cancels(client)
             except Exception:  # the agent must outlive any one bad tick
                 log.exception("node agent tick failed")
             self._stop.wait(TICK_S)
@@ -112,7 +139,7 @@ class NodeAgentStep(bootsteps.StartStopStep):
     def start(self, worker):
         queues = [q.name for q in worker.app.amqp.queues.consume_from.values()] \
             if worker.app.amqp.queues.consume_from else []
-        self.agent = Agent(worker.hostname, queues, worker.concurrency)
+        self.agent = Agent(worker.hostname, queues, worker.concurrency, worker=worker)
         self.thread = threading.Thread(target=self.agent.run, name="node-agent", daemon=True)
         self.thread.start()
 

@@ -30,6 +30,11 @@ def cancel_key(job_id: int) -> str:
     return f"{PREFIX}:cancel:{job_id}"
 
 
+def drain_key(node: str) -> str:
+    """Present while the node is draining: it finishes what it runs and takes nothing new."""
+    return f"{PREFIX}:drain:{node}"
+
+
 def dispatch_member(job_id: int, attempt: int) -> str:
     return f"{job_id}:{attempt}"
 

@@ -12,4 +12,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/metrics/", views.JobMetrics.as_view(), name="api-job-metrics"),
     path("nodes/", views.NodeList.as_view(), name="api-nodes"),
     path("nodes/<str:name>/metrics/", views.NodeMetrics.as_view(), name="api-node-metrics"),
+    path("nodes/<str:name>/drain/", views.NodeDrain.as_view(draining=True), name="api-node-drain"),
+    path("nodes/<str:name>/undrain/", views.NodeDrain.as_view(draining=False),
+         name="api-node-undrain"),
 ]

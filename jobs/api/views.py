@@ -10,6 +10,7 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -186,3 +187,18 @@ def since_param(params):
     if not 1 <= window <= 365 * 86400:
         raise ValidationError({"window": ["must be between 1 and 31536000 seconds"]})
     return timezone.now() - timedelta(seconds=window)
+
+
+class NodeDrain(APIView):
+    """Staff only: drain a node (POST .../drain/) or put it back to work (.../undrain/)."""
+
+    permission_classes = [IsAdminUser]
+    draining = True
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    def post(self, request, name):
+        node = selectors.nodes().filter(name=name).first()
+        if node is None:
+            raise NotFound("No such node.")
+        node = services.drain_node(node=node, draining=self.draining)
+        return Response(NodeSerializer(node).data)

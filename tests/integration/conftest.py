@@ -102,6 +102,9 @@ def live_cluster(request, django_db_setup, django_db_blocker):
 @pytest.fixture
 def live(live_cluster, transactional_db):
     """The running cluster, with every part back up and an empty database for this test."""
+    from workers import protocol
+
+    protocol.redis_client().delete(*(protocol.drain_key(n) for n in ("w1", "w2", "w9")))
     live_cluster.ensure("ingester")
     live_cluster.ensure("reconciler")
     live_cluster.ensure_workers()

@@ -243,3 +243,39 @@ def test_the_cluster_stream_carries_node_health_and_my_jobs_only(live, http, use
     assert {e["node"] for e in events if e["type"] == "node.health"} >= {"w1", "w2"}
     job_events = [e for e in events if e["type"].startswith("job.")]
     assert job_events and {e["job"] for e in job_events} == {mine["id"]}
+
+
+def test_a_drained_node_finishes_its_job_takes_no_new_one_and_returns_when_undrained(live, http):
+    from django.contrib.auth import get_user_model
+
+    from jobs.models import Node
+    from jobs.services import drain_node
+
+    running = submit(live, http, sleep_job(3))
+    first_node = wait_for_job(running["id"], states={"running"}, timeout=30).node
+    other = "w2" if first_node == "w1" else "w1"
+    staff = get_user_model().objects.create_user("ops", is_staff=True)
+    from accounts.models import ApiToken
+
+    ops = {"Authorization": f"Token {ApiToken.issue(staff)[1]}"}
+    assert http.post(live.url(f"/api/v1/nodes/{first_node}/drain/"), timeout=10).status_code \
+        == 403
+    response = http.post(live.url(f"/api/v1/nodes/{first_node}/drain/"), headers=ops,
+                         timeout=10)
+    assert response.status_code == 200 and response.json()["state"] == "draining"
+    deadline = time.monotonic() + 20
+    while Node.objects.get(name=first_node).queues:  # the agent stops consuming
+        assert time.monotonic() < deadline, "the drained node kept consuming"
+        time.sleep(0.2)
+
+    later = [submit(live, http, sleep_job(1)) for _ in range(4)]
+    assert wait_for_job(running["id"], timeout=30).state == "succeeded"  # it finished its job
+    assert {wait_for_job(j["id"], timeout=60).node for j in later} == {other}
+    assert Node.objects.get(name=first_node).state == "draining"
+
+    drain_node(node=Node.objects.get(name=first_node), draining=False)
+    deadline = time.monotonic() + 20
+    while not Node.objects.get(name=first_node).queues:
+        assert time.monotonic() < deadline, "the undrained node did not consume again"
+        time.sleep(0.2)
+    assert Node.objects.get(name=first_node).state == "online"
