@@ -1,11 +1,13 @@
 """The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from jobs import forms, selectors, services
+from accounts.auth import key_from_header, user_for_key
+from jobs import forms, prometheus, selectors, services
 from jobs.models import JobState
 from jobs.states import TransitionRefused
 from workers.kinds import all_kinds, get_kind
@@ -86,3 +88,17 @@ def job_cancel(request, job_id):
     except TransitionRefused:
         pass  # already finished: the page shows how
     return redirect("job-detail", job_id=job.pk)
+
+
+def metrics(request):
+    """Prometheus scrape: a staff member's session, or a staff member's API token."""
+    user = request.user
+    key = key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+    if key:
+        user = user_for_key(key)
+    if user is None or not user.is_authenticated:
+        return HttpResponse("authentication required\n", status=401, content_type="text/plain",
+                            headers={"WWW-Authenticate": "Token"})
+    if not user.is_staff:
+        return HttpResponse("staff only\n", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(prometheus.registry()), content_type=CONTENT_TYPE_LATEST)
