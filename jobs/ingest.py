@@ -37,7 +37,7 @@ from jobs.models import (
     NodeSample,
     NodeState,
 )
-from jobs.services import signal_cancel
+from jobs.services import signal_cancel, state_event
 from portal.env import LEASE_S
 from workers import protocol
 
@@ -178,7 +178,7 @@ class Batch:
             outcome = JobState.CANCELLED
             plan.move(JobState.CANCELLED, message="cancelled", **ended)
         plan.attempt.update(state=outcome, finished_at=at(e["ts"]), error=error)
-        plan.events.append({**state_event_of(plan.row), "finished_at": at(e["ts"]).isoformat()})
+        plan.events.append({**state_event(plan.row), "finished_at": at(e["ts"]).isoformat()})
 
     def write(self) -> None:
         groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
@@ -235,13 +235,6 @@ def node_event(node: Node, *, changed: bool = False) -> dict:
 def _moves(path: list[str]) -> list[str]:
     """queued, running, running -> queued, running: repeated states collapse."""
     return [state for i, state in enumerate(path) if i == 0 or state != path[i - 1]]
-
-
-def state_event_of(row: dict) -> dict:
-    return {"type": "job.state", "state": row["state"], "attempt": row["attempt"],
-            "node": row["node"], "message": row["message"], "progress": row["progress"],
-            "error": row["error"], "kind": row["kind"], "name": row["name"],
-            "result": row.get("result")}
 
 
 def _progress_text(e) -> str:

@@ -164,12 +164,14 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> t
     return job, True
 
 
-def state_event(job: Job) -> dict:
-    return {
-        "type": "job.state", "state": job.state, "attempt": job.attempt, "node": job.node,
-        "message": job.message, "progress": job.progress, "error": job.error,
-        "kind": job.kind, "name": job.name, "result": job.result,
-    }
+STATE_EVENT_FIELDS = ("state", "attempt", "node", "message", "progress", "error", "kind",
+                      "name", "result")
+
+
+def state_event(job: Job | dict) -> dict:
+    """The job.state message, from a Job or from a row of its values (the ingester's)."""
+    get = job.get if isinstance(job, dict) else lambda name: getattr(job, name)
+    return {"type": "job.state", **{name: get(name) for name in STATE_EVENT_FIELDS}}
 
 
 def cancel_job(*, job: Job) -> Job:
