@@ -7,11 +7,14 @@ or reconnects, knows to reload its snapshot. One message per group per batch: fe
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import threading
 from collections import defaultdict
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 from workers.protocol import PREFIX, redis_client
@@ -59,15 +62,45 @@ class Outbox:
 
 class Broadcaster:
     """Owns one event loop in a thread, so that sync code (the ingester, the web's services)
-    sends group messages without an async_to_sync round trip per event."""
+    sends group messages without an async_to_sync round trip per event.
 
-    def __init__(self):
+    Each group is throttled: its first update goes out at once, and whatever arrives within
+    `interval` after a frame waits and goes out as one frame, with repeated node health and job
+    progress folded to their latest. So a thousand heartbeats a second make a few frames a
+    second per dashboard. A frame is encoded once, not once per connected client."""
+
+    def __init__(self, interval: float | None = None):
+        self.interval = settings.LIVE_COALESCE_S if interval is None else interval
         self.loop = asyncio.new_event_loop()
         self.layer = get_channel_layer()
+        self.pending: dict[str, list[dict]] = {}  # touched only on the loop's thread
+        self.last_sent: dict[str, float] = {}
         threading.Thread(target=self.loop.run_forever, name="broadcaster", daemon=True).start()
 
     def publish(self, groups: dict[str, list[dict]]) -> None:
-        names = list(groups)
+        self.loop.call_soon_threadsafe(self._take, groups)
+
+    def _take(self, groups: dict[str, list[dict]]) -> None:
+        now = self.loop.time()
+        due = []
+        for name, events in groups.items():
+            if name in self.pending:  # a frame for it is already waiting
+                self.pending[name].extend(events)
+                continue
+            self.pending[name] = list(events)
+            wait = self.last_sent.get(name, -math.inf) + self.interval - now
+            if wait <= 0:
+                due.append(name)
+            else:
+                self.loop.call_later(wait, self._flush, [name])
+        if due:
+            self._flush(due)
+
+    def _flush(self, names: list[str]) -> None:
+        now = self.loop.time()
+        batches = {name: coalesce(self.pending.pop(name)) for name in names}
+        for name in names:
+            self.last_sent[name] = now
         try:
             pipe = redis_client().pipeline(transaction=False)
             for name in names:
@@ -76,11 +109,12 @@ class Broadcaster:
         except Exception as exc:  # Redis away: clients will resync from their snapshot
             log.warning("broadcast skipped, Redis unreachable: %s", exc)
             return
-        messages = [
-            (name, {"type": "portal.events", "stream": name, "seq": seq, "events": groups[name]})
-            for name, seq in zip(names, seqs, strict=True)
-        ]
-        asyncio.run_coroutine_threadsafe(self._send(messages), self.loop)
+        messages = []
+        for name, seq in zip(names, seqs, strict=True):
+            frame = {"type": "batch", "stream": name, "seq": seq, "events": batches[name]}
+            messages.append((name, {"type": "portal.frame",
+                                    "text": json.dumps(frame, separators=(",", ":"))}))
+        self.loop.create_task(self._send(messages))
 
     async def _send(self, messages) -> None:
         results = await asyncio.gather(
@@ -90,6 +124,33 @@ class Broadcaster:
         for result in results:
             if isinstance(result, Exception):
                 log.warning("group_send failed: %s", result)
+
+
+def coalesce(events: list[dict]) -> list[dict]:
+    """The latest health of a node and the latest progress of a job replace earlier ones (in
+    the later one's place); everything else (states, log lines, metric points) is kept."""
+    latest: dict[tuple, int] = {}
+    for index, event in enumerate(events):
+        kind = event.get("type")
+        if kind == "node.health":
+            latest[(kind, event.get("node"))] = index
+        elif kind == "job.progress":
+            latest[(kind, event.get("job"))] = index
+    if len(latest) == sum(1 for e in events if e.get("type") in ("node.health", "job.progress")):
+        return events
+    out = []
+    changed: set = set()
+    for index, event in enumerate(events):
+        kind = event.get("type")
+        key = (kind, event.get("node") if kind == "node.health" else event.get("job"))
+        if key in latest and latest[key] != index:
+            if event.get("changed"):
+                changed.add(key)
+            continue
+        if key in changed:
+            event = {**event, "changed": True}
+        out.append(event)
+    return out
 
 
 _broadcaster: Broadcaster | None = None

@@ -1,0 +1,64 @@
+"""Websocket frames: merged per stream on the server, numbered, encoded once."""
+
+import asyncio
+import json
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from jobs.broadcast import Broadcaster, coalesce
+
+
+def test_latest_node_health_and_job_progress_win_and_the_rest_is_kept():
+    events = [
+        {"type": "node.health", "node": "w1", "cpu": 10, "changed": True},
+        {"type": "job.progress", "job": "7", "progress": 0.1},
+        {"type": "job.log", "job": "7", "seq": 1, "text": "a"},
+        {"type": "node.health", "node": "w2", "cpu": 50, "changed": False},
+        {"type": "job.state", "job": "7", "state": "succeeded"},
+        {"type": "job.progress", "job": "7", "progress": 1.0},
+        {"type": "node.health", "node": "w1", "cpu": 30, "changed": False},
+        {"type": "job.log", "job": "7", "seq": 2, "text": "b"},
+    ]
+    merged = coalesce(events)
+    assert merged == [
+        {"type": "job.log", "job": "7", "seq": 1, "text": "a"},
+        {"type": "node.health", "node": "w2", "cpu": 50, "changed": False},
+        {"type": "job.state", "job": "7", "state": "succeeded"},
+        {"type": "job.progress", "job": "7", "progress": 1.0},
+        # w1's state change earlier in the window is not lost by folding
+        {"type": "node.health", "node": "w1", "cpu": 30, "changed": True},
+        {"type": "job.log", "job": "7", "seq": 2, "text": "b"},
+    ]
+    distinct = [{"type": "job.log", "seq": 1}, {"type": "node.health", "node": "w1"}]
+    assert coalesce(distinct) == distinct
+
+
+def test_a_burst_leaves_as_one_frame_after_the_first_with_the_next_seq(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("burst", channel)
+        broadcaster = Broadcaster(interval=0.4)
+        broadcaster.publish({"burst": [{"type": "node.health", "node": "w1", "cpu": 0}]})
+        first = await asyncio.wait_for(layer.receive(channel), 5)
+        for i in range(1, 21):
+            broadcaster.publish({"burst": [{"type": "node.health", "node": "w1", "cpu": i},
+                                           {"type": "job.log", "job": "1", "seq": i}]})
+        second = await asyncio.wait_for(layer.receive(channel), 5)
+        try:
+            extra = await asyncio.wait_for(layer.receive(channel), 1.0)
+        except TimeoutError:
+            extra = None
+        await layer.group_discard("burst", channel)
+        return first, second, extra
+
+    first, second, extra = async_to_sync(run)()
+    assert first["type"] == "portal.frame" and second["type"] == "portal.frame"
+    one, two = json.loads(first["text"]), json.loads(second["text"])
+    assert one == {"type": "batch", "stream": "burst", "seq": 1,
+                   "events": [{"type": "node.health", "node": "w1", "cpu": 0}]}
+    assert two["seq"] == 2
+    assert [e["seq"] for e in two["events"] if e["type"] == "job.log"] == list(range(1, 21))
+    assert [e["cpu"] for e in two["events"] if e["type"] == "node.health"] == [20]
+    assert extra is None  # twenty publishes, two frames
