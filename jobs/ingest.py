@@ -20,6 +20,7 @@ from operator import or_
 
 import redis
 from django import db
+from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -66,7 +67,7 @@ class Plan:
         self.path = [row["state"]]
         self.fields: dict = {}
         self.attempt: dict = {}
-        self.events: list[dict] = []
+        self.events: list[dict] = []  # for its streams, in the order they happened
         self.progress: dict | None = None
 
     @property
@@ -136,6 +137,10 @@ class Batch:
         plan.events.append({"type": "job.state", "state": JobState.RUNNING,
                             "attempt": e["a"], "node": e.get("node", ""), "message": "",
                             "started_at": when.isoformat()})
+        if e["a"] > 1:
+            plan.events.append({"type": "job.notice", "text": (
+                f"job {e['job']} moved to {e.get('node') or 'a node'}, attempt {e['a']} "
+                f"of {plan.row['max_attempts']}")})
 
     def progress(self, plan: Plan, e) -> None:
         if plan.state != JobState.RUNNING:
@@ -150,15 +155,15 @@ class Batch:
     def log(self, plan: Plan, e) -> None:
         self.logs.append(LogLine(job_id=e["job"], attempt=e["a"], seq=e["seq"], ts=at(e["ts"]),
                                  level=e.get("level", "info")[:10], text=e.get("text", "")))
-        self.outbox.job(e["job"], 0, {"type": "job.log", "attempt": e["a"], "seq": e["seq"],
-                                      "level": e.get("level", "info"), "text": e.get("text", ""),
-                                      "ts": at(e["ts"]).isoformat()}, lists=False)
+        plan.events.append({"type": "job.log", "attempt": e["a"], "seq": e["seq"],
+                            "level": e.get("level", "info"), "text": e.get("text", ""),
+                            "ts": at(e["ts"]).isoformat()})
 
     def metric(self, plan: Plan, e) -> None:
         self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["a"], name=e["name"],
                                         step=e["step"], value=e["value"], ts=at(e["ts"])))
-        self.outbox.job(e["job"], 0, {"type": "job.metric", "name": e["name"],
-                                      "step": e["step"], "value": e["value"]}, lists=False)
+        plan.events.append({"type": "job.metric", "name": e["name"], "step": e["step"],
+                            "value": e["value"]})
 
     def finished(self, plan: Plan, e) -> None:
         if plan.state == JobState.QUEUED:
@@ -196,28 +201,42 @@ class Batch:
                     if plan.attempt and job_id in won}
         if attempts:
             states.update_rows(Attempt, attempts, key="token")
-        for job_id in won:
-            plan = self.plans[job_id]
-            for event in plan.events + ([plan.progress] if plan.progress else []):
-                self.outbox.job(job_id, plan.row["owner_id"], event)
+        for job_id, plan in self.plans.items():
+            self.publish(job_id, plan, moved=job_id in won)
+
+    def publish(self, job_id: int, plan: Plan, *, moved: bool) -> None:
+        """A job's updates in the order they happened: its latest progress goes before its end;
+        state and progress only if its row really moved. Log lines and metric points are for
+        the job's own stream; the lists need only states and progress."""
+        events = [e for e in plan.events if moved or e["type"] in ("job.log", "job.metric")]
+        if plan.progress and moved:
+            ends = [i for i, e in enumerate(events) if e.get("state") in TERMINAL]
+            events.insert(ends[0] if ends else len(events), plan.progress)
+        owner = plan.row["owner_id"]
+        for event in events:
+            self.outbox.job(job_id, owner, event,
+                            lists=event["type"] not in ("job.log", "job.metric"))
 
     def heartbeat(self, e) -> None:
-        lease = self.now + timedelta(seconds=LEASE_S)
+        node, created = Node.objects.get_or_create(name=e["node"])
+        beat = at(e["ts"])
+        if node.last_heartbeat and beat <= node.last_heartbeat:
+            return  # a replayed or late copy: the node has said something newer
         held = e.get("attempts") or []
         if held:
             Job.objects.filter(
                 reduce(or_, (Q(pk=j, attempt=a, token=k) for j, a, k in held)),
                 state__in=[JobState.QUEUED, JobState.RUNNING],
-            ).update(lease_expires_at=lease)
-        node, created = Node.objects.get_or_create(name=e["node"])
+            ).update(lease_expires_at=self.now + timedelta(seconds=LEASE_S))
         was = node.state
         node.worker = e.get("worker", "")[:200]
         node.queues = e.get("consuming", e.get("queues")) or []  # what it takes work from now
         node.concurrency = e.get("concurrency") or 0
         node.running = len(held)
         node.utilization = e.get("util") or {}
-        node.last_heartbeat = at(e["ts"])
-        if node.state == NodeState.OFFLINE:
+        node.last_heartbeat = beat
+        fresh = self.now - beat < timedelta(seconds=settings.NODE_OFFLINE_S)
+        if node.state == NodeState.OFFLINE and fresh:
             node.state = NodeState.ONLINE
         node.save(update_fields=["worker", "queues", "concurrency", "running", "utilization",
                                  "last_heartbeat", "state"])

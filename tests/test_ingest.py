@@ -155,3 +155,26 @@ def test_many_jobs_in_one_batch_each_get_their_own_outcome(cast):
         else:
             assert (j.state, j.error, j.result) == ("failed", f"boom {i}", None)
         assert Attempt.objects.get(job=j).state == j.state
+
+
+def test_a_jobs_last_progress_goes_out_before_its_end(job):
+    outbox = Batch(life(job)).apply()
+    kinds = [(e["type"], e.get("state")) for e in outbox.groups[f"job-{job.pk}"]
+             if e["type"] in ("job.state", "job.progress")]
+    assert kinds == [("job.state", "running"), ("job.progress", None),
+                     ("job.state", "succeeded")]
+
+
+def test_a_late_heartbeat_neither_moves_a_node_back_nor_wakes_it(db):
+    now = time.time()
+    beat = {"t": "heartbeat", "node": "w5", "worker": "w5@box", "attempts": [], "util": {}}
+    apply_events([{**beat, "ts": now}])
+    apply_events([{**beat, "ts": now - 30}])  # a replayed copy from before
+    node = Node.objects.get(name="w5")
+    assert abs(node.last_heartbeat.timestamp() - now) < 0.01
+    Node.objects.filter(pk=node.pk).update(state="offline")
+    apply_events([{**beat, "ts": now + 0.5}])  # a fresh one: back online
+    assert Node.objects.get(pk=node.pk).state == "online"
+    Node.objects.filter(pk=node.pk).update(state="offline", last_heartbeat=None)
+    apply_events([{**beat, "ts": now - 600}])  # a backlog replayed after an outage
+    assert Node.objects.get(pk=node.pk).state == "offline"
