@@ -40,10 +40,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
-    async def portal_events(self, message):
-        """One frame per batch: {"type": "batch", "stream", "seq", "events": [...]}."""
-        await self.send_json({"type": "batch", "stream": message["stream"],
-                              "seq": message["seq"], "events": message["events"]})
+    async def portal_frame(self, message):
+        """A frame {"type": "batch", "stream", "seq", "events": [...]}, encoded once by the
+        broadcaster for every client of the stream."""
+        await self.send(text_data=message["text"])
 
 
 class JobConsumer(LiveConsumer):
@@ -54,4 +54,4 @@ class JobConsumer(LiveConsumer):
 
 class ClusterConsumer(LiveConsumer):
     def allowed_groups(self, user):
-        return selectors.job_groups(user) + ["cluster"]
+        return selectors.job_groups(user) + ["cluster"] + (["alerts"] if user.is_staff else [])
