@@ -58,19 +58,22 @@ def prune(now: datetime | None = None) -> tuple[int, int]:
     return raw, minutes
 
 
-def series(node: Node, *, since: datetime, points: int = 300) -> dict:
-    """The node's cpu/mem/gpu over [since, now], at most `points` points: raw samples for the
-    last hour, minute rollups beyond it, averaged into equal buckets on the server."""
+def series(node: Node | None, *, since: datetime, points: int = 300) -> dict:
+    """cpu/mem/gpu over [since, now] of one node, or averaged over every node when `node` is
+    None, at most `points` points: raw samples for the last hour, minute rollups beyond it,
+    averaged into equal buckets on the server."""
     now = timezone.now()
     points = max(10, min(points, 1000))
     if now - since <= timedelta(hours=1):
         source = "raw"
-        rows = (NodeSample.objects.filter(node=node, ts__gte=since).order_by("ts")
-                .values_list("ts", "cpu", "mem", "gpu"))
+        rows = NodeSample.objects.filter(ts__gte=since).order_by("ts").values_list(
+            "ts", "cpu", "mem", "gpu")
     else:
         source = "minute"
-        rows = (NodeMinute.objects.filter(node=node, minute__gte=since).order_by("minute")
-                .values_list("minute", "cpu", "mem", "gpu"))
+        rows = NodeMinute.objects.filter(minute__gte=since).order_by("minute").values_list(
+            "minute", "cpu", "mem", "gpu")
+    if node is not None:
+        rows = rows.filter(node=node)
     width = max((now - since) / points, timedelta(seconds=1))
     buckets: dict[int, list] = defaultdict(list)
     for ts, *values in rows.iterator(chunk_size=5000):

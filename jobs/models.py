@@ -49,6 +49,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["owner", "-id"], name="job_owner_newest"),
             models.Index(fields=["state", "lease_expires_at"], name="job_state_lease"),
+            models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "idempotency_key"],

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import history, states
+from alerts.evaluate import evaluate as evaluate_alerts
+from jobs import history, selectors, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import attempt_spec, dispatch_on_commit, send
 from jobs.ingest import ALIVE_KEY, node_event
@@ -96,6 +97,8 @@ def recover_one(job: Job, now) -> bool:
         log.warning("job %s: %s", job.pk, job.message or job.error)
         outbox = Outbox()
         outbox.job(job.pk, job.owner_id, state_event(job))
+        what = f"failed: {job.error}" if job.state == JobState.FAILED else job.message
+        outbox.job(job.pk, job.owner_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
         outbox.publish_on_commit()
     return True
 
@@ -154,6 +157,14 @@ def mark_offline(now) -> int:
     return len(silent)
 
 
+def publish_summary(now) -> None:
+    """Every dashboard's jobs-by-state, queue and throughput charts, computed once a pass here
+    rather than once per open dashboard."""
+    outbox = Outbox()
+    outbox.add(["cluster"], {"type": "cluster.summary", **selectors.cluster_summary(now)})
+    outbox.publish()
+
+
 class Reconciler:
     def __init__(self, client: redis.Redis | None = None):
         self.client = client or protocol.redis_client()
@@ -173,6 +184,8 @@ class Reconciler:
             reraise_cancels()
             reassert_drains()
         done["offline"] = mark_offline(now)
+        done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
+        publish_summary(now)
         if self.rolled_minute != history.minute_of(now):  # once a minute
             done["rolled_up"] = history.roll_up(now)
             done["pruned"] = sum(history.prune(now))

@@ -3,9 +3,14 @@ pages, the REST API and the websocket groups all ask here."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import timedelta
 
-from jobs.models import Job, LogLine, MetricPoint, Node
+from django.conf import settings
+from django.db.models import Count, Min, QuerySet
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
+
+from jobs.models import TERMINAL, Attempt, Job, JobState, LogLine, MetricPoint, Node
 
 LOG_PAGE = 1000
 
@@ -68,3 +73,52 @@ def job_group(job_id: int) -> str:
 
 def nodes() -> QuerySet[Node]:
     return Node.objects.order_by("name")
+
+
+def node_attempts(user, node: Node, *, limit: int = 50) -> list[Attempt]:
+    """The attempts that ran on a node, newest first, of the jobs this user may see."""
+    return list(Attempt.objects.filter(node=node.name, job__in=visible_jobs(user))
+                .select_related("job").order_by("-created_at", "-id")[:limit])
+
+
+ACTIVE = (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
+FINISHED_WINDOW = timedelta(hours=1)
+
+
+def cluster_summary(now=None) -> dict:
+    """What the whole cluster is doing, in aggregates only (no job of anyone in particular):
+    jobs by state (active ones, and those finished in the last hour), the depth and oldest wait
+    of each queue, and jobs finished per minute over the last hour. Two indexed queries."""
+    now = now or timezone.now()
+    by_state = {state: 0 for state in JobState.values}
+    queues: dict[str, dict] = {name: {"name": name, "pending": 0, "queued": 0, "running": 0,
+                                      "oldest_wait_s": None} for name in settings.JOB_QUEUES}
+    active = (Job.objects.filter(state__in=ACTIVE).values("state", "queue")
+              .annotate(n=Count("id"), oldest=Min("created_at")).order_by())
+    for row in active:
+        by_state[row["state"]] += row["n"]
+        queue = queues.setdefault(row["queue"], {"name": row["queue"], "pending": 0,
+                                                 "queued": 0, "running": 0,
+                                                 "oldest_wait_s": None})
+        queue[row["state"]] = row["n"]
+        if row["state"] != JobState.RUNNING:
+            wait = round((now - row["oldest"]).total_seconds(), 1)
+            queue["oldest_wait_s"] = max(queue["oldest_wait_s"] or 0, wait)
+    start = (now - FINISHED_WINDOW).replace(second=0, microsecond=0)
+    finished = (Job.objects.filter(finished_at__gte=start, state__in=TERMINAL)
+                .annotate(minute=TruncMinute("finished_at")).values("minute", "state")
+                .annotate(n=Count("id")).order_by())
+    minutes = [start + timedelta(minutes=i) for i in range(61)]
+    per_minute = {state: [0] * len(minutes) for state in TERMINAL}
+    for row in finished:
+        by_state[row["state"]] += row["n"]
+        index = int((row["minute"] - start).total_seconds() // 60)
+        if 0 <= index < len(minutes):
+            per_minute[row["state"]][index] += row["n"]
+    return {
+        "at": now.isoformat(),
+        "jobs_by_state": by_state,
+        "queues": list(queues.values()),
+        "finished_per_minute": {"t": [m.isoformat() for m in minutes],
+                                **{str(state): counts for state, counts in per_minute.items()}},
+    }

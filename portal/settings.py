@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "channels",
     "accounts",
     "jobs",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -99,6 +100,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "portal.staticfiles.PlotlyFinder",
+]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
 # Request bodies over this many bytes get 413 before anything reads them.
@@ -132,6 +138,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "JobStateEnum": "jobs.models.JobState",
+        "AttemptStateEnum": "jobs.models.AttemptState",
+        "NodeStateEnum": "jobs.models.NodeState",
+    },
 }
 
 # Jobs.
@@ -144,9 +155,21 @@ JOB_MAX_BATCH = env_int("JOB_MAX_BATCH", 1000)
 DISPATCH_GRACE_S = env_float("DISPATCH_GRACE_S", 5.0)
 RECONCILE_EVERY_S = env_float("RECONCILE_EVERY_S", 2.0)
 NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
+# Per websocket stream, at most one frame per this many seconds; what arrives between is merged.
+LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.25)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)
 NODE_MINUTES_DAYS = env_float("NODE_MINUTES_DAYS", 30.0)
+
+# Alerts: mail goes through Django's email backend (the console by default), webhooks get a POST.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", "portal@localhost")
+ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
 
 LOGGING = {
     "version": 1,

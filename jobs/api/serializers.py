@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from jobs.models import Job, LogLine, Node
+from jobs.models import Attempt, Job, LogLine, Node
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -20,6 +20,22 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_cancel_requested(self, job) -> bool:
         return job.cancel_requested_at is not None
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Attempt
+        fields = ["number", "state", "node", "created_at", "started_at", "finished_at", "error"]
+
+
+class JobDetailSerializer(JobSerializer):
+    """One job with its attempts: where and when each ran, and how it ended."""
+
+    attempts = AttemptSerializer(many=True, read_only=True)
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "attempts"]
+        read_only_fields = fields
 
 
 class LogLineSerializer(serializers.ModelSerializer):

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from alerts.api import AlertList
 from jobs.api import views
 
 urlpatterns = [
@@ -10,9 +11,12 @@ urlpatterns = [
     path("jobs/<str:job_id>/retry/", views.JobRetry.as_view(), name="api-job-retry"),
     path("jobs/<str:job_id>/logs/", views.JobLogs.as_view(), name="api-job-logs"),
     path("jobs/<str:job_id>/metrics/", views.JobMetrics.as_view(), name="api-job-metrics"),
+    path("cluster/", views.ClusterSummary.as_view(), name="api-cluster"),
+    path("cluster/metrics/", views.ClusterMetrics.as_view(), name="api-cluster-metrics"),
     path("nodes/", views.NodeList.as_view(), name="api-nodes"),
     path("nodes/<str:name>/metrics/", views.NodeMetrics.as_view(), name="api-node-metrics"),
     path("nodes/<str:name>/drain/", views.NodeDrain.as_view(draining=True), name="api-node-drain"),
     path("nodes/<str:name>/undrain/", views.NodeDrain.as_view(draining=False),
          name="api-node-undrain"),
+    path("alerts/", AlertList.as_view(), name="api-alerts"),
 ]

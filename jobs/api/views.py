@@ -15,7 +15,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs import history, selectors, services
-from jobs.api.serializers import JobSerializer, KindSerializer, LogLineSerializer, NodeSerializer
+from jobs.api.serializers import (
+    JobDetailSerializer,
+    JobSerializer,
+    KindSerializer,
+    LogLineSerializer,
+    NodeSerializer,
+)
 from jobs.broadcast import current_seq
 from jobs.models import JobState
 from jobs.states import TransitionRefused
@@ -95,13 +101,13 @@ class JobList(ListAPIView):
 
 
 class JobDetail(APIView):
-    @extend_schema(responses=JobSerializer)
+    @extend_schema(responses=JobDetailSerializer)
     def get(self, request, job_id):
         job = visible_job_or_404(request, job_id)
         # The websocket stream's position, read before the row: deltas after it apply on top.
         seq = current_seq(selectors.job_group(job.pk))
         job.refresh_from_db()
-        return Response({**JobSerializer(job).data, "stream_seq": seq})
+        return Response({**JobDetailSerializer(job).data, "stream_seq": seq})
 
 
 class JobCancel(APIView):
@@ -151,6 +157,40 @@ class NodeList(APIView):
     @extend_schema(responses=NodeSerializer(many=True))
     def get(self, request):
         return Response(NodeSerializer(selectors.nodes(), many=True).data)
+
+
+class ClusterSummary(APIView):
+    @extend_schema(responses=inline_serializer("ClusterSummary", {
+        "at": serializers.DateTimeField(),
+        "jobs_by_state": serializers.DictField(help_text="active jobs, and those finished in "
+                                                         "the last hour"),
+        "queues": serializers.ListField(help_text="name, pending, queued, running, "
+                                                  "oldest_wait_s"),
+        "finished_per_minute": serializers.DictField(help_text="t, succeeded, failed, "
+                                                               "cancelled: the last hour"),
+        "nodes": NodeSerializer(many=True),
+        "stream_seq": serializers.IntegerField(help_text="of the websocket stream `cluster`")}))
+    def get(self, request):
+        """The cluster overview's snapshot: aggregates over every team's jobs, and the nodes."""
+        seq = current_seq("cluster")
+        return Response({**selectors.cluster_summary(),
+                         "nodes": NodeSerializer(selectors.nodes(), many=True).data,
+                         "stream_seq": seq})
+
+
+class ClusterMetrics(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("since", str, description="ISO 8601 time"),
+                    OpenApiParameter("window", int, description="seconds back from now"),
+                    OpenApiParameter("points", int, description="at most this many (10-1000)")],
+        responses=inline_serializer("ClusterSeries", {
+            "source": serializers.CharField(), "t": serializers.ListField(),
+            "cpu": serializers.ListField(), "mem": serializers.ListField(),
+            "gpu": serializers.ListField()}))
+    def get(self, request):
+        """Utilization averaged over every node, downsampled on the server."""
+        return Response(history.series(None, since=since_param(request.query_params),
+                                       points=int_param(request.query_params, "points", 300)))
 
 
 class NodeMetrics(APIView):

@@ -1,0 +1,111 @@
+"""Tells people about incidents: an email and/or a webhook POST when one fires and when it
+resolves, once per incident.
+
+Runs after the reconciler's commit. A channel that fails is logged and tried again on the next
+pass; one that got through is recorded on the alert and never sent again. notified_at (resp.
+resolve_notified_at) is set when every channel got through. Each alert is delivered under a
+row lock taken with SKIP LOCKED, so two reconcilers never send the same one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from alerts.models import Alert
+
+log = logging.getLogger(__name__)
+BATCH = 50  # alerts per pass: a storm is told over several passes, the reconciler keeps going
+
+
+def send_email(alert: Alert, event: str) -> None:
+    state = "FIRING" if event == "fired" else "RESOLVED"
+    lines = [alert.message, "", f"rule: {alert.rule.name}",
+             f"fired at: {alert.fired_at:%Y-%m-%d %H:%M:%S} UTC"]
+    if alert.resolved_at:
+        lines.append(f"resolved at: {alert.resolved_at:%Y-%m-%d %H:%M:%S} UTC")
+    send_mail(f"[portal] {state}: {alert.subject}", "\n".join(lines),
+              settings.ALERT_FROM_EMAIL, alert.rule.recipients, fail_silently=False)
+
+
+def post_webhook(alert: Alert, event: str) -> None:
+    url = alert.rule.webhook_url
+    if urlsplit(url).scheme not in {"http", "https"}:  # rules saved without full_clean()
+        raise ValueError(f"refusing to open {url!r}: only http(s) webhooks")
+    body = json.dumps({"event": event, "alert": alert.as_dict()}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "cluster-portal-alerts"})
+    with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT_S) as response:
+        response.read()  # urlopen raises HTTPError for 4xx/5xx
+
+
+def channels(alert: Alert) -> list[tuple[str, str, Callable[[Alert, str], None]]]:
+    """(name, target, sender) for each channel of the alert's rule (none if it was deleted)."""
+    rule = alert.rule
+    found = []
+    if rule and rule.recipients:
+        found.append(("email", rule.email_to, send_email))
+    if rule and rule.webhook_url:
+        found.append(("webhook", rule.webhook_url, post_webhook))
+    return found
+
+
+def pending() -> list[int]:
+    fired = Q(resolved_at__isnull=True, notified_at__isnull=True)
+    # An incident that ended before anyone could be told about it stays quiet.
+    resolved = Q(resolved_at__isnull=False, notified_at__isnull=False,
+                 resolve_notified_at__isnull=True)
+    return list(Alert.objects.filter(fired | resolved).order_by("id")
+                .values_list("pk", flat=True)[:BATCH])
+
+
+def deliver(alert_id: int, down: set[str]) -> None:
+    """Sends what this alert still owes. A target that failed during this pass (in `down`) is
+    not tried again in it: a dead webhook costs one timeout per pass, not one per alert."""
+    with transaction.atomic():
+        alert = (Alert.objects.select_for_update(skip_locked=True, of=("self",))
+                 .select_related("rule").filter(pk=alert_id).first())
+        if alert is None:
+            return  # another reconciler is on it
+        event, stamp = (("resolved", "resolve_notified_at") if alert.resolved_at
+                        else ("fired", "notified_at"))
+        if getattr(alert, stamp) or (event == "resolved" and not alert.notified_at):
+            return  # done meanwhile
+        complete = True
+        for name, target, send in channels(alert):
+            tag = f"{event}:{name}"
+            if tag in alert.delivered:
+                continue
+            if target in down:
+                complete = False
+                continue
+            try:
+                send(alert, event)
+            except Exception as exc:  # any failure: retry on the next pass, never break the loop
+                log.warning("alert %s: %s %s to %s failed: %s", alert.pk, event, name, target,
+                            exc)
+                down.add(target)
+                complete = False
+                continue
+            alert.delivered.append(tag)
+        if complete:
+            setattr(alert, stamp, timezone.now())
+        alert.save(update_fields=["delivered", stamp])
+
+
+def deliver_pending() -> None:
+    down: set[str] = set()
+    for alert_id in pending():
+        try:
+            deliver(alert_id, down)
+        except Exception:  # the database went away: the next pass tries again
+            log.exception("alert %s: delivery failed", alert_id)
