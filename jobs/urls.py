@@ -9,5 +9,8 @@ urlpatterns = [
     path("jobs/new/", views.job_new, name="job-new"),
     path("jobs/<int:job_id>/", views.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job-log-download"),
+    path("cluster/", views.cluster, name="cluster"),
+    path("nodes/<str:name>/", views.node_detail, name="node-detail"),
     path("metrics", views.metrics, name="metrics"),
 ]

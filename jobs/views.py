@@ -1,7 +1,7 @@
 """The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -75,6 +75,38 @@ def job_detail(request, job_id):
         "job": job, "log_lines": selectors.job_log_tail(job),
         "attempts": job.attempts.order_by("number"),
     })
+
+
+@login_required
+def job_log_download(request, job_id):
+    """The whole log as plain text, streamed in pages (a log can be long)."""
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise Http404("No such job.")
+
+    def lines():
+        after = 0
+        while page := selectors.job_logs(job, after=after):
+            yield "".join(f"{line.ts:%Y-%m-%d %H:%M:%S} [{line.attempt}] {line.level}: "
+                          f"{line.text}\n" for line in page)
+            after = page[-1].pk
+
+    return StreamingHttpResponse(lines(), content_type="text/plain; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="job-{job.pk}.log"'})
+
+
+@login_required
+def cluster(request):
+    return render(request, "cluster/overview.html", {"nodes": selectors.nodes()})
+
+
+@login_required
+def node_detail(request, name):
+    node = selectors.nodes().filter(name=name).first()
+    if node is None:
+        raise Http404("No such node.")
+    return render(request, "cluster/node.html", {
+        "node": node, "attempts": selectors.node_attempts(request.user, node)})
 
 
 @login_required

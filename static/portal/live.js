@@ -23,7 +23,8 @@ const Portal = (() => {
       this.onEvent = onEvent;
       this.resync = resync;
       this.keep = keep;  // events still worth applying after a snapshot that gave no seq
-      this.seq = {};
+      this.seq = {};  // per stream, the last seq applied
+      this.base = {};  // per stream, the seq the last snapshot included
       this.failures = 0;
       this.syncing = null;
       this.connect();
@@ -51,29 +52,47 @@ const Portal = (() => {
       this.held = [];
       this.syncing = this.resync().then((seqs) => {
         this.seq = Object.assign({}, seqs || {});
+        this.base = Object.assign({}, seqs || {});
         this.syncing = null;
+        setStatus("live");
         const held = this.held;
         this.held = [];
         held.forEach((frame) => {
           if (this.seq[frame.stream] !== undefined) this.receive(frame);
           else frame.events.filter(this.keep).forEach((event) => this.onEvent(event));
         });
-      }).catch(() => { this.syncing = null; this.held = []; setStatus("stale"); });
+      }).catch(() => {
+        // Shown as stale until a snapshot loads: tried again while the socket is open.
+        this.syncing = null;
+        this.held = [];
+        setStatus("stale");
+        setTimeout(() => { if (this.ws.readyState === WebSocket.OPEN) this.sync(); }, 5000);
+      });
     }
 
     receive(frame) {
       // The server says hello once it has joined the streams: a snapshot taken after that
       // misses nothing (one taken on open could).
-      if (frame.type === "hello") { setStatus("live"); this.sync(); return; }
+      if (frame.type === "hello") { this.sync(); return; }
       if (frame.type !== "batch") return;
       if (this.syncing) { this.held.push(frame); return; }
       const last = this.seq[frame.stream];
-      if (last !== undefined && frame.seq <= last) return;
+      if (last !== undefined && frame.seq <= last) {
+        // Numbered before the snapshot: it is in it. Numbered after but arriving late (two
+        // processes publish to a stream): what it says may be newer than what is shown.
+        const base = this.base[frame.stream];
+        if (base === undefined) frame.events.filter(this.keep).forEach((event) => this.onEvent(event));
+        else if (frame.seq > base) this.sync();
+        return;
+      }
       if (last !== undefined && frame.seq !== last + 1) { this.sync(); return; }
       this.seq[frame.stream] = frame.seq;
       frame.events.forEach((event) => this.onEvent(event));
     }
   }
+
+  // Charts (charts.js and Plotly) are loaded only by the pages that draw them.
+  const hasCharts = () => typeof Charts !== "undefined" && typeof Plotly !== "undefined";
 
   function setState(el, state) {
     el.textContent = state;
@@ -87,31 +106,115 @@ const Portal = (() => {
     let lastLogSeq = 0;
     log.querySelectorAll("[data-seq]").forEach((line) => { lastLogSeq = Math.max(lastLogSeq, +line.dataset.seq); });
 
-    function showProgress(fraction) {
+    // Progress, with a rate and an ETA from the last 20 s of reports.
+    const samples = [];
+    function showProgress(fraction, done, total, unit) {
       if (fraction === null || fraction === undefined) return;
       $("job-progress").value = fraction;
       $("job-progress-text").textContent = `${Math.round(fraction * 100)} %`;
+      const now = Date.now();
+      const counted = done !== undefined && done !== null && total;
+      samples.push({t: now, x: counted ? done : fraction});
+      while (samples.length > 2 && now - samples[0].t > 20000) samples.shift();
+      const first = samples[0], last = samples[samples.length - 1];
+      const perSecond = last.t > first.t ? (last.x - first.x) / ((last.t - first.t) / 1000) : 0;
+      let text = "";
+      if (perSecond > 0) {
+        const left = counted ? (total - done) / perSecond : (1 - fraction) / perSecond;
+        text = counted ? `${perSecond.toFixed(perSecond < 10 ? 1 : 0)} ${unit || "items"}/s` : "";
+        text += `${text ? " · " : ""}ETA ${duration(left)}`;
+      }
+      $("job-rate").textContent = fraction >= 1 ? "" : text;
+    }
+    function duration(seconds) {
+      const s = Math.max(0, Math.round(seconds));
+      const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+      return h ? `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}` : `${m}:${String(r).padStart(2, "0")}`;
+    }
+
+    // The log: follow the tail (or not), pause (lines wait), search (others hidden).
+    const follow = $("log-follow"), pause = $("log-pause"), search = $("log-search");
+    let paused = false;
+    let waiting = [];
+    function matches(line) {
+      const q = search.value.trim().toLowerCase();
+      return !q || line.textContent.toLowerCase().includes(q);
+    }
+    function filter() {
+      let hits = 0;
+      log.querySelectorAll(".line").forEach((line) => {
+        const hit = matches(line);
+        line.hidden = !hit;
+        hits += hit ? 1 : 0;
+      });
+      $("log-hits").textContent = search.value.trim() ? `${hits} matching` : "";
     }
     function appendLog(key, level, text) {
       if (log.querySelector(`[data-key="${key}"]`)) return;
-      const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
       const line = document.createElement("span");
       line.className = `line level-${level}`;
       line.dataset.key = key;
       line.textContent = `${text}\n`;
+      if (paused) { waiting.push(line); pause.textContent = `Resume (${waiting.length})`; return; }
+      line.hidden = !matches(line);
       log.appendChild(line);
-      if (follow) log.scrollTop = log.scrollHeight;
+      if (follow.checked) log.scrollTop = log.scrollHeight;
     }
-    // The attempts table is drawn by the server: redrawn from the page when the state moves on.
+    pause.addEventListener("click", () => {
+      paused = !paused;
+      pause.textContent = paused ? "Resume" : "Pause";
+      if (!paused) {
+        waiting.forEach((line) => { line.hidden = !matches(line); log.appendChild(line); });
+        waiting = [];
+        if (follow.checked) log.scrollTop = log.scrollHeight;
+      }
+    });
+    search.addEventListener("input", filter);
+    follow.addEventListener("change", () => { if (follow.checked) log.scrollTop = log.scrollHeight; });
+    log.scrollTop = log.scrollHeight;
+
+    // Attempts: a table and a timeline, from the job's snapshot.
+    function showAttempts(attempts) {
+      if (!attempts) return;
+      const rows = attempts.map((a) => {
+        const tr = document.createElement("tr");
+        const time = (t) => (t ? new Date(t).toLocaleTimeString() : "—");
+        [a.number, a.state, a.node || "—", time(a.started_at), time(a.finished_at), a.error]
+          .forEach((value) => { const td = document.createElement("td"); td.textContent = value; tr.append(td); });
+        return tr;
+      });
+      $("attempts").tBodies[0].replaceChildren(...rows);
+      if (hasCharts() && attempts.length) Charts.timeline($("job-timeline"), attempts);
+    }
+
+    // Metric charts: one per name, extended live.
+    const charts = new Map();
+    function chartFor(name) {
+      if (charts.has(name)) return charts.get(name);
+      $("job-metrics-box").hidden = false;
+      const figure = document.createElement("figure");
+      const caption = document.createElement("figcaption");
+      caption.textContent = name;
+      const box = document.createElement("div");
+      box.className = "chart";
+      figure.append(caption, box);
+      $("job-metrics").append(figure);
+      charts.set(name, box);
+      Charts.metric(box, name, []);
+      return box;
+    }
+    function showMetrics(series) {
+      Object.entries(series).forEach(([name, points]) => Charts.metric(chartFor(name), name, points));
+    }
+    function addMetric(event) {
+      const box = chartFor(event.name);
+      const steps = box.data ? box.data[0].x : null;
+      if (!steps || (steps.length && event.step <= steps[steps.length - 1])) return;  // had it
+      Plotly.extendTraces(box, {x: [[event.step]], y: [[event.value]]}, [0]);
+    }
+
     const shown = () => `${$("job-state").textContent}:${$("job-attempt").textContent}`;
     let attemptsDrawn = shown();
-    async function redrawAttempts() {
-      const response = await fetch(location.pathname, {credentials: "same-origin"});
-      if (!response.ok) return;
-      const page = new DOMParser().parseFromString(await response.text(), "text/html");
-      const rows = page.querySelector("#attempts tbody");
-      if (rows) $("attempts").tBodies[0].replaceWith(document.adoptNode(rows));
-    }
     function showJob(job) {
       if (job.state) setState($("job-state"), job.state);
       if (job.attempt !== undefined) $("job-attempt").textContent = job.attempt;
@@ -123,8 +226,12 @@ const Portal = (() => {
         $("job-result").textContent = JSON.stringify(job.result, null, 2);
         $("job-result-box").hidden = false;
       }
-      if (job.state && TERMINAL.has(job.state)) $("cancel-form").hidden = true;
-      if (shown() !== attemptsDrawn) { attemptsDrawn = shown(); redrawAttempts().catch(() => {}); }
+      if (job.state && TERMINAL.has(job.state)) { $("cancel-form").hidden = true; $("job-rate").textContent = ""; }
+      if (job.attempts) { attemptsDrawn = shown(); showAttempts(job.attempts); }
+      else if (shown() !== attemptsDrawn) {
+        attemptsDrawn = shown();
+        getJSON(`/api/v1/jobs/${id}/`).then((fresh) => showAttempts(fresh.attempts)).catch(() => {});
+      }
     }
 
     new Stream(`/ws/jobs/${id}/`, {
@@ -136,9 +243,10 @@ const Portal = (() => {
             getJSON(`/api/v1/jobs/${id}/`).then(showJob).catch(() => {});
           }
         } else if (event.type === "job.progress") {
-          showProgress(event.progress);
+          showProgress(event.progress, event.done, event.total, event.unit);
           if (event.message !== undefined) $("job-message").textContent = event.message;
         } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text);
+        else if (event.type === "job.metric" && hasCharts()) addMetric(event);
       },
       async resync() {
         const job = await getJSON(`/api/v1/jobs/${id}/`);
@@ -146,6 +254,7 @@ const Portal = (() => {
         const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
         page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text));
         lastLogSeq = page.next_after;
+        if (hasCharts()) showMetrics((await getJSON(`/api/v1/jobs/${id}/metrics/`)).series);
         return {[`job-${id}`]: job.stream_seq};
       },
     });

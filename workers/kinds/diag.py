@@ -1,4 +1,5 @@
-"""Diagnostic kinds: a sleeper that reports progress each second, and a no-op for benchmarks."""
+"""Diagnostic kinds: a sleeper that reports progress and a metric each second, and a no-op for
+benchmarks."""
 
 import time
 
@@ -22,6 +23,7 @@ def sleep(ctx, params: SleepParams):
     for second in range(1, whole + 1):
         nap(1)
         ctx.progress(second, params.seconds, unit="s")
+        ctx.metric("remaining_s", params.seconds - second, step=second)
     nap(params.seconds - whole)
     ctx.progress(params.seconds, params.seconds, unit="s")
     if params.fail:

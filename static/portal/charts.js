@@ -1,0 +1,101 @@
+/* Plotly with the portal's look. Labels that come from users (metric names, node names) are
+   escaped first: Plotly reads a few HTML-like tags in its labels, and we want text only. */
+"use strict";
+const Charts = (() => {
+  const COLORS = {cpu: "#2f6fed", mem: "#12805c", gpu: "#b54708", succeeded: "#12805c",
+                  failed: "#c4320a", cancelled: "#f5b83d", running: "#2f6fed", queued: "#98a2b3",
+                  pending: "#d0d5dd", lost: "#7a271a"};
+  const CONFIG = {displayModeBar: false, responsive: true};
+
+  function esc(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
+  function layout(extra = {}) {
+    return Object.assign({
+      margin: {l: 44, r: 12, t: 8, b: 32}, height: 220, showlegend: true,
+      legend: {orientation: "h", y: -0.22}, font: {family: "system-ui, sans-serif", size: 12},
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+      xaxis: {gridcolor: "#eef0f3"}, yaxis: {gridcolor: "#eef0f3", rangemode: "tozero"},
+    }, extra);
+  }
+
+  function draw(el, traces, extra) {
+    return Plotly.react(el, traces, layout(extra), CONFIG);
+  }
+
+  // Utilization (percent) over time: cpu, mem and, where there are GPUs, gpu.
+  function utilization(el, series) {
+    const traces = ["cpu", "mem", "gpu"]
+      .filter((name) => (series[name] || []).some((v) => v !== null))
+      .map((name) => ({x: series.t, y: series[name], name, type: "scatter", mode: "lines",
+                       line: {color: COLORS[name], width: 2}, connectgaps: false}));
+    return draw(el, traces, {yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"},
+                             xaxis: {type: "date", gridcolor: "#eef0f3"}});
+  }
+
+  // Append live points (one per series) and drop what fell out of the window.
+  function extend(el, point, windowMs) {
+    if (!el.data) return;
+    const update = {x: [], y: []};
+    const indices = [];
+    el.data.forEach((trace, i) => {
+      if (point[trace.name] === undefined) return;
+      indices.push(i);
+      update.x.push([point.t]);
+      update.y.push([point[trace.name]]);
+    });
+    if (!indices.length) return;
+    Plotly.extendTraces(el, update, indices);
+    const start = Date.now() - windowMs;
+    const xs = el.data[indices[0]].x;
+    let drop = 0;
+    while (drop < xs.length && new Date(xs[drop]).getTime() < start) drop += 1;
+    if (drop) {
+      el.data.forEach((trace) => { trace.x = trace.x.slice(drop); trace.y = trace.y.slice(drop); });
+      Plotly.redraw(el);
+    }
+  }
+
+  function bars(el, categories, groups, extra = {}) {
+    const traces = Object.entries(groups).map(([name, values]) => ({
+      x: categories, y: values, name, type: "bar", marker: {color: COLORS[name]}}));
+    return draw(el, traces, Object.assign({barmode: "stack"}, extra));
+  }
+
+  // One series per metric name, value by step.
+  function metric(el, name, points) {
+    return draw(el, [{x: points.map((p) => p.step), y: points.map((p) => p.value),
+                      name: esc(name), type: "scatter", mode: "lines+markers",
+                      marker: {size: 4}, line: {color: COLORS.cpu}}],
+                {height: 200, showlegend: false, xaxis: {title: {text: "step"}, gridcolor: "#eef0f3"},
+                 yaxis: {gridcolor: "#eef0f3", rangemode: "normal"}});
+  }
+
+  // Every attempt as a bar: queued (grey) then running, coloured by how it ended.
+  function timeline(el, attempts) {
+    const now = Date.now();
+    const ms = (t) => (t ? new Date(t).getTime() : null);
+    const rows = attempts.map((a) => `#${a.number} · ${esc(a.node || "—")}`);
+    const queued = {type: "bar", orientation: "h", name: "waiting", y: rows, base: [], x: [],
+                    marker: {color: COLORS.queued}, hovertemplate: "waiting %{x:,.0f} ms<extra></extra>"};
+    const ran = {type: "bar", orientation: "h", name: "running", y: rows, base: [], x: [],
+                 marker: {color: []}, hovertemplate: "%{customdata}<extra></extra>", customdata: []};
+    attempts.forEach((a) => {
+      const created = ms(a.created_at), started = ms(a.started_at);
+      const finished = ms(a.finished_at) || now;
+      queued.base.push(new Date(created).toISOString());
+      queued.x.push((started || finished) - created);
+      ran.base.push(new Date(started || finished).toISOString());
+      ran.x.push(started ? finished - started : 0);
+      ran.marker.color.push(COLORS[a.state] || COLORS.running);
+      ran.customdata.push(`${a.state} · ${((started ? finished - started : 0) / 1000).toFixed(1)} s`);
+    });
+    return draw(el, [queued, ran], {barmode: "overlay", height: 60 + 34 * attempts.length,
+                                    showlegend: false, margin: {l: 110, r: 12, t: 8, b: 44},
+                                    xaxis: {type: "date", gridcolor: "#eef0f3"},
+                                    yaxis: {autorange: "reversed", type: "category"}});
+  }
+
+  return {esc, utilization, extend, bars, metric, timeline, COLORS};
+})();

@@ -1,0 +1,125 @@
+"""The cluster overview, node and job pages' data: aggregates, series, attempts, log download."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.staticfiles import finders
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from jobs.ingest import apply_events
+from jobs.models import Attempt, Job, JobState, LogLine, Node, NodeSample
+
+
+@pytest.fixture
+def alice(cast):
+    client = Client()
+    client.force_login(cast.alice)
+    return client
+
+
+def make_job(owner, state, queue="cpu", **fields):
+    return Job.objects.create(owner=owner, kind="diag.sleep", queue=queue, timeout_s=60,
+                              state=state, attempt=1, token=f"t{Job.objects.count()}", **fields)
+
+
+def test_the_summary_counts_every_state_queue_and_finished_minute(api, cast):
+    now = timezone.now()
+    make_job(cast.alice, JobState.QUEUED, created_at=now - timedelta(minutes=5))
+    make_job(cast.bob, JobState.QUEUED, queue="etl", created_at=now - timedelta(seconds=30))
+    make_job(cast.bob, JobState.PENDING, queue="etl", created_at=now - timedelta(minutes=2))
+    make_job(cast.alice, JobState.RUNNING)
+    make_job(cast.bob, JobState.SUCCEEDED, finished_at=now - timedelta(minutes=3))
+    make_job(cast.bob, JobState.SUCCEEDED, finished_at=now - timedelta(minutes=3))
+    make_job(cast.alice, JobState.FAILED, finished_at=now - timedelta(seconds=5))
+    make_job(cast.alice, JobState.FAILED, finished_at=now - timedelta(hours=3))  # too old
+    Node.objects.create(name="w1", utilization={"cpu": 12.5})
+
+    body = api.get("/api/v1/cluster/").json()
+    assert body["jobs_by_state"] == {"pending": 1, "queued": 2, "running": 1, "succeeded": 2,
+                                     "failed": 1, "cancelled": 0}
+    queues = {q["name"]: q for q in body["queues"]}
+    assert (queues["cpu"]["queued"], queues["cpu"]["running"]) == (1, 1)
+    assert (queues["etl"]["queued"], queues["etl"]["pending"]) == (1, 1)
+    assert 290 <= queues["cpu"]["oldest_wait_s"] <= 400
+    assert 110 <= queues["etl"]["oldest_wait_s"] <= 200
+    assert queues["gpu"]["oldest_wait_s"] is None
+    minutes = body["finished_per_minute"]
+    assert len(minutes["t"]) == 61 and sum(minutes["succeeded"]) == 2
+    assert sum(minutes["failed"]) == 1 and minutes["failed"][-1] + minutes["failed"][-2] == 1
+    assert [n["name"] for n in body["nodes"]] == ["w1"]
+    assert isinstance(body["stream_seq"], int)
+
+
+def test_the_cluster_series_averages_all_nodes_into_few_points(api):
+    now = timezone.now()
+    for name, cpu in (("w1", 10.0), ("w2", 30.0)):
+        node = Node.objects.create(name=name)
+        NodeSample.objects.bulk_create(
+            NodeSample(node=node, ts=now - timedelta(seconds=s), cpu=cpu, mem=50.0)
+            for s in range(1, 600))
+    body = api.get("/api/v1/cluster/metrics/?window=900&points=30").json()
+    assert body["source"] == "raw" and 10 <= len(body["t"]) <= 31
+    assert all(abs(v - 20.0) < 0.01 for v in body["cpu"])
+    assert set(body["gpu"]) == {None}
+    assert api.get("/api/v1/cluster/metrics/?window=abc").status_code == 400
+
+
+def test_a_job_shows_each_attempt_and_its_node(api, cast):
+    job = make_job(cast.alice, JobState.QUEUED)
+    Attempt.objects.create(job=job, number=1, token=job.token)
+    apply_events([{"t": "started", "job": job.pk, "a": 1, "k": job.token,
+                   "ts": timezone.now().timestamp(), "node": "w3", "worker": "w3@box"}])
+    attempts = api.get(f"/api/v1/jobs/{job.pk}/").json()["attempts"]
+    assert [(a["number"], a["state"], a["node"]) for a in attempts] == [(1, "running", "w3")]
+    assert attempts[0]["started_at"] is not None
+
+
+def test_the_log_downloads_whole_as_text_and_only_for_who_may_see_it(alice, cast):
+    job = make_job(cast.alice, JobState.RUNNING)
+    LogLine.objects.bulk_create(LogLine(job=job, attempt=1, seq=i, ts=timezone.now(),
+                                        text=f"line {i} <b>x</b>") for i in range(2500))
+    response = alice.get(f"/jobs/{job.pk}/log.txt")
+    text = b"".join(response.streaming_content).decode()
+    assert response["Content-Type"].startswith("text/plain")
+    assert "attachment" in response["Content-Disposition"]
+    assert text.count("\n") == 2500 and "line 2499 <b>x</b>" in text
+    bob = Client()
+    bob.force_login(cast.bob)
+    assert bob.get(f"/jobs/{job.pk}/log.txt").status_code == 404
+
+
+def test_the_node_page_lists_only_the_jobs_the_user_may_see(cast, alice):
+    Node.objects.create(name="w1")
+    mine = make_job(cast.alice, JobState.RUNNING, name="alice-job")
+    theirs = make_job(cast.bob, JobState.RUNNING, name="bob-secret")
+    for job in (mine, theirs):
+        Attempt.objects.create(job=job, number=1, token=job.token, node="w1", state="running")
+    html = alice.get("/nodes/w1/").content.decode()
+    assert "alice-job" in html and "bob-secret" not in html
+    assert alice.get("/nodes/nope/").status_code == 404
+
+
+def test_the_dashboard_pages_load_plotly_from_this_server(alice):
+    html = alice.get("/cluster/").content.decode()
+    assert 'src="/static/vendor/plotly.min.js"' in html and "http" not in html.split(
+        "<script")[1].split(">")[0]
+    found = finders.find("vendor/plotly.min.js")
+    assert found and Path(found).stat().st_size > 1_000_000
+    assert finders.find("vendor/widgetbundle.js") is None  # only the one file of the package
+    listed = [path for finder in finders.get_finders() for path, _ in finder.list([])]
+    assert "plotly.min.js" in listed  # so collectstatic copies it (under vendor/)
+
+
+def test_staff_dashboards_join_the_alerts_stream(cast):
+    from jobs.consumers import ClusterConsumer
+
+    consumer = ClusterConsumer()
+    assert consumer.allowed_groups(cast.admin) == ["jobs-staff", "cluster", "alerts"]
+    assert consumer.allowed_groups(cast.alice) == [f"jobs-owner-{cast.alice.pk}", "cluster"]
+
+
+def test_the_api_needs_a_login_for_the_cluster():
+    assert APIClient().get("/api/v1/cluster/").status_code in (401, 403)
