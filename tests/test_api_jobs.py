@@ -24,7 +24,8 @@ def test_a_valid_job_is_accepted_with_201_and_stored_queued(api, cast):
     assert response.status_code == 201
     body = response.json()
     assert body["state"] == "queued" and body["attempt"] == 1 and body["owner"] == "alice"
-    assert body["params"] == {"seconds": 1.0, "fail": False, "ignore_cancel": False}
+    assert body["params"] == {"seconds": 1.0, "fail": False, "ignore_cancel": False,
+                              "note": ""}
     job = Job.objects.get(pk=int(body["id"]))
     assert job.name == "nightly" and job.attempts.count() == 1
 

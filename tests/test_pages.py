@@ -35,7 +35,7 @@ def test_a_valid_form_submits_the_job_and_opens_its_page(alice):
                                          "param-seconds": "2", "param-fail": "on"})
     job = Job.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
-    assert job.params == {"seconds": 2.0, "fail": True, "ignore_cancel": False}
+    assert job.params == {"seconds": 2.0, "fail": True, "ignore_cancel": False, "note": ""}
     assert job.name == "from the form" and job.state == JobState.QUEUED
 
 

@@ -26,8 +26,10 @@ const Charts = (() => {
 
   // Utilization (percent) over time: cpu, mem and, where there are GPUs, gpu.
   function utilization(el, series) {
+    // cpu and mem always (live points extend them even when the history is empty); gpu where
+    // some node has one.
     const traces = ["cpu", "mem", "gpu"]
-      .filter((name) => (series[name] || []).some((v) => v !== null))
+      .filter((name) => name !== "gpu" || (series.gpu || []).some((v) => v !== null))
       .map((name) => ({x: series.t, y: series[name], name, type: "scatter", mode: "lines",
                        line: {color: COLORS[name], width: 2}, connectgaps: false}));
     return draw(el, traces, {yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"},

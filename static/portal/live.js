@@ -173,9 +173,16 @@ const Portal = (() => {
     follow.addEventListener("change", () => { if (follow.checked) log.scrollTop = log.scrollHeight; });
     log.scrollTop = log.scrollHeight;
 
-    // Attempts: a table and a timeline, from the job's snapshot.
+    // Attempts: a table and a timeline, from the job's snapshot; the running bar grows.
+    let lastAttempts = null;
+    setInterval(() => {
+      if (lastAttempts && hasCharts() && !TERMINAL.has($("job-state").textContent)) {
+        Charts.timeline($("job-timeline"), lastAttempts);
+      }
+    }, 5000);
     function showAttempts(attempts) {
       if (!attempts) return;
+      lastAttempts = attempts;
       const rows = attempts.map((a) => {
         const tr = document.createElement("tr");
         const time = (t) => (t ? new Date(t).toLocaleTimeString() : "—");

@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
+from alerts.models import AlertRule
 from jobs import services
 from jobs.models import Job
 from tests.integration.conftest import ARTIFACTS, wait_for_job
@@ -24,6 +25,7 @@ PASSWORD = "a browser's password"
 # The box has two shared cores: a 3 s job can take a while to be picked up and reported.
 JOB_MS = 30_000
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
+XSS_LOG = '<script>window.__xss=2</script><img src=x onerror="window.__xss=3"> & done'
 JOB_URL = re.compile(r"/jobs/(\d+)/$")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -72,8 +74,8 @@ def tab(live, browser):
     context.close()
 
 
-def log_in(page, username="browser"):
-    user = get_user_model().objects.create_user(username, password=PASSWORD)
+def log_in(page, username="browser", *, staff=False):
+    user = get_user_model().objects.create_user(username, password=PASSWORD, is_staff=staff)
     page.goto("/accounts/login/")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
@@ -297,4 +299,63 @@ def test_a_job_submitted_elsewhere_appears_on_the_open_list_live_as_text(tab):
     expect(tab.locator("main img")).to_have_count(0)
     assert tab.evaluate("window.__marker") == 1  # no reload
     assert tab.evaluate("typeof window.__xss") == "undefined"
+    tab.traffic.assert_clean()
+
+
+def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab):
+    log_in(tab, "operator", staff=True)
+    tab.goto("/cluster/")
+    for name in ("w1", "w2"):
+        card = tab.locator(f'.node-card[data-node="{name}"]')
+        expect(card.locator("[data-field=state]")).to_have_text("online")
+        expect(card.locator(".meter")).to_have_count(3)  # CPU, memory, GPU (none here)
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    # The cards follow the heartbeats without a reload.
+    seen = tab.locator('.node-card[data-node="w1"] [data-field=seen]')
+    first = seen.get_attribute("data-at")
+    expect(seen).not_to_have_attribute("data-at", first, timeout=JOB_MS)
+    # Plotly drew every chart; the utilization chart has its cpu and memory lines.
+    expect(tab.locator("#chart-util .scatterlayer .trace")).to_have_count(2)
+    for chart in ("#chart-finished", "#chart-states", "#chart-queues"):
+        expect(tab.locator(f"{chart} .main-svg").first).to_be_visible()
+    expect(tab.locator("#queue-table tbody tr")).to_have_count(4)  # cpu, etl, train, gpu
+    tab.locator('#windows button[data-window="3600"]').click()
+    expect(tab.locator('#windows button[data-window="3600"]')).to_have_class("on")
+    tab.wait_for_timeout(2500)  # a few live points on the chart for the picture
+    tab.screenshot(path=ARTIFACTS / "cluster-overview.png", full_page=True)
+    tab.traffic.assert_clean()
+
+
+def test_html_in_a_job_name_and_a_log_line_stays_text_on_the_dashboards(tab):
+    user = log_in(tab, "ops", staff=True)
+    AlertRule.objects.create(name="failed jobs", kind="job_failed", threshold_minutes=60)
+    tab.goto("/cluster/")
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    job = submit(user, kind="diag.sleep", name=XSS_NAME,
+                 params={"seconds": 1, "fail": True, "note": XSS_LOG})
+    # The failure reaches the feed, the alerts box and a toast, each as text.
+    expect(tab.locator("#notices")).to_contain_text(f"({XSS_NAME}) failed", timeout=JOB_MS)
+    expect(tab.locator("#alert-list")).to_contain_text(XSS_NAME, timeout=JOB_MS)
+    expect(tab.locator(".toast").filter(has_text=XSS_NAME).first).to_be_visible()
+    assert tab.locator("#notices img, #alert-list img, .toasts img").count() == 0
+    assert tab.evaluate("typeof window.__xss") == "undefined"
+    tab.screenshot(path=ARTIFACTS / "cluster-alert.png", full_page=True)
+
+    tab.goto(f"/jobs/{job.pk}/")
+    log = tab.locator("#job-log")
+    expect(log).to_contain_text(XSS_LOG)
+    assert log.locator("img, script").count() == 0
+    # The log's search keeps the matching line; the download has every line, as text.
+    tab.locator("#log-search").fill("onerror")
+    expect(tab.locator("#log-hits")).to_have_text("1 matching")
+    expect(log.locator(".line:visible")).to_have_count(1)
+    with tab.expect_download() as download:
+        tab.locator("#log-download").click()
+    text = open(download.value.path(), encoding="utf-8").read()
+    assert XSS_LOG in text and "sleeping 1 s" in text
+    # The attempt's timeline and the job's metric chart are drawn.
+    expect(tab.locator("#job-timeline .main-svg").first).to_be_visible()
+    expect(tab.locator("#job-metrics figcaption")).to_have_text(["remaining_s"])
+    assert tab.evaluate("typeof window.__xss") == "undefined"
+    tab.screenshot(path=ARTIFACTS / "job-failed-html.png", full_page=True)
     tab.traffic.assert_clean()

@@ -13,10 +13,13 @@ class SleepParams(Params):
     fail: bool = Field(False, description="Fail at the end instead of succeeding.")
     ignore_cancel: bool = Field(False, description="Keep sleeping through a cancel, like code "
                                 "that never checks: shows the node agent's forced stop.")
+    note: str = Field("", max_length=1000, description="A line to write to the job's log first.")
 
 
 def sleep(ctx, params: SleepParams):
     whole = int(params.seconds)
+    if params.note:
+        ctx.log(params.note)
     ctx.log(f"sleeping {params.seconds:g} s")
     ctx.progress(0, params.seconds, unit="s")
     nap = time.sleep if params.ignore_cancel else ctx.sleep
