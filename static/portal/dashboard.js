@@ -166,7 +166,8 @@ const Dashboard = (() => {
       const id = String(alert.id);
       list.querySelector(`[data-alert="${CSS.escape(id)}"]`)?.remove();
       if (!alert.resolved_at) {
-        const item = el("li", {data: {alert: id}, class: "alert"}, el("strong", {}, alert.subject), " ");
+        const item = el("li", {data: {alert: id}, class: "alert", title: alert.subject},
+                        el("time", {}, new Date(alert.fired_at).toLocaleTimeString()), " ");
         item.append(alert.message);
         list.prepend(item);
       }
@@ -187,7 +188,7 @@ const Dashboard = (() => {
         else if (event.type === "job.state" && event.state === "failed") {
           notice($("notices"), `job ${event.job}${event.name ? ` (${event.name})` : ""} failed`, "bad");
         } else if (event.type === "alert.fired") {
-          showAlert(event); notice($("notices"), `${event.subject}: ${event.message}`, "bad"); toast(event.message, "bad");
+          showAlert(event); notice($("notices"), event.message, "bad"); toast(event.message, "bad");
         } else if (event.type === "alert.resolved") { showAlert(event); notice($("notices"), `resolved: ${event.subject}`); }
       },
       keep: (event) => event.type.startsWith("alert.") || event.type === "job.notice",
