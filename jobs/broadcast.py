@@ -41,10 +41,15 @@ class Outbox:
         for group in groups:
             self.groups[group].append(event)
 
-    def job(self, job_id: int, owner_id: int, event: dict, *, lists: bool = True) -> None:
+    def job(self, job_id: int, owner_id: int, event: dict, *, lists: bool = True,
+            parent: int | None = None) -> None:
+        """A job's update, to its own stream, and with `lists` to the job lists of its owner
+        and of staff; a partition's also to its parent's stream (the parent's page shows it)."""
         groups = [f"job-{job_id}"]
         if lists:
             groups += [f"jobs-owner-{owner_id}", "jobs-staff"]
+        if parent:
+            groups.append(f"job-{parent}")
         self.add(groups, {**event, "job": str(job_id)})
 
     def __bool__(self):
@@ -69,8 +74,12 @@ class Broadcaster:
     progress folded to their latest. So a thousand heartbeats a second make a few frames a
     second per dashboard. A frame is encoded once, not once per connected client."""
 
-    def __init__(self, interval: float | None = None):
+    def __init__(self, interval: float | None = None, cluster_interval: float | None = None):
         self.interval = settings.LIVE_COALESCE_S if interval is None else interval
+        # Node health comes from every node every few seconds, to every dashboard: once a
+        # second is plenty for a card or a chart, and keeps a thousand dashboards cheap.
+        self.cluster_interval = (settings.LIVE_CLUSTER_COALESCE_S if cluster_interval is None
+                                 else cluster_interval)
         self.loop = asyncio.new_event_loop()
         self.layer = get_channel_layer()
         self.pending: dict[str, list[dict]] = {}  # touched only on the loop's thread
@@ -88,7 +97,8 @@ class Broadcaster:
                 self.pending[name].extend(events)
                 continue
             self.pending[name] = list(events)
-            wait = self.last_sent.get(name, -math.inf) + self.interval - now
+            interval = self.cluster_interval if name == "cluster" else self.interval
+            wait = self.last_sent.get(name, -math.inf) + interval - now
             if wait <= 0:
                 due.append(name)
             else:
@@ -112,7 +122,7 @@ class Broadcaster:
         messages = []
         for name, seq in zip(names, seqs, strict=True):
             frame = {"type": "batch", "stream": name, "seq": seq, "events": batches[name]}
-            messages.append((name, {"type": "portal.frame",
+            messages.append((name, {"type": "portal.frame", "stream": name,
                                     "text": json.dumps(frame, separators=(",", ":"))}))
         self.loop.create_task(self._send(messages))
 

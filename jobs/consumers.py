@@ -1,57 +1,127 @@
-"""Websockets: authenticate, join the groups the user may see (the selectors' rule), forward."""
+"""Websockets: authenticate, join the streams the user may see (the selectors' rule), forward.
+
+A web process holds one relay: it joins each stream once for all of the process's websockets
+and writes each frame (encoded once by the broadcaster) to them itself. So a frame costs one
+channel-layer message per process, not one per client, and a thousand dashboards cost the
+process little more than their sockets' writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 
 from jobs import selectors
 
+log = logging.getLogger(__name__)
 NOT_AUTHENTICATED = 4401
 NOT_FOUND = 4404
 
 
+class Relay:
+    def __init__(self):
+        self.layer = get_channel_layer()
+        self.members: dict[str, set[LiveConsumer]] = defaultdict(set)
+        self.channel: str | None = None
+        self.pump: asyncio.Task | None = None
+
+    async def join(self, streams: list[str], consumer: LiveConsumer) -> None:
+        if self.channel is None:
+            self.channel = await self.layer.new_channel()
+        if self.pump is None or self.pump.done():
+            self.pump = asyncio.ensure_future(self.forward())
+        for stream in streams:
+            if not self.members[stream]:
+                await self.layer.group_add(stream, self.channel)
+            self.members[stream].add(consumer)
+
+    async def leave(self, streams: list[str], consumer: LiveConsumer) -> None:
+        for stream in streams:
+            members = self.members.get(stream)
+            if members is None:
+                continue
+            members.discard(consumer)
+            if not members:
+                del self.members[stream]
+                await self.layer.group_discard(stream, self.channel)
+
+    async def forward(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+                if message.get("type") != "portal.frame":
+                    continue
+                for consumer in list(self.members.get(message["stream"], ())):
+                    await consumer.frame(message["text"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad socket or a layer hiccup must not stop the others
+                log.exception("relay: a frame was not forwarded")
+
+
+_relays: dict[asyncio.AbstractEventLoop, Relay] = {}
+
+
+def relay() -> Relay:
+    loop = asyncio.get_running_loop()
+    if loop not in _relays:
+        _relays[loop] = Relay()
+    return _relays[loop]
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
-        self.joined = []
+        self.joined: list[str] = []
+        self.held: list[str] | None = []  # frames that came before "hello" went out
         user = self.scope.get("user")
         if not user or not user.is_authenticated:
             await self.accept()
             await self.close(code=NOT_AUTHENTICATED)
             return
-        groups = await database_sync_to_async(self.allowed_groups)(user)
-        if groups is None:
+        streams = await database_sync_to_async(self.allowed_streams)(user)
+        if streams is None:
             await self.accept()
             await self.close(code=NOT_FOUND)
             return
         # Joined before the handshake completes: nothing published after "hello" is missed.
-        for group in groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.joined = groups
+        await relay().join(streams, self)
+        self.joined = streams
         await self.accept()
-        await self.send_json({"type": "hello", "streams": groups})
+        await self.send_json({"type": "hello", "streams": streams})
+        held, self.held = self.held, None
+        for text in held:
+            await self.send(text_data=text)
 
-    def allowed_groups(self, user) -> list[str] | None:
+    async def frame(self, text: str) -> None:
+        """A frame {"type": "batch", "stream", "seq", "events": [...]}, from the relay."""
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            await self.send(text_data=text)
+
+    def allowed_streams(self, user) -> list[str] | None:
         raise NotImplementedError
 
     async def disconnect(self, code):
-        for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if self.joined:
+            await relay().leave(self.joined, self)
 
     async def receive_json(self, content, **kwargs):
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
-    async def portal_frame(self, message):
-        """A frame {"type": "batch", "stream", "seq", "events": [...]}, encoded once by the
-        broadcaster for every client of the stream."""
-        await self.send(text_data=message["text"])
-
 
 class JobConsumer(LiveConsumer):
-    def allowed_groups(self, user):
+    def allowed_streams(self, user):
         job = selectors.job_for(user, self.scope["url_route"]["kwargs"]["job_id"])
         return None if job is None else [selectors.job_group(job.pk)]
 
 
 class ClusterConsumer(LiveConsumer):
-    def allowed_groups(self, user):
+    def allowed_streams(self, user):
         return selectors.job_groups(user) + ["cluster"] + (["alerts"] if user.is_staff else [])

@@ -117,8 +117,8 @@ def test_staff_dashboards_join_the_alerts_stream(cast):
     from jobs.consumers import ClusterConsumer
 
     consumer = ClusterConsumer()
-    assert consumer.allowed_groups(cast.admin) == ["jobs-staff", "cluster", "alerts"]
-    assert consumer.allowed_groups(cast.alice) == [f"jobs-owner-{cast.alice.pk}", "cluster"]
+    assert consumer.allowed_streams(cast.admin) == ["jobs-staff", "cluster", "alerts"]
+    assert consumer.allowed_streams(cast.alice) == [f"jobs-owner-{cast.alice.pk}", "cluster"]
 
 
 def test_the_api_needs_a_login_for_the_cluster():
