@@ -17,7 +17,8 @@ HARD_LIMIT_MARGIN_S = 15
 
 def attempt_spec(job) -> protocol.AttemptSpec:
     return protocol.AttemptSpec(job=job.pk, attempt=job.attempt, token=job.token, kind=job.kind,
-                                params=job.params, timeout_s=job.timeout_s)
+                                params=job.params, timeout_s=job.timeout_s,
+                                parent=job.parent_id, partition=job.partition)
 
 
 def dispatch_on_commit(jobs) -> None:

@@ -25,10 +25,12 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import history, states
+from jobs import fanout, history, states
 from jobs.broadcast import Outbox
+from jobs.dispatch import dispatch_on_commit
 from jobs.models import (
     TERMINAL,
+    Artifact,
     Attempt,
     Job,
     JobState,
@@ -38,7 +40,7 @@ from jobs.models import (
     NodeSample,
     NodeState,
 )
-from jobs.services import signal_cancel, state_event
+from jobs.services import cancel_children, new_token, signal_cancel, state_event
 from portal.env import LEASE_S
 from workers import protocol
 
@@ -54,7 +56,8 @@ def at(ts: float) -> datetime:
 
 
 JOB_FIELDS = ("id", "attempt", "token", "owner_id", "state", "cancel_requested_at", "kind",
-              "name", "node", "message", "progress", "error", "max_attempts")
+              "name", "node", "message", "progress", "error", "max_attempts", "timeout_s",
+              "parent_id", "partition", "done", "total")
 
 
 class Plan:
@@ -63,6 +66,7 @@ class Plan:
 
     def __init__(self, row: dict):
         self.row = row
+        self.token = row["token"]  # the attempt's, before a retry gives the job a new one
         self.source = row["state"]
         self.path = [row["state"]]
         self.fields: dict = {}
@@ -94,6 +98,12 @@ class Batch:
         self.metrics: list[MetricPoint] = []
         self.to_stop: list[int] = []
         self.samples: list = []
+        self.artifacts: list[Artifact] = []
+        self.fanouts: list[tuple[Plan, dict]] = []
+        self.retried: list[int] = []  # partitions that failed and go again
+        self.outcomes: list[tuple[int, int, dict]] = []  # (parent, partition, outcome)
+        self.parents: set[int] = set()  # whose progress to sum again
+        self.ended_parents: list[int] = []
 
     def apply(self) -> Outbox:
         ids = sorted({e["job"] for e in self.events if "job" in e})
@@ -110,6 +120,16 @@ class Batch:
         LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
         NodeSample.objects.bulk_create(self.samples)
+        Artifact.objects.bulk_create(self.artifacts, ignore_conflicts=True)
+        for plan, event in self.fanouts:
+            fanout.create_children(plan.row, event, self.outbox, self.outcomes, self.now)
+        fanout.sum_progress(self.parents, self.outbox)
+        if self.outcomes:
+            outcomes = list(self.outcomes)
+            transaction.on_commit(lambda: fanout.publish_outcomes(outcomes))
+        if self.ended_parents:
+            ended = list(self.ended_parents)
+            transaction.on_commit(lambda: cancel_children(*ended))
         if self.to_stop:
             stop = list(self.to_stop)
             transaction.on_commit(lambda: signal_cancel(*stop))
@@ -146,8 +166,12 @@ class Batch:
         if plan.state != JobState.RUNNING:
             return
         message = (e.get("msg") or _progress_text(e))[:500]
-        plan.fields.update(progress=e.get("p"), message=message)
-        plan.row.update(progress=e.get("p"), message=message)
+        counts = {"done": e.get("done"), "total": e.get("total"),
+                  "unit": (e.get("unit") or "")[:20]}
+        plan.fields.update(progress=e.get("p"), message=message, **counts)
+        plan.row.update(progress=e.get("p"), message=message, **counts)
+        if plan.row["parent_id"]:
+            self.parents.add(plan.row["parent_id"])
         plan.progress = {"type": "job.progress", "progress": e.get("p"), "message": message,
                          "done": e.get("done"), "total": e.get("total"),
                          "unit": e.get("unit", "")}
@@ -171,36 +195,76 @@ class Batch:
             plan.move(JobState.RUNNING, started_at=at(e["ts"]))
         if plan.state != JobState.RUNNING:
             return
+        row = plan.row
         outcome, error = e.get("outcome"), e.get("error", "")
         ended = {"finished_at": at(e["ts"]), "lease_expires_at": None}
-        if outcome == JobState.SUCCEEDED and not plan.row["cancel_requested_at"]:
+        plan.attempt.update(state=outcome, finished_at=at(e["ts"]), error=error)
+        if outcome == JobState.SUCCEEDED and not row["cancel_requested_at"]:
             plan.move(JobState.SUCCEEDED, result=e.get("result"), progress=1.0, message="",
+                      done=row["total"] if row["total"] is not None else row.get("done"),
                       **ended)
-        elif outcome == JobState.FAILED and not plan.row["cancel_requested_at"]:
+        elif outcome == JobState.FAILED and not row["cancel_requested_at"]:
+            if row["parent_id"] and row["attempt"] < row["max_attempts"]:
+                self.retry_partition(plan, e, error)
+                return
             plan.move(JobState.FAILED, error=error, message="failed", **ended)
         else:
             # A job whose cancel was asked for never ends as succeeded.
             outcome = JobState.CANCELLED
+            plan.attempt["state"] = outcome
             plan.move(JobState.CANCELLED, message="cancelled", **ended)
-        plan.attempt.update(state=outcome, finished_at=at(e["ts"]), error=error)
-        plan.events.append({**state_event(plan.row), "finished_at": at(e["ts"]).isoformat()})
+        plan.events.append({**state_event(row), "finished_at": at(e["ts"]).isoformat()})
+        if row["parent_id"]:
+            self.parents.add(row["parent_id"])
+            self.outcomes.append((row["parent_id"], row["partition"], {
+                "state": str(plan.state), "result": row.get("result"), "error": error}))
+        elif outcome != JobState.SUCCEEDED:
+            self.ended_parents.append(row["id"])  # its partitions, if any, end with it
+
+    def retry_partition(self, plan: Plan, e, error: str) -> None:
+        """A partition that failed runs again as a new attempt, on any node: one partition's
+        bad luck does not fail the whole fan-out."""
+        row = plan.row
+        number = row["attempt"] + 1
+        message = (f"partition {row['partition']} failed; again as attempt {number} of "
+                   f"{row['max_attempts']}: {error.splitlines()[0] if error else ''}")[:500]
+        plan.move(JobState.QUEUED, attempt=number, token=new_token(), node="",
+                  lease_expires_at=None, dispatched_at=self.now, progress=None, message=message)
+        self.retried.append(row["id"])
+        plan.events.append(state_event(row))
+
+    def artifact(self, plan: Plan, e) -> None:
+        self.artifacts.append(Artifact(job_id=e["job"], attempt=e["a"], name=e["name"][:200],
+                                       path=e["path"][:500], size=e.get("size") or 0,
+                                       sha256=(e.get("sha256") or "")[:64], created_at=self.now))
+        plan.events.append({"type": "job.artifact", "name": e["name"], "size": e.get("size")})
+
+    def fanout(self, plan: Plan, e) -> None:
+        if plan.state == JobState.RUNNING:
+            self.fanouts.append((plan, e))
 
     def write(self) -> None:
         groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
         for job_id, plan in self.plans.items():
             if plan.fields or len(plan.path) > 1:
                 groups[tuple(_moves(plan.path))][job_id] = plan.fields
-        tokens = {job_id: plan.row["token"] for job_id, plan in self.plans.items()}
+        tokens = {job_id: plan.token for job_id, plan in self.plans.items()}
         won: set[int] = set()
         for path, rows in groups.items():
             if len(path) == 1:  # progress only, no move
                 won |= states.update_rows(Job, rows, where={"state": path[0]})
             else:
                 won |= states.claim_many(rows, path=list(path), token=tokens)
-        attempts = {plan.row["token"]: plan.attempt for job_id, plan in self.plans.items()
+        attempts = {plan.token: plan.attempt for job_id, plan in self.plans.items()
                     if plan.attempt and job_id in won}
         if attempts:
             states.update_rows(Attempt, attempts, key="token")
+        retried = [job_id for job_id in self.retried if job_id in won]
+        if retried:
+            jobs = list(Job.objects.filter(pk__in=retried))
+            Attempt.objects.bulk_create([Attempt(job=job, number=job.attempt, token=job.token,
+                                                 created_at=self.now) for job in jobs])
+            dispatch_on_commit(jobs)
         for job_id, plan in self.plans.items():
             self.publish(job_id, plan, moved=job_id in won)
 
@@ -212,10 +276,10 @@ class Batch:
         if plan.progress and moved:
             ends = [i for i, e in enumerate(events) if e.get("state") in TERMINAL]
             events.insert(ends[0] if ends else len(events), plan.progress)
-        owner = plan.row["owner_id"]
+        owner, parent = plan.row["owner_id"], plan.row["parent_id"]
         for event in events:
-            self.outbox.job(job_id, owner, event,
-                            lists=event["type"] not in ("job.log", "job.metric"))
+            lists = event["type"] not in ("job.log", "job.metric", "job.artifact")
+            self.outbox.job(job_id, owner, event, lists=lists, parent=parent if lists else None)
 
     def heartbeat(self, e) -> None:
         node, created = Node.objects.get_or_create(name=e["node"])
@@ -233,13 +297,14 @@ class Batch:
         node.queues = e.get("consuming", e.get("queues")) or []  # what it takes work from now
         node.concurrency = e.get("concurrency") or 0
         node.running = len(held)
+        node.reserved = e.get("reserved") or []
         node.utilization = e.get("util") or {}
         node.last_heartbeat = beat
         fresh = self.now - beat < timedelta(seconds=settings.NODE_OFFLINE_S)
         if node.state == NodeState.OFFLINE and fresh:
             node.state = NodeState.ONLINE
-        node.save(update_fields=["worker", "queues", "concurrency", "running", "utilization",
-                                 "last_heartbeat", "state"])
+        node.save(update_fields=["worker", "queues", "concurrency", "running", "reserved",
+                                 "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
         self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
 

@@ -43,6 +43,14 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # A partition of another job's fan-out: its parent, and its index there.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="children")
+    partition = models.PositiveIntegerField(null=True, blank=True)
+    # The latest progress as reported (progress is done/total): a parent sums its children's.
+    done = models.FloatField(null=True, blank=True)
+    total = models.FloatField(null=True, blank=True)
+    unit = models.CharField(max_length=20, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -51,10 +59,14 @@ class Job(models.Model):
             models.Index(fields=["state", "lease_expires_at"], name="job_state_lease"),
             models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
+        permissions = [("run_shell", "Can submit shell jobs")]
         constraints = [
             models.UniqueConstraint(fields=["owner", "idempotency_key"],
                                     condition=models.Q(idempotency_key__isnull=False),
                                     name="job_owner_idempotency_key"),
+            models.UniqueConstraint(fields=["parent", "partition"],
+                                    condition=models.Q(parent__isnull=False),
+                                    name="job_parent_partition"),
         ]
 
     def __str__(self):
@@ -140,6 +152,26 @@ class NodeState(models.TextChoices):
     OFFLINE = "offline"
 
 
+class Artifact(models.Model):
+    """A file a job produced, kept in ARTIFACTS_DIR by the worker and served by the portal."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    attempt = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    path = models.CharField(max_length=500, help_text="Relative to ARTIFACTS_DIR.")
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "name"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt", "name"],
+                                               name="artifact_once")]
+
+    def __str__(self):
+        return f"{self.job_id}/{self.name}"
+
+
 class Node(models.Model):
     name = models.CharField(max_length=100, unique=True)
     state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.ONLINE)
@@ -148,6 +180,8 @@ class Node(models.Model):
     concurrency = models.PositiveIntegerField(default=0)
     running = models.PositiveIntegerField(default=0)
     utilization = models.JSONField(default=dict, blank=True)
+    # Attempts it had taken from the broker but not started, as of its last heartbeat.
+    reserved = models.JSONField(default=list, blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
 

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import history, selectors, states
+from jobs import fanout, history, selectors, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import attempt_spec, dispatch_on_commit, send
 from jobs.ingest import ALIVE_KEY, node_event
@@ -153,8 +153,28 @@ def mark_offline(now) -> int:
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
             outbox.add(["cluster"], node_event(node, changed=True))
+            resend_reserved(node, now)
     outbox.publish()
     return len(silent)
+
+
+def resend_reserved(node: Node, now) -> int:
+    """Messages a node had taken but not started die with it (the broker would give them back
+    only after its visibility timeout): send those attempts again. Should the node return, the
+    old copy finds the attempt started (or ended) and is dropped."""
+    waiting = {(job, attempt) for job, attempt in node.reserved or []}
+    if not waiting:
+        return 0
+    resend = []
+    for job in Job.objects.filter(pk__in={job for job, _ in waiting}, state=JobState.QUEUED):
+        if (job.pk, job.attempt) in waiting and Job.objects.filter(
+                pk=job.pk, state=JobState.QUEUED, attempt=job.attempt).update(dispatched_at=now):
+            resend.append((attempt_spec(job), job.queue))
+    if resend:
+        log.warning("node %s lost with %d unstarted jobs: sending them again", node.name,
+                    len(resend))
+        send(resend)
+    return len(resend)
 
 
 def publish_summary(now) -> None:
@@ -183,6 +203,7 @@ class Reconciler:
             done["resent"] = redispatch_missing(self.client, now, self.suspects)
             reraise_cancels()
             reassert_drains()
+            fanout.reassert_outcomes(self.client)
         done["offline"] = mark_offline(now)
         done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
         publish_summary(now)

@@ -10,7 +10,7 @@ from django.db.models import Count, Min, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from jobs.models import TERMINAL, Attempt, Job, JobState, LogLine, MetricPoint, Node
+from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint, Node
 
 LOG_PAGE = 1000
 
@@ -32,8 +32,9 @@ def job_for(user, job_id) -> Job | None:
 
 
 def job_list(user, *, state: str | None = None, kind: str | None = None,
-             q: str | None = None) -> QuerySet[Job]:
-    jobs = visible_jobs(user).select_related("owner")
+             q: str | None = None, parent: int | None = None) -> QuerySet[Job]:
+    """Jobs as submitted (a fan-out's partitions are listed under their parent: parent=ID)."""
+    jobs = visible_jobs(user).select_related("owner").filter(parent_id=parent)
     if state:
         jobs = jobs.filter(state=state)
     if kind:
@@ -41,6 +42,14 @@ def job_list(user, *, state: str | None = None, kind: str | None = None,
     if q:
         jobs = jobs.filter(name__icontains=q)
     return jobs.order_by("-id")
+
+
+def job_artifacts(job: Job) -> list[Artifact]:
+    """The job's files, from its latest attempt that made each name."""
+    latest: dict[str, Artifact] = {}
+    for artifact in Artifact.objects.filter(job=job).order_by("attempt"):
+        latest[artifact.name] = artifact
+    return sorted(latest.values(), key=lambda a: a.name)
 
 
 def job_logs(job: Job, *, after: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:

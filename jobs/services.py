@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from jobs import states
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit
-from jobs.models import Attempt, Job, JobState
+from jobs.models import TERMINAL, Attempt, Job, JobState
 from workers import protocol
 from workers.kinds import get_kind
 
@@ -40,6 +40,8 @@ _PYDANTIC_MESSAGES = {
 
 class InvalidJob(Exception):
     """The submitted job is not valid; `errors` maps each wrong field to its messages."""
+
+    status = 400
 
     def __init__(self, errors):
         super().__init__(errors)
@@ -94,8 +96,9 @@ def validate_spec(data) -> JobSpec:
         errors["kind"] = ["is required"]
     elif not isinstance(kind_name, str):
         errors["kind"] = ["must be a string"]
-    elif (kind := get_kind(kind_name)) is None:
+    elif (kind := get_kind(kind_name)) is None or kind.internal:
         errors["kind"] = [f"unknown kind {kind_name!r}"]
+        kind = None
     params = data.get("params", {})
     if not isinstance(params, dict):
         errors["params"] = {"non_field_errors": ["must be a JSON object"]}
@@ -128,8 +131,24 @@ def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
                created_at=now, dispatched_at=now, idempotency_key=idempotency_key)
 
 
+class NotPermitted(InvalidJob):
+    """The user may not submit this kind (403, naming the field)."""
+
+    status = 403
+
+
+def authorize(owner, specs: list[JobSpec]) -> None:
+    """Kinds that need a permission (shell commands) are refused to users without it."""
+    for spec in specs:
+        kind = get_kind(spec.kind)
+        if kind and kind.permission and not owner.has_perm(kind.permission):
+            raise NotPermitted({"kind": [f"you may not submit {spec.kind} jobs: ask an "
+                                         "admin for the permission"]})
+
+
 def submit_jobs(*, owner, specs: list[JobSpec]) -> list[Job]:
     """Admit and queue jobs; each is dispatched once the transaction commits."""
+    authorize(owner, specs)
     now = timezone.now()
     with transaction.atomic():
         jobs = Job.objects.bulk_create([_new_job(owner, spec, now) for spec in specs])
@@ -146,6 +165,7 @@ def submit_jobs(*, owner, specs: list[JobSpec]) -> list[Job]:
 
 def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Submit one job; with an idempotency key, a repeat returns the first job (created=False)."""
+    authorize(owner, [spec])
     if idempotency_key:
         existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing:
@@ -192,11 +212,21 @@ def cancel_job(*, job: Job) -> Job:
             if not asked and not Job.objects.filter(pk=job.pk, state=JobState.RUNNING).exists():
                 raise states.TransitionRefused(f"job {job.pk} is already {_state_of(job)}")
         transaction.on_commit(lambda: signal_cancel(job.pk))
+        cancel_children(job.pk)
         job.refresh_from_db()
         outbox = Outbox()
         outbox.job(job.pk, job.owner_id, state_event(job))
         outbox.publish_on_commit()
     return job
+
+
+def cancel_children(*parent_ids: int) -> None:
+    """A fan-out's partitions that have not ended are cancelled with their parent."""
+    for child in Job.objects.filter(parent_id__in=parent_ids).exclude(state__in=TERMINAL):
+        try:
+            cancel_job(job=child)
+        except states.TransitionRefused:
+            pass  # it ended meanwhile
 
 
 def _state_of(job: Job) -> str:

@@ -10,7 +10,7 @@ from accounts.auth import key_from_header, user_for_key
 from jobs import forms, prometheus, selectors, services
 from jobs.models import JobState
 from jobs.states import TransitionRefused
-from workers.kinds import all_kinds, get_kind
+from workers.kinds import all_kinds, examples, get_kind
 
 LIST_PAGE = 50
 
@@ -42,12 +42,17 @@ def job_new(request):
             except services.InvalidJob as exc:
                 errors = _flatten(exc.errors)
             else:
-                job, _ = services.submit_job(owner=request.user, spec=spec)
-                return redirect("job-detail", job_id=job.pk)
+                try:
+                    job, _ = services.submit_job(owner=request.user, spec=spec)
+                except services.InvalidJob as exc:
+                    errors = _flatten(exc.errors)
+                else:
+                    return redirect("job-detail", job_id=job.pk)
     # A form sent back shows what was typed, not what it was parsed into.
     typed = {name[len("param-"):]: value for name, value in request.POST.items()
              if name.startswith("param-")}
     context = {
+        "examples": examples(),
         "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, {
             **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}}),
         "errors": errors, "name": request.POST.get("name", ""),
@@ -73,8 +78,27 @@ def job_detail(request, job_id):
         raise Http404("No such job.")
     return render(request, "jobs/detail.html", {
         "job": job, "log_lines": selectors.job_log_tail(job),
-        "attempts": job.attempts.order_by("number"),
+        "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
     })
+
+
+@login_required
+@require_POST
+def job_example(request, index):
+    """Submit one of the ready-made examples as it is."""
+    offered = examples()
+    if not 0 <= index < len(offered):
+        raise Http404("No such example.")
+    example = offered[index]
+    try:
+        spec = services.validate_spec({key: example[key] for key in ("kind", "name", "params")})
+        job, _ = services.submit_job(owner=request.user, spec=spec)
+    except services.InvalidJob as exc:
+        kinds = all_kinds()
+        return render(request, "jobs/new.html", {
+            "examples": offered, "kinds": kinds, "kind": kinds[0], "fields": [],
+            "example_errors": {index: _flatten(exc.errors)}}, status=exc.status)
+    return redirect("job-detail", job_id=job.pk)
 
 
 @login_required

@@ -18,7 +18,13 @@ app.conf.update(
     # Ack on start: a lost attempt comes back through the portal's lease, not a redelivery.
     task_acks_late=False,
     worker_prefetch_multiplier=env_int("WORKER_PREFETCH", 4),
-    broker_transport_options={"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 600)},
+    # A message a worker took but had not started comes back to the queue this long after (its
+    # worker died, or sat on it): a second copy is harmless, since an attempt starts only once.
+    broker_transport_options={
+        "visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 60),
+        "unacked_restore_interval": env_int("BROKER_RESTORE_EVERY_S", 5),
+        "unacked_restore_throttle": 1,
+    },
     broker_connection_retry_on_startup=True,
     task_default_queue="cpu",
     worker_send_task_events=False,

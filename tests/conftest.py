@@ -6,6 +6,9 @@ integration tests."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -21,8 +24,23 @@ TIMINGS = {
     "RECONCILE_EVERY_S": "0.5",
     "NODE_OFFLINE_S": "5",
     "EVENT_FLUSH_S": "0.05",
+    "BROKER_VISIBILITY_TIMEOUT": "8",
+    "BROKER_RESTORE_EVERY_S": "2",
 }
 _servers: list = []
+_cleanups: list = []
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """An empty database beside the portal's (the jobs' warehouse): dropped first, so nothing
+    an earlier run left is seen."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def pytest_configure(config):
@@ -39,7 +57,15 @@ def pytest_configure(config):
     _servers.append(redis)
     redis_url = redis.url
     config.portal_redis = redis
+    data_root = tempfile.mkdtemp(prefix="portal-data-")
+    artifacts_dir = tempfile.mkdtemp(prefix="portal-artifacts-")
+    for folder in (data_root, artifacts_dir):
+        _cleanups.append(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
     os.environ.update({
+        "DATA_ROOT": data_root,
+        "ARTIFACTS_DIR": artifacts_dir,
+        "SHELL_COMMANDS": "/usr/bin/printf,/usr/bin/env,/bin/sleep",
+        "WAREHOUSE_URL": fresh_database(database_url, "portal_test_warehouse"),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": "test-only-secret",
@@ -58,6 +84,8 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     while _servers:
         _servers.pop().cleanup()
+    while _cleanups:
+        _cleanups.pop()()
 
 
 @pytest.fixture

@@ -39,6 +39,15 @@ def active_attempts() -> list[tuple[protocol.AttemptSpec, int | None]]:
     return found
 
 
+def waiting_attempts() -> list[list[int]]:
+    """Attempts this worker took from the broker but has not started ([job, attempt]): if the
+    node dies, their messages die with it, and the portal sends them again."""
+    active = {id(request) for request in list(worker_state.active_requests)}
+    return [[spec["job"], spec["attempt"]] for request in list(worker_state.reserved_requests)
+            if id(request) not in active and request.name == protocol.TASK_NAME and request.args
+            for spec in [request.args[0]]]
+
+
 class Agent:
     def __init__(self, hostname: str, queues: list[str], concurrency: int, worker=None):
         self.worker = worker
@@ -54,7 +63,8 @@ class Agent:
     def heartbeat(self) -> None:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
         self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
-                        "attempts": attempts, "queues": self.queues,
+                        "attempts": attempts, "reserved": waiting_attempts(),
+                        "queues": self.queues,
                         "consuming": sorted(self.consuming()),
                         "concurrency": self.concurrency, "util": self.sampler.sample()},
                        now=True)

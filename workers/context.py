@@ -1,20 +1,37 @@
-"""The small object a job kind's code is handed: progress, log, metric, cancelled?"""
+"""The small object a job kind's code is handed: progress, log, metric, artifact, cancelled?,
+and fan-out of partitions over the cluster."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import time
+from pathlib import Path
 
 import redis
 
-from portal.env import env_float
+from portal.env import env_float, env_str
 from workers import protocol
 from workers.events import EventSink
 
 CANCEL_POLL_S = env_float("CANCEL_POLL_S", 0.5)
+FAN_OUT_POLL_S = 0.25
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def artifacts_dir() -> Path:
+    """Where workers put what jobs produce and the portal serves it from (a shared volume)."""
+    return Path(env_str("ARTIFACTS_DIR") or Path(env_str("DATA_DIR") or "data") / "artifacts")
 
 
 class Cancelled(Exception):
     """Raised by ctx.check() once the job's cancellation has been requested."""
+
+
+class PartitionFailed(Exception):
+    """A fan-out partition failed after its own retries: the parent job fails with it."""
 
 
 class JobContext:
@@ -22,6 +39,8 @@ class JobContext:
         self.job_id = spec.job
         self.attempt = spec.attempt
         self.params = spec.params
+        self.parent = spec.parent  # set when this job is a partition of another's fan-out
+        self.partition = spec.partition
         self._spec = spec
         self._sink = sink
         self._redis = client
@@ -30,8 +49,9 @@ class JobContext:
         self._cancelled = False
         self._cancel_checked = 0.0
 
-    def _event(self, kind: str, **fields) -> dict:
-        return {"t": kind, "job": self.job_id, "a": self.attempt, "k": self._spec.token, **fields}
+    def _event(self, event_type: str, /, **fields) -> dict:
+        return {"t": event_type, "job": self.job_id, "a": self.attempt, "k": self._spec.token,
+                **fields}
 
     def progress(self, done: float, total: float | None = None, *, unit: str = "",
                  message: str = "") -> None:
@@ -54,6 +74,62 @@ class JobContext:
         self._steps[name] = step
         self._sink.emit(self._event(protocol.METRIC, name=name[:100], value=float(value),
                                     step=step))
+
+    def artifact(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Keep a file the job produced (a model, a report): copied to the artifact store and
+        listed on the job's page and at /api/v1/jobs/{id}/artifacts/. Returns its name."""
+        source = Path(path)
+        name = name or source.name
+        if not _ARTIFACT_NAME.match(name):
+            raise ValueError(f"artifact name {name!r}: letters, digits, '.', '_' and '-' only")
+        folder = artifacts_dir() / str(self.job_id) / str(self.attempt)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        partial = folder / f".{name}.partial"
+        digest = hashlib.sha256()
+        with open(source, "rb") as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+        os.replace(partial, target)
+        self._sink.emit(self._event(protocol.ARTIFACT, name=name, size=target.stat().st_size,
+                                    sha256=digest.hexdigest(),
+                                    path=str(target.relative_to(artifacts_dir()))))
+        return name
+
+    def fan_out(self, kind: str, partitions: list[dict], *, queue: str | None = None) -> list:
+        """Run `kind` once per partition (a dict of its parameters) as child jobs on any worker,
+        and return their results in partition order.
+
+        The portal records the children durably: a partition whose node dies, or that fails, is
+        retried on its own (up to this job's max_attempts); their progress is summed into this
+        job's; cancelling this job cancels them. If this job's own attempt is lost, the next one
+        calls fan_out again and finds the same partitions, finished ones included: nothing runs
+        twice that had finished. Raises PartitionFailed if a partition fails for good."""
+        if not partitions:
+            return []
+        self._sink.emit(self._event(protocol.FANOUT, kind=kind, parts=list(partitions),
+                                    queue=queue), now=True)
+        count = len(partitions)
+        key = protocol.parts_key(self.job_id)
+        while True:
+            self.check()
+            try:
+                finished = self._redis.hgetall(key)
+            except redis.RedisError:
+                finished = {}
+            outcomes = {int(index): json.loads(value) for index, value in finished.items()
+                        if int(index) < count}
+            if len(outcomes) == count:
+                break
+            time.sleep(FAN_OUT_POLL_S)
+        failed = sorted(i for i, outcome in outcomes.items() if outcome["state"] != "succeeded")
+        if failed:
+            first = outcomes[failed[0]]
+            raise PartitionFailed(f"{len(failed)} of {count} partitions failed; partition "
+                                  f"{failed[0]}: {first['state']} {first.get('error') or ''}"
+                                  .strip())
+        return [outcomes[i].get("result") for i in range(count)]
 
     def cancelled(self) -> bool:
         """True once a cancel was requested; asks Redis at most every CANCEL_POLL_S."""

@@ -30,6 +30,12 @@ def cancel_key(job_id: int) -> str:
     return f"{PREFIX}:cancel:{job_id}"
 
 
+def parts_key(parent: int) -> str:
+    """Hash of a fan-out's finished partitions: index -> {"state", "result", "error"}, written by
+    the portal after each partition's end is committed; the parent's attempt waits on it."""
+    return f"{PREFIX}:parts:{parent}"
+
+
 def drain_key(node: str) -> str:
     """Present while the node is draining: it finishes what it runs and takes nothing new."""
     return f"{PREFIX}:drain:{node}"
@@ -49,6 +55,8 @@ class AttemptSpec:
     kind: str
     params: dict
     timeout_s: int | None = None
+    parent: int | None = None  # for a partition of a fan-out: the job that fanned out
+    partition: int | None = None
 
     def to_message(self) -> dict:
         return asdict(self)
@@ -65,6 +73,8 @@ LOG = "log"
 METRIC = "metric"
 FINISHED = "finished"
 HEARTBEAT = "heartbeat"
+ARTIFACT = "artifact"
+FANOUT = "fanout"
 
 
 def node_name(hostname: str) -> str:

@@ -2,20 +2,22 @@
 
 from rest_framework import serializers
 
-from jobs.models import Attempt, Job, LogLine, Node
+from jobs.models import Artifact, Attempt, Job, LogLine, Node
 
 
 class JobSerializer(serializers.ModelSerializer):
     id = serializers.CharField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
     cancel_requested = serializers.SerializerMethodField()
+    parent = serializers.CharField(source="parent_id", read_only=True, allow_null=True,
+                                   help_text="For a partition of a fan-out: the job that made it")
 
     class Meta:
         model = Job
         fields = ["id", "kind", "name", "params", "state", "progress", "message", "attempt",
                   "max_attempts", "node", "queue", "priority", "owner", "timeout_s",
                   "cancel_requested", "created_at", "started_at", "finished_at", "result",
-                  "error"]
+                  "error", "parent", "partition", "done", "total", "unit"]
         read_only_fields = fields
 
     def get_cancel_requested(self, job) -> bool:
@@ -28,14 +30,39 @@ class AttemptSerializer(serializers.ModelSerializer):
         fields = ["number", "state", "node", "created_at", "started_at", "finished_at", "error"]
 
 
+class PartitionSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Job
+        fields = ["id", "partition", "state", "attempt", "node", "progress", "done", "total",
+                  "unit", "started_at", "finished_at", "error"]
+
+
 class JobDetailSerializer(JobSerializer):
-    """One job with its attempts: where and when each ran, and how it ended."""
+    """One job with its attempts (where and when each ran, how it ended) and, for a fan-out,
+    its partitions."""
 
     attempts = AttemptSerializer(many=True, read_only=True)
+    partitions = serializers.SerializerMethodField()
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "attempts"]
+        fields = [*JobSerializer.Meta.fields, "attempts", "partitions"]
         read_only_fields = fields
+
+    def get_partitions(self, job) -> list[dict]:
+        return PartitionSerializer(job.children.order_by("partition")[:1000], many=True).data
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["name", "attempt", "size", "sha256", "created_at", "url"]
+
+    def get_url(self, artifact) -> str:
+        return f"/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
 
 
 class LogLineSerializer(serializers.ModelSerializer):

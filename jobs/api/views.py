@@ -3,9 +3,16 @@
 from datetime import UTC, timedelta
 
 from django.conf import settings
+from django.http import FileResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
@@ -16,6 +23,7 @@ from rest_framework.views import APIView
 
 from jobs import history, selectors, services
 from jobs.api.serializers import (
+    ArtifactSerializer,
     JobDetailSerializer,
     JobSerializer,
     KindSerializer,
@@ -25,6 +33,7 @@ from jobs.api.serializers import (
 from jobs.broadcast import current_seq
 from jobs.models import JobState
 from jobs.states import TransitionRefused
+from workers.context import artifacts_dir
 from workers.kinds import all_kinds
 
 
@@ -48,6 +57,10 @@ class KindList(APIView):
         return Response(KindSerializer(all_kinds(), many=True).data)
 
 
+@extend_schema_view(get=extend_schema(parameters=[
+    OpenApiParameter("state", str), OpenApiParameter("kind", str),
+    OpenApiParameter("q", str, description="in the job's name"),
+    OpenApiParameter("parent", int, description="the partitions of this fan-out job")]))
 class JobList(ListAPIView):
     serializer_class = JobSerializer
     pagination_class = NewestFirst
@@ -56,9 +69,14 @@ class JobList(ListAPIView):
         state = self.request.query_params.get("state")
         if state and state not in JobState.values:
             raise ValidationError({"state": [f"must be one of {', '.join(JobState.values)}"]})
+        parent = self.request.query_params.get("parent")
+        if parent is not None:
+            parent = int_param(self.request.query_params, "parent", 0)
+            if selectors.job_for(self.request.user, parent) is None:
+                raise NotFound("No such job.")
         return selectors.job_list(self.request.user, state=state,
                                   kind=self.request.query_params.get("kind"),
-                                  q=self.request.query_params.get("q"))
+                                  q=self.request.query_params.get("q"), parent=parent)
 
     @extend_schema(
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
@@ -77,7 +95,11 @@ class JobList(ListAPIView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= 200:
             raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters"]})
-        job, created = services.submit_job(owner=request.user, spec=spec, idempotency_key=key)
+        try:
+            job, created = services.submit_job(owner=request.user, spec=spec,
+                                               idempotency_key=key)
+        except services.InvalidJob as exc:
+            return Response(exc.errors, status=exc.status)
         response = Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
         if not created:
             response["Idempotent-Replayed"] = "true"
@@ -96,7 +118,10 @@ class JobList(ListAPIView):
                 errors.append(exc.errors)
         if any(errors):
             return Response(errors, status=status.HTTP_400_BAD_REQUEST)
-        jobs = services.submit_jobs(owner=request.user, specs=specs)
+        try:
+            jobs = services.submit_jobs(owner=request.user, specs=specs)
+        except services.InvalidJob as exc:
+            return Response(exc.errors, status=exc.status)
         return Response(JobSerializer(jobs, many=True).data, status=status.HTTP_201_CREATED)
 
 
@@ -151,6 +176,24 @@ class JobMetrics(APIView):
     def get(self, request, job_id):
         job = visible_job_or_404(request, job_id)
         return Response({"series": selectors.job_metrics(job)})
+
+
+class JobArtifacts(APIView):
+    @extend_schema(responses=ArtifactSerializer(many=True))
+    def get(self, request, job_id):
+        job = visible_job_or_404(request, job_id)
+        return Response(ArtifactSerializer(selectors.job_artifacts(job), many=True).data)
+
+
+class JobArtifactFile(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request, job_id, name):
+        job = visible_job_or_404(request, job_id)
+        artifact = next((a for a in selectors.job_artifacts(job) if a.name == name), None)
+        path = artifacts_dir() / artifact.path if artifact else None
+        if path is None or not path.is_file():
+            raise NotFound("No such artifact.")
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=artifact.name)
 
 
 class NodeList(APIView):

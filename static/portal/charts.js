@@ -99,5 +99,19 @@ const Charts = (() => {
                                     yaxis: {autorange: "reversed", type: "category"}});
   }
 
-  return {esc, utilization, extend, bars, metric, timeline, COLORS};
+  // A fan-out's partitions: how long each took (or has been running), and how much it did.
+  function partitions(el, parts) {
+    const x = parts.map((p) => `#${p.partition}`);
+    return draw(el, [
+      {type: "bar", x, y: parts.map((p) => p.seconds || 0), name: "seconds",
+       marker: {color: parts.map((p) => COLORS[p.state] || COLORS.running)}},
+      {type: "scatter", mode: "markers", x, y: parts.map((p) => p.done || 0), name: "done",
+       yaxis: "y2", marker: {color: "#111827", size: 6}},
+    ], {height: 200, barmode: "overlay", xaxis: {type: "category", gridcolor: "#eef0f3"},
+        yaxis: {title: {text: "seconds"}, gridcolor: "#eef0f3", rangemode: "tozero"},
+        yaxis2: {title: {text: "done"}, overlaying: "y", side: "right", rangemode: "tozero",
+                 showgrid: false}, margin: {l: 50, r: 50, t: 8, b: 32}});
+  }
+
+  return {esc, utilization, extend, bars, metric, timeline, partitions, COLORS};
 })();

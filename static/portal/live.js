@@ -194,6 +194,22 @@ const Portal = (() => {
       if (hasCharts() && attempts.length) Charts.timeline($("job-timeline"), attempts);
     }
 
+    function showArtifacts(list) {
+      $("artifacts-box").hidden = !list.length;
+      $("artifacts").replaceChildren(...list.map((a) => {
+        const item = document.createElement("li");
+        const link = document.createElement("a");
+        link.href = a.url;
+        link.setAttribute("download", "");
+        link.textContent = a.name;
+        const size = document.createElement("span");
+        size.className = "muted";
+        size.textContent = ` ${(a.size / 1024).toFixed(1)} kB`;
+        item.append(link, size);
+        return item;
+      }));
+    }
+
     // Metric charts: one per name, extended live.
     const charts = new Map();
     function chartFor(name) {
@@ -220,6 +236,57 @@ const Portal = (() => {
       Plotly.extendTraces(box, {x: [[event.step]], y: [[event.value]]}, [0]);
     }
 
+    // A fan-out's partitions: one row each, updated by their own events on this job's stream;
+    // their durations side by side show skew and stragglers.
+    const partitions = new Map();
+    function showPartition(p) {
+      const before = partitions.get(String(p.id)) || {};
+      const part = Object.assign(before, p);
+      partitions.set(String(p.id), part);
+      $("partitions-box").hidden = false;
+      let row = $("partitions").querySelector(`tr[data-job="${CSS.escape(String(p.id))}"]`);
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.job = p.id;
+        for (let i = 0; i < 7; i += 1) row.append(document.createElement("td"));
+        const rows = [...$("partitions").tBodies[0].rows];
+        const after = rows.find((r) => +r.dataset.partition > part.partition);
+        $("partitions").tBodies[0].insertBefore(row, after || null);
+      }
+      row.dataset.partition = part.partition;
+      const seconds = part.started_at ? ((part.finished_at ? new Date(part.finished_at) : new Date()) - new Date(part.started_at)) / 1000 : null;
+      const done = part.done === null || part.done === undefined ? "—" : `${Number(part.done).toLocaleString()} ${part.unit || ""}`;
+      const link = document.createElement("a");
+      link.href = `/jobs/${part.id}/`;
+      link.textContent = part.partition;
+      row.cells[0].replaceChildren(link);
+      setState(row.cells[1], part.state);
+      [part.node || "—", part.attempt, done, seconds === null ? "—" : `${seconds.toFixed(1)} s`, part.error || part.message || ""]
+        .forEach((value, i) => { row.cells[i + 2].textContent = value; });
+      part.seconds = seconds;
+      drawPartitions();
+    }
+    let partitionsDrawn = 0;
+    function drawPartitions() {
+      const parts = [...partitions.values()].sort((a, b) => a.partition - b.partition);
+      const ended = parts.filter((p) => TERMINAL.has(p.state)).length;
+      $("partitions-summary").textContent = `${ended} of ${parts.length} ended`;
+      if (!hasCharts() || Date.now() - partitionsDrawn < 1000) return;
+      partitionsDrawn = Date.now();
+      Charts.partitions($("partitions-chart"), parts);
+    }
+    function onPartitionEvent(event) {
+      if (event.type !== "job.state" && event.type !== "job.progress") return;
+      const part = {id: event.job};
+      ["state", "node", "attempt", "progress", "done", "total", "unit", "message", "error"].forEach((k) => {
+        if (event[k] !== undefined) part[k] = event[k];
+      });
+      if (event.started_at) part.started_at = event.started_at;
+      if (event.finished_at) part.finished_at = event.finished_at;
+      if (partitions.has(String(event.job)) || event.partition !== undefined) showPartition(part);
+      else getJSON(`/api/v1/jobs/${event.job}/`).then(showPartition).catch(() => {});
+    }
+
     const shown = () => `${$("job-state").textContent}:${$("job-attempt").textContent}`;
     let attemptsDrawn = shown();
     function showJob(job) {
@@ -243,6 +310,8 @@ const Portal = (() => {
 
     new Stream(`/ws/jobs/${id}/`, {
       onEvent(event) {
+        if (event.job !== undefined && String(event.job) !== String(id)) { onPartitionEvent(event); return; }
+        if (event.type === "job.artifact") { getJSON(`/api/v1/jobs/${id}/artifacts/`).then(showArtifacts).catch(() => {}); return; }
         if (event.type === "job.state") {
           showJob(event);
           // The final state event carries no result: the snapshot has it.
@@ -258,6 +327,7 @@ const Portal = (() => {
       async resync() {
         const job = await getJSON(`/api/v1/jobs/${id}/`);
         showJob(job);
+        (job.partitions || []).forEach(showPartition);
         const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
         page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text));
         lastLogSeq = page.next_after;

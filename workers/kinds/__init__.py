@@ -30,6 +30,10 @@ class JobKind:
     params: type[Params]
     run: Callable[[Any, Any], Any]
     queue: str = "cpu"
+    # Run only as a partition of another job's fan-out: not offered, not submitted directly.
+    internal: bool = False
+    # A Django permission ("app_label.codename") a user needs to submit it; None: anyone.
+    permission: str | None = None
 
     def schema(self) -> dict:
         return self.params.model_json_schema()
@@ -53,9 +57,21 @@ def registry() -> dict[str, JobKind]:
     return kinds
 
 
+@cache
+def examples() -> list[dict]:
+    """Ready-made jobs that kind modules offer (`EXAMPLES`): the submit page's one-click
+    examples. Each is {"title", "description", "kind", "name", "params"}."""
+    found = []
+    for module in _modules():
+        found.extend(getattr(module, "EXAMPLES", []))
+    return found
+
+
 def get_kind(name: str) -> JobKind | None:
     return registry().get(name)
 
 
-def all_kinds() -> list[JobKind]:
-    return sorted(registry().values(), key=lambda kind: kind.name)
+def all_kinds(*, internal: bool = False) -> list[JobKind]:
+    """The kinds users submit (and, with internal=True, the partition kinds too)."""
+    return sorted((kind for kind in registry().values() if internal or not kind.internal),
+                  key=lambda kind: kind.name)

@@ -35,6 +35,37 @@ def sleep(ctx, params: SleepParams):
     return {"slept": params.seconds}
 
 
+class FanOutParams(Params):
+    parts: int = Field(4, ge=1, le=1000, description="How many partitions.")
+    seconds: float = Field(1, ge=0, le=3600, description="How long each partition sleeps.")
+    fail_first_attempt: list[int] = Field(
+        [], max_length=1000, description="Partitions that fail on their first attempt (each is "
+        "retried alone, and the job still succeeds).")
+
+
+def fan_out(ctx, params: FanOutParams):
+    failing = set(params.fail_first_attempt)
+    results = ctx.fan_out("diag.part", [
+        {"index": i, "seconds": params.seconds, "fail_first_attempt": i in failing}
+        for i in range(params.parts)])
+    ctx.log(f"{len(results)} partitions done")
+    return {"parts": len(results), "slept": sum(r["slept"] for r in results),
+            "attempts": [r["attempt"] for r in results]}
+
+
+class PartParams(Params):
+    index: int = Field(ge=0)
+    seconds: float = Field(ge=0, le=3600)
+    fail_first_attempt: bool = False
+
+
+def part(ctx, params: PartParams):
+    if params.fail_first_attempt and ctx.attempt == 1:
+        raise RuntimeError(f"partition {params.index} fails on its first attempt, as asked")
+    sleep(ctx, SleepParams(seconds=params.seconds))
+    return {"index": params.index, "slept": params.seconds, "attempt": ctx.attempt}
+
+
 class NoopParams(Params):
     pass
 
@@ -50,6 +81,21 @@ KINDS = [
         description="Sleeps for a while, reporting progress each second; can be told to fail.",
         params=SleepParams,
         run=sleep,
+    ),
+    JobKind(
+        name="diag.fanout",
+        title="Fan out",
+        description="Splits into partitions that sleep on any worker; some can fail once.",
+        params=FanOutParams,
+        run=fan_out,
+    ),
+    JobKind(
+        name="diag.part",
+        title="Fan-out partition",
+        description="One partition of diag.fanout.",
+        params=PartParams,
+        run=part,
+        internal=True,
     ),
     JobKind(
         name="diag.noop",
