@@ -123,3 +123,48 @@ def test_staff_dashboards_join_the_alerts_stream(cast):
 
 def test_the_api_needs_a_login_for_the_cluster():
     assert APIClient().get("/api/v1/cluster/").status_code in (401, 403)
+
+
+def test_an_example_runs_in_one_click(alice, cast):
+    from workers.kinds import examples
+
+    index = next(i for i, ex in enumerate(examples()) if ex["kind"] == "etl.clickstream")
+    response = alice.post(f"/jobs/examples/{index}/")
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert job.kind == "etl.clickstream" and job.owner == cast.alice
+    assert job.params["target"] == "parquet" and job.state == "queued"
+    assert alice.post("/jobs/examples/999/").status_code == 404
+    assert alice.get(f"/jobs/examples/{index}/").status_code == 405
+
+
+def test_artifacts_are_listed_and_served_only_to_who_may_see_the_job(api, cast, tmp_path,
+                                                                      settings):
+    from jobs.models import Artifact
+    from workers.context import artifacts_dir
+
+    job = make_job(cast.alice, JobState.SUCCEEDED)
+    folder = artifacts_dir() / str(job.pk) / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.bin").write_bytes(b"\x00weights")
+    Artifact.objects.create(job=job, attempt=1, name="model.bin", size=8, sha256="ab",
+                            path=f"{job.pk}/1/model.bin")
+    listed = api.get(f"/api/v1/jobs/{job.pk}/artifacts/").json()
+    assert [(a["name"], a["size"]) for a in listed] == [("model.bin", 8)]
+    response = api.get(listed[0]["url"])
+    assert response.status_code == 200 and b"".join(response.streaming_content) == b"\x00weights"
+    assert "attachment" in response["Content-Disposition"]
+    assert api.get(f"/api/v1/jobs/{job.pk}/artifacts/nope.bin").status_code == 404
+    bob = APIClient()
+    bob.credentials(HTTP_AUTHORIZATION=f"Token {cast.bob_key}")
+    assert bob.get(f"/api/v1/jobs/{job.pk}/artifacts/").status_code == 404
+    assert bob.get(listed[0]["url"]).status_code == 404
+
+
+def test_a_partition_kind_cannot_be_submitted_directly(api):
+    response = api.post("/api/v1/jobs/", {"kind": "diag.part", "params": {"index": 0,
+                                                                         "seconds": 1}},
+                        format="json")
+    assert response.status_code == 400 and "kind" in response.json()
+    names = [k["name"] for k in api.get("/api/v1/kinds/").json()]
+    assert "diag.fanout" in names and "diag.part" not in names

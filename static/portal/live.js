@@ -260,18 +260,25 @@ const Portal = (() => {
       link.href = `/jobs/${part.id}/`;
       link.textContent = part.partition;
       row.cells[0].replaceChildren(link);
-      setState(row.cells[1], part.state);
+      const pill = row.cells[1].firstChild || row.cells[1].appendChild(document.createElement("span"));
+      setState(pill, part.state);
       [part.node || "—", part.attempt, done, seconds === null ? "—" : `${seconds.toFixed(1)} s`, part.error || part.message || ""]
         .forEach((value, i) => { row.cells[i + 2].textContent = value; });
       part.seconds = seconds;
       drawPartitions();
     }
     let partitionsDrawn = 0;
+    let partitionsLater = null;
     function drawPartitions() {
       const parts = [...partitions.values()].sort((a, b) => a.partition - b.partition);
       const ended = parts.filter((p) => TERMINAL.has(p.state)).length;
       $("partitions-summary").textContent = `${ended} of ${parts.length} ended`;
-      if (!hasCharts() || Date.now() - partitionsDrawn < 1000) return;
+      if (!hasCharts()) return;
+      const wait = 1000 - (Date.now() - partitionsDrawn);
+      if (wait > 0) {  // at most once a second, and the last change is always drawn
+        partitionsLater = partitionsLater || setTimeout(() => { partitionsLater = null; drawPartitions(); }, wait);
+        return;
+      }
       partitionsDrawn = Date.now();
       Charts.partitions($("partitions-chart"), parts);
     }
