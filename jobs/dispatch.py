@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -13,6 +14,7 @@ from workers import protocol
 log = logging.getLogger(__name__)
 # The hard limit leaves the soft one (which the job sees as "timed out") time to be reported.
 HARD_LIMIT_MARGIN_S = 15
+PART_SPEC_TTL_S = 7 * 24 * 3600
 
 
 def attempt_spec(job) -> protocol.AttemptSpec:
@@ -36,8 +38,15 @@ def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:
     try:
         client = protocol.redis_client()
         now = time.time()
-        client.zadd(protocol.DISPATCHED,
-                    {protocol.dispatch_member(spec.job, spec.attempt): now for spec, _ in sends})
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(protocol.DISPATCHED,
+                  {protocol.dispatch_member(spec.job, spec.attempt): now for spec, _ in sends})
+        for spec, _ in sends:
+            if spec.parent is not None:  # a partition: its waiting parent may run it itself
+                key = protocol.part_specs_key(spec.parent)
+                pipe.hset(key, str(spec.partition), json.dumps(spec.to_message()))
+                pipe.expire(key, PART_SPEC_TTL_S)
+        pipe.execute()
         # One pipelined round trip to Redis for the whole list, not one (or two) per message.
         with app.producer_or_acquire() as producer, producer.batch():
             for spec, queue in sends:

@@ -239,6 +239,11 @@ class Batch:
                                        sha256=(e.get("sha256") or "")[:64], created_at=self.now))
         plan.events.append({"type": "job.artifact", "name": e["name"], "size": e.get("size")})
 
+    def lease(self, plan: Plan, e) -> None:
+        """A partition run inside its parent's process: its parent renews its lease."""
+        if plan.state == JobState.RUNNING:
+            plan.fields["lease_expires_at"] = self.now + timedelta(seconds=LEASE_S)
+
     def fanout(self, plan: Plan, e) -> None:
         if plan.state == JobState.RUNNING:
             self.fanouts.append((plan, e))

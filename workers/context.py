@@ -7,12 +7,13 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 import redis
 
-from portal.env import env_float, env_str
+from portal.env import HEARTBEAT_S, env_float, env_str
 from workers import protocol
 from workers.events import EventSink
 
@@ -30,18 +31,41 @@ class Cancelled(Exception):
     """Raised by ctx.check() once the job's cancellation has been requested."""
 
 
+class LeaseKeeper:
+    """While a partition runs inside its parent's process (which the node agent reports, not
+    the partition), renew the partition's lease from here."""
+
+    def __init__(self, sink: EventSink, spec: protocol.AttemptSpec):
+        self.sink, self.spec = sink, spec
+        self.done = threading.Event()
+
+    def __enter__(self):
+        threading.Thread(target=self._renew, name="lease-keeper", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+    def _renew(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            self.sink.emit({"t": protocol.LEASE, "job": self.spec.job, "a": self.spec.attempt,
+                            "k": self.spec.token}, now=True)
+
+
 class PartitionFailed(Exception):
     """A fan-out partition failed after its own retries: the parent job fails with it."""
 
 
 class JobContext:
-    def __init__(self, spec: protocol.AttemptSpec, sink: EventSink, client: redis.Redis):
+    def __init__(self, spec: protocol.AttemptSpec, sink: EventSink, client: redis.Redis, *,
+                 node: str = "", worker: str = ""):
         self.job_id = spec.job
         self.attempt = spec.attempt
         self.params = spec.params
         self.parent = spec.parent  # set when this job is a partition of another's fan-out
         self.partition = spec.partition
         self._spec = spec
+        self._node, self._worker = node, worker
         self._sink = sink
         self._redis = client
         self._log_seq = 0
@@ -122,7 +146,8 @@ class JobContext:
                         if int(index) < count}
             if len(outcomes) == count:
                 break
-            time.sleep(FAN_OUT_POLL_S)
+            if not self._help(outcomes, count):
+                time.sleep(FAN_OUT_POLL_S)
         failed = sorted(i for i, outcome in outcomes.items() if outcome["state"] != "succeeded")
         if failed:
             first = outcomes[failed[0]]
@@ -130,6 +155,31 @@ class JobContext:
                                   f"{failed[0]}: {first['state']} {first.get('error') or ''}"
                                   .strip())
         return [outcomes[i].get("result") for i in range(count)]
+
+    def _help(self, finished: dict, count: int) -> bool:
+        """Run here one of this fan-out's partitions that no worker has started. A waiting
+        parent holds a worker slot: were every slot held by a waiting parent, their partitions
+        would never start; this way a parent always gets its own work done. The start is
+        claimed like any other, so the partition's queued message, when a worker takes it, is
+        dropped. Returns whether it ran one."""
+        from workers import runner  # it imports this module
+
+        try:
+            specs = self._redis.hgetall(protocol.part_specs_key(self.job_id))
+        except redis.RedisError:
+            return False
+        for index, message in sorted(specs.items(), key=lambda item: int(item[0])):
+            if int(index) in finished or int(index) >= count:
+                continue
+            spec = protocol.AttemptSpec.from_message(json.loads(message))
+            if self._redis.exists(protocol.start_key(spec.job, spec.attempt)):
+                continue  # running (or ran) elsewhere
+            with LeaseKeeper(self._sink, spec):
+                outcome = runner.run(spec, node=self._node, worker=self._worker, sink=self._sink,
+                                     client=self._redis)
+            if outcome != "skipped":
+                return True
+        return False
 
     def cancelled(self) -> bool:
         """True once a cancel was requested; asks Redis at most every CANCEL_POLL_S."""

@@ -36,6 +36,12 @@ def parts_key(parent: int) -> str:
     return f"{PREFIX}:parts:{parent}"
 
 
+def part_specs_key(parent: int) -> str:
+    """Hash of a fan-out's partitions as last dispatched: index -> the attempt's message. A
+    parent waiting for them runs one itself when it can claim its start (see ctx.fan_out)."""
+    return f"{PREFIX}:part-specs:{parent}"
+
+
 def drain_key(node: str) -> str:
     """Present while the node is draining: it finishes what it runs and takes nothing new."""
     return f"{PREFIX}:drain:{node}"
@@ -75,6 +81,7 @@ FINISHED = "finished"
 HEARTBEAT = "heartbeat"
 ARTIFACT = "artifact"
 FANOUT = "fanout"
+LEASE = "lease"  # renews one attempt's lease (a partition its parent runs inline)
 
 
 def node_name(hostname: str) -> str:

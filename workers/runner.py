@@ -52,7 +52,7 @@ def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
         log.info("attempt %s/%s not started (%s)", spec.job, spec.attempt,
                  "cancelled" if claimed < 0 else "already started elsewhere")
         return "skipped"
-    ctx = JobContext(spec, sink, client)
+    ctx = JobContext(spec, sink, client, node=node, worker=worker)
     outcome, result, error = "succeeded", None, ""
     try:
         kind = get_kind(spec.kind)

@@ -84,3 +84,18 @@ def test_cancelling_a_fan_out_cancels_every_partition(live, http):
     assert done.state == "cancelled"
     children = wait_for_children(done.pk, 4, {"cancelled"}, timeout=60)
     assert {c.state for c in children} == {"cancelled"}
+
+
+def test_a_waiting_parent_runs_partitions_that_no_free_worker_takes(live, http):
+    # Four parents can hold every slot of the two nodes, leaving no worker for their
+    # partitions; here the partitions even go to a queue that no node reads. Each waiting
+    # parent runs its own partitions, so all finish.
+    jobs = [submit(live, http, fan_out(2, 1, part_queue="gpu")) for _ in range(4)]
+    for job in jobs:
+        done = wait_for_job(job["id"], timeout=120)
+        assert done.state == "succeeded", done.error
+        assert done.result["parts"] == 2
+        for child in Job.objects.filter(parent=done):
+            assert child.state == "succeeded" and child.queue == "gpu"
+            assert child.node == done.node  # run by its parent, on the parent's node
+            assert Attempt.objects.filter(job=child, state="succeeded").count() == 1

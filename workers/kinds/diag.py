@@ -41,13 +41,15 @@ class FanOutParams(Params):
     fail_first_attempt: list[int] = Field(
         [], max_length=1000, description="Partitions that fail on their first attempt (each is "
         "retried alone, and the job still succeeds).")
+    part_queue: str | None = Field(None, max_length=50, description="Queue of the partitions "
+                                   "(by default diag.part's).")
 
 
 def fan_out(ctx, params: FanOutParams):
     failing = set(params.fail_first_attempt)
     results = ctx.fan_out("diag.part", [
         {"index": i, "seconds": params.seconds, "fail_first_attempt": i in failing}
-        for i in range(params.parts)])
+        for i in range(params.parts)], queue=params.part_queue)
     ctx.log(f"{len(results)} partitions done")
     return {"parts": len(results), "slept": sum(r["slept"] for r in results),
             "attempts": [r["attempt"] for r in results]}
