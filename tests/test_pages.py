@@ -91,3 +91,19 @@ def test_the_admin_lists_jobs_and_nodes(cast):
     Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5)
     assert client.get("/admin/jobs/job/").status_code == 200
     assert client.get("/admin/jobs/node/").status_code == 200
+
+
+def test_lists_and_optional_fields_are_typed_in_the_form(alice):
+    html = alice.get("/jobs/new/?kind=diag.fanout").content.decode()
+    assert 'name="param-part_queue" value=""' in html  # no value shows nothing, not "None"
+    assert 'name="param-fail_first_attempt" value=""' in html
+    response = alice.post("/jobs/new/", {"kind": "diag.fanout", "param-parts": "3",
+                                         "param-seconds": "0", "param-part_queue": "",
+                                         "param-fail_first_attempt": "0, 2"})
+    job = Job.objects.get()
+    assert response.status_code == 302
+    assert job.params == {"parts": 3, "seconds": 0.0, "fail_first_attempt": [0, 2],
+                          "part_queue": None}
+    bad = alice.post("/jobs/new/", {"kind": "diag.fanout", "param-parts": "3",
+                                    "param-seconds": "0", "param-fail_first_attempt": "0, x"})
+    assert bad.status_code == 400 and "each item must be a number" in bad.content.decode()
