@@ -1,11 +1,11 @@
-# The one entry point: make run | test | lint | fmt | bench | bench-live
+# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Enough settings to check migrations without a server or a secret.
 CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
 
-.PHONY: install system-deps run test test-fast lint fmt bench bench-live clean
+.PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,11 +35,15 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install system-deps
-	$(PY) -m bench.run && $(PY) -m bench.live
+	$(PY) -m bench.run && $(PY) -m bench.live && $(PY) -m bench.etl
 
 ## The live path alone: event -> websocket latency with 1,000 clients and 200 nodes.
 bench-live: install system-deps
 	$(PY) -m bench.live
+
+## ETL: etl.clickstream rows/s into PostgreSQL, 1 and 2 worker nodes, against a raw COPY.
+bench-etl: install system-deps
+	$(PY) -m bench.etl
 
 clean:
 	rm -rf $(VENV) data staticfiles .pytest_cache

@@ -43,7 +43,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bench.run import TUNING, cpu_delta, cpu_seconds, log, ms, percentile, verdict, wait_until
+from bench.run import (
+    TUNING,
+    begin,
+    cpu_delta,
+    cpu_seconds,
+    log,
+    ms,
+    percentile,
+    verdict,
+    wait_until,
+)
 from portal.cluster import Cluster, free_port
 from tests.services import PostgresServer, RedisServer
 
@@ -55,7 +65,7 @@ BENCH_MSG = re.compile(r"bench (\d+) ")
 BENCH_MSG_BYTES = re.compile(rb"bench (\d+) ")
 HEAD = re.compile(rb'"stream"\s*:\s*"([^"]*)"\s*,\s*"seq"\s*:\s*(\d+)')
 # Portal settings read from the environment that change what is measured; shown when set.
-LIVE_TUNING = (*TUNING, "LIVE_COALESCE_S", "NODE_OFFLINE_S")
+LIVE_TUNING = (*TUNING, "LIVE_COALESCE_S", "LIVE_CLUSTER_COALESCE_S", "NODE_OFFLINE_S")
 
 
 def raise_nofile() -> int:
@@ -1051,22 +1061,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     limit = raise_nofile()
-    started = time.monotonic()
-    print(f"cluster-portal live-path benchmark: {args.clients} websocket clients, {args.nodes} "
-          f"nodes at {args.hz:g} Hz, {args.jobs} jobs x {args.rate:g} progress events/s, "
-          f"{args.seconds:g} s per phase; open files {limit}; load average "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
-    tuned = [f"{name}={os.environ[name]}" for name in LIVE_TUNING if os.environ.get(name)]
-    if tuned:
-        print(f"  settings from the environment: {' '.join(tuned)}", flush=True)
+    started = begin(f"cluster-portal live-path benchmark: {args.clients} websocket clients, "
+                    f"{args.nodes} nodes at {args.hz:g} Hz, {args.jobs} jobs x {args.rate:g} "
+                    f"progress events/s, {args.seconds:g} s per phase; open files {limit}",
+                    LIVE_TUNING)
     if limit < 2 * args.clients + 200:
         print(f"  ! the open-files limit ({limit}) is low for {args.clients} clients",
               flush=True)

@@ -582,16 +582,22 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def begin(title: str, tuning=TUNING) -> float:
+    """Start a run: SIGTERM stops it like Ctrl-C; say what runs, the machine's load, and the
+    portal settings taken from the environment. Returns the start time."""
     signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    print(f"cluster-portal benchmark: {args.jobs} tasks/jobs per throughput run, "
-          f"{args.latency_samples} latency samples each; load average "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
-    tuned = [f"{name}={os.environ[name]}" for name in TUNING if os.environ.get(name)]
+    print(f"{title}; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+          flush=True)
+    tuned = [f"{name}={os.environ[name]}" for name in tuning if os.environ.get(name)]
     if tuned:
         print(f"  settings from the environment: {' '.join(tuned)}", flush=True)
+    return time.monotonic()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = begin(f"cluster-portal benchmark: {args.jobs} tasks/jobs per throughput run, "
+                    f"{args.latency_samples} latency samples each")
     bench = Bench(args)
     try:
         bench.setup()

@@ -157,9 +157,14 @@ def hourly(events: pa.Table, sessions: pa.Table) -> dict[str, list[int]]:
     hours, counts = np.unique(hour, return_counts=True)
     for h, c in zip(hours.tolist(), counts.tolist(), strict=True):
         figures[h] = [c, 0, 0]
+    if hour.size and 0 <= user.min() and user.max() < 2**32:
+        # distinct (hour, user) pairs, packed in one integer: a flat unique, 30 times faster
+        pairs = np.unique((hour << np.int64(32)) | user.astype(np.int64))
+        pair_hours = pairs >> np.int64(32)
+    elif hour.size:
+        pair_hours = np.unique(np.stack([hour, user]), axis=1)[0]
     if hour.size:
-        pairs = np.unique(np.stack([hour, user]), axis=1)
-        for h, c in zip(*np.unique(pairs[0], return_counts=True), strict=True):
+        for h, c in zip(*np.unique(pair_hours, return_counts=True), strict=True):
             figures[int(h)][2] = int(c)
     started = sessions["started_at"].to_numpy().astype("datetime64[h]").astype(np.int64)
     for h, c in zip(*np.unique(started, return_counts=True), strict=True):
@@ -269,11 +274,12 @@ def run_partition(ctx, params: PartParams):
         name = f"part-{params.partition:05d}.parquet"
         write_parquet(folder / "events", name, events)
         write_parquet(folder / "sessions", name, sessions)
+    figures = hourly(events, sessions)
     seconds = time.monotonic() - started
     ctx.progress(total, total, unit="rows")
     ctx.metric("rows_per_s", total / seconds if seconds else 0.0, step=0)
     return {"partition": params.partition, "rows": total, "sessions": sessions.num_rows,
-            "seconds": round(seconds, 3), "hourly": hourly(events, sessions)}
+            "seconds": round(seconds, 3), "hourly": figures}
 
 
 def run(ctx, params: ClickstreamParams):
