@@ -25,7 +25,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import fanout, history, states
+from jobs import dependencies, fanout, history, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit
 from jobs.models import (
@@ -104,6 +104,7 @@ class Batch:
         self.outcomes: list[tuple[int, int, dict]] = []  # (parent, partition, outcome)
         self.parents: set[int] = set()  # whose progress to sum again
         self.ended_parents: list[int] = []
+        self.ended: list[int] = []  # jobs this batch ended: others may wait for them
 
     def apply(self) -> Outbox:
         ids = sorted({e["job"] for e in self.events if "job" in e})
@@ -127,6 +128,9 @@ class Batch:
         if self.outcomes:
             outcomes = list(self.outcomes)
             transaction.on_commit(lambda: fanout.publish_outcomes(outcomes))
+        if self.ended:
+            ended_jobs = list(self.ended)
+            transaction.on_commit(lambda: dependencies.after_ended(ended_jobs))
         if self.ended_parents:
             ended = list(self.ended_parents)
             transaction.on_commit(lambda: cancel_children(*ended))
@@ -272,6 +276,7 @@ class Batch:
             dispatch_on_commit(jobs)
         for job_id, plan in self.plans.items():
             self.publish(job_id, plan, moved=job_id in won)
+        self.ended = [job_id for job_id in won if self.plans[job_id].state in TERMINAL]
 
     def publish(self, job_id: int, plan: Plan, *, moved: bool) -> None:
         """A job's updates in the order they happened: its latest progress goes before its end;

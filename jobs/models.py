@@ -47,6 +47,9 @@ class Job(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE,
                                related_name="children")
     partition = models.PositiveIntegerField(null=True, blank=True)
+    # Jobs that must succeed before this one is queued (it is pending until then).
+    after = models.ManyToManyField("self", symmetrical=False, related_name="dependents",
+                                   blank=True)
     # The latest progress as reported (progress is done/total): a parent sums its children's.
     done = models.FloatField(null=True, blank=True)
     total = models.FloatField(null=True, blank=True)

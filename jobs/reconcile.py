@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import fanout, history, selectors, states
+from jobs import dependencies, fanout, history, selectors, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import attempt_spec, dispatch_on_commit, send
 from jobs.ingest import ALIVE_KEY, node_event
@@ -97,6 +97,8 @@ def recover_one(job: Job, now) -> bool:
         log.warning("job %s: %s", job.pk, job.message or job.error)
         outbox = Outbox()
         outbox.job(job.pk, job.owner_id, state_event(job))
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
         what = f"failed: {job.error}" if job.state == JobState.FAILED else job.message
         outbox.job(job.pk, job.owner_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
         outbox.publish_on_commit()
@@ -204,6 +206,7 @@ class Reconciler:
             reraise_cancels()
             reassert_drains()
             fanout.reassert_outcomes(self.client)
+            dependencies.settle_all()
         done["offline"] = mark_offline(now)
         done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
         publish_summary(now)

@@ -34,7 +34,8 @@ def job_for(user, job_id) -> Job | None:
 def job_list(user, *, state: str | None = None, kind: str | None = None,
              q: str | None = None, parent: int | None = None) -> QuerySet[Job]:
     """Jobs as submitted (a fan-out's partitions are listed under their parent: parent=ID)."""
-    jobs = visible_jobs(user).select_related("owner").filter(parent_id=parent)
+    jobs = (visible_jobs(user).select_related("owner").prefetch_related("after")
+            .filter(parent_id=parent))
     if state:
         jobs = jobs.filter(state=state)
     if kind:

@@ -19,7 +19,9 @@ from workers import protocol
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
-SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s"}
+SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s",
+               "after"}
+MAX_AFTER = 100
 _PYDANTIC_MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "is not a parameter of this kind",
@@ -57,6 +59,7 @@ class JobSpec:
     queue: str
     max_attempts: int
     timeout_s: int
+    after: tuple[int, ...] = ()  # jobs that must succeed first
 
 
 def new_token() -> str:
@@ -118,17 +121,82 @@ def validate_spec(data) -> JobSpec:
                               default=settings.JOB_DEFAULT_MAX_ATTEMPTS, low=1, high=20)
     timeout_s = _int_field(data, "timeout_s", errors, default=settings.JOB_DEFAULT_TIMEOUT_S,
                            low=1, high=settings.JOB_MAX_TIMEOUT_S)
+    after = _after_field(data.get("after", []), errors)
     if errors:
         raise InvalidJob(errors)
     return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
-                   queue=queue, max_attempts=max_attempts, timeout_s=timeout_s)
+                   queue=queue, max_attempts=max_attempts, timeout_s=timeout_s, after=after)
+
+
+def _after_field(value, errors) -> tuple[int, ...]:
+    """A list of job ids (as the API shows them: strings; numbers are accepted too)."""
+    if not isinstance(value, list) or len(value) > MAX_AFTER:
+        errors["after"] = [f"must be a list of at most {MAX_AFTER} job ids"]
+        return ()
+    ids = []
+    for item in value:
+        text = str(item) if isinstance(item, int | str) and not isinstance(item, bool) else ""
+        if not text.isdigit():
+            errors["after"] = [f"{item!r} is not a job id"]
+            return ()
+        ids.append(int(text))
+    return tuple(dict.fromkeys(ids))
 
 
 def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
+    waiting = bool(spec.after)
     return Job(owner=owner, kind=spec.kind, name=spec.name, params=spec.params,
                queue=spec.queue, priority=spec.priority, max_attempts=spec.max_attempts,
-               timeout_s=spec.timeout_s, state=JobState.QUEUED, attempt=1, token=new_token(),
-               created_at=now, dispatched_at=now, idempotency_key=idempotency_key)
+               timeout_s=spec.timeout_s, state=JobState.PENDING if waiting else JobState.QUEUED,
+               attempt=1, token=new_token(), created_at=now,
+               dispatched_at=None if waiting else now, idempotency_key=idempotency_key,
+               message=f"waiting for {_jobs_text(spec.after)} to succeed" if waiting else "")
+
+
+def _jobs_text(ids) -> str:
+    ids = list(ids)
+    return (f"job {ids[0]}" if len(ids) == 1 else
+            f"jobs {', '.join(map(str, ids[:5]))}{' and more' if len(ids) > 5 else ''}")
+
+
+def _check_after(owner, specs: list[JobSpec]) -> None:
+    """A job may wait only for jobs its owner may see: any other id is as unknown as one
+    that does not exist."""
+    wanted = {job_id for spec in specs for job_id in spec.after}
+    if not wanted:
+        return
+    from jobs.selectors import visible_jobs
+
+    seen = set(visible_jobs(owner).filter(pk__in=wanted).values_list("pk", flat=True))
+    missing = sorted(wanted - seen)
+    if missing:
+        raise InvalidJob({"after": [f"no such job: {', '.join(map(str, missing))}"]})
+
+
+def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]:
+    """The jobs and their first attempts, inside the caller's transaction: queued ones are
+    dispatched after the commit; those that wait for others are pending until they move on."""
+    from jobs import dependencies
+
+    jobs = [_new_job(owner, spec, now, idempotency_key) for spec in specs]
+    if idempotency_key:
+        jobs[0].save()
+    else:
+        jobs = Job.objects.bulk_create(jobs)
+    Attempt.objects.bulk_create([
+        Attempt(job=job, number=1, token=job.token, created_at=now) for job in jobs])
+    links = [Job.after.through(from_job_id=job.pk, to_job_id=other)
+             for job, spec in zip(jobs, specs, strict=True) for other in spec.after]
+    Job.after.through.objects.bulk_create(links)
+    dispatch_on_commit([job for job in jobs if job.state == JobState.QUEUED])
+    outbox = Outbox()
+    for job in jobs:
+        outbox.job(job.pk, owner.pk, state_event(job), lists=True)
+    outbox.publish_on_commit()
+    waiting = [job.pk for job in jobs if job.state == JobState.PENDING]
+    if waiting:  # those whose jobs already ended move on at once
+        dependencies.settle(waiting)
+    return jobs
 
 
 class NotPermitted(InvalidJob):
@@ -149,17 +217,11 @@ def authorize(owner, specs: list[JobSpec]) -> None:
 def submit_jobs(*, owner, specs: list[JobSpec]) -> list[Job]:
     """Admit and queue jobs; each is dispatched once the transaction commits."""
     authorize(owner, specs)
-    now = timezone.now()
+    _check_after(owner, specs)
     with transaction.atomic():
-        jobs = Job.objects.bulk_create([_new_job(owner, spec, now) for spec in specs])
-        Attempt.objects.bulk_create([
-            Attempt(job=job, number=1, token=job.token, created_at=now) for job in jobs
-        ])
-        dispatch_on_commit(jobs)
-        outbox = Outbox()
-        for job in jobs:
-            outbox.job(job.pk, owner.pk, state_event(job), lists=True)
-        outbox.publish_on_commit()
+        jobs = _create(owner, specs, timezone.now())
+    for job in jobs:
+        job.refresh_from_db()  # settled at once if what it waited for had ended
     return jobs
 
 
@@ -172,15 +234,13 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> t
             return existing, False
     if not idempotency_key:
         return submit_jobs(owner=owner, specs=[spec])[0], True
-    now = timezone.now()
+    _check_after(owner, [spec])
     try:
         with transaction.atomic():
-            job = _new_job(owner, spec, now, idempotency_key)
-            job.save()
-            Attempt.objects.create(job=job, number=1, token=job.token, created_at=now)
-            dispatch_on_commit([job])
+            [job] = _create(owner, [spec], timezone.now(), idempotency_key)
     except IntegrityError:
         return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
+    job.refresh_from_db()
     return job, True
 
 
@@ -197,6 +257,8 @@ def state_event(job: Job | dict) -> dict:
 def cancel_job(*, job: Job) -> Job:
     """Cancel a job: at once if it has not started, else by asking its running attempt to stop.
     The request is durable (in the database) and reaches the worker through Redis."""
+    from jobs import dependencies
+
     now = timezone.now()
     with transaction.atomic():
         ended = states.claim(job.pk, JobState.CANCELLED, source={JobState.PENDING,
@@ -212,6 +274,8 @@ def cancel_job(*, job: Job) -> Job:
             if not asked and not Job.objects.filter(pk=job.pk, state=JobState.RUNNING).exists():
                 raise states.TransitionRefused(f"job {job.pk} is already {_state_of(job)}")
         transaction.on_commit(lambda: signal_cancel(job.pk))
+        if ended:
+            transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
         cancel_children(job.pk)
         job.refresh_from_db()
         outbox = Outbox()

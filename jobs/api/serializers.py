@@ -11,17 +11,21 @@ class JobSerializer(serializers.ModelSerializer):
     cancel_requested = serializers.SerializerMethodField()
     parent = serializers.CharField(source="parent_id", read_only=True, allow_null=True,
                                    help_text="For a partition of a fan-out: the job that made it")
+    after = serializers.SerializerMethodField(help_text="Jobs that must succeed before this one")
 
     class Meta:
         model = Job
         fields = ["id", "kind", "name", "params", "state", "progress", "message", "attempt",
                   "max_attempts", "node", "queue", "priority", "owner", "timeout_s",
                   "cancel_requested", "created_at", "started_at", "finished_at", "result",
-                  "error", "parent", "partition", "done", "total", "unit"]
+                  "error", "parent", "partition", "done", "total", "unit", "after"]
         read_only_fields = fields
 
     def get_cancel_requested(self, job) -> bool:
         return job.cancel_requested_at is not None
+
+    def get_after(self, job) -> list[str]:
+        return [str(pk) for pk in sorted(other.pk for other in job.after.all())]
 
 
 class AttemptSerializer(serializers.ModelSerializer):
