@@ -163,6 +163,7 @@ def main() -> None:
             cluster.start_redis(Path(env["DATA_DIR"]) / "redis")
         cluster.manage("migrate", "--noinput")
         login = cluster.manage("demo_user")
+        cluster.manage("demo_data")  # the 2013 NYC flights, for the examples
         cluster.start_web(port)
         cluster.start_ingester()
         cluster.start_reconciler()

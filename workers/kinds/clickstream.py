@@ -13,7 +13,6 @@ duration, so skew and stragglers are visible.
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from workers import data
+from workers.etl.output import parquet_part
 from workers.kinds import JobKind, Params
 
 EPOCH = np.datetime64("2026-01-01T00:00:00", "s")
@@ -250,10 +250,8 @@ def load_partition(params: PartParams, events: pa.Table, sessions: pa.Table, *,
 
 
 def write_parquet(folder: Path, name: str, table: pa.Table) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}.partial"
-    pq.write_table(table, partial)
-    os.replace(partial, folder / name)
+    with parquet_part(folder, name, table.schema) as write:  # whole, or not there at all
+        write(table)
 
 
 def run_partition(ctx, params: PartParams):
