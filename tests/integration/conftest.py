@@ -11,11 +11,34 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
+from django.core.management.base import CommandError
+from django.test import TransactionTestCase
 
 from portal.cluster import Cluster, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _emptied_again_if_deadlocked(teardown):
+    """Between tests the tables are emptied (TRUNCATE) while the cluster's processes go on
+    writing: the TRUNCATE can be the one PostgreSQL picks to break a deadlock. It is simply
+    tried again."""
+
+    def fixture_teardown(self):
+        for attempt in range(3):
+            try:
+                return teardown(self)
+            except CommandError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+    return fixture_teardown
+
+
+TransactionTestCase._fixture_teardown = _emptied_again_if_deadlocked(
+    TransactionTestCase._fixture_teardown)
 
 
 class LiveCluster:

@@ -1,0 +1,1 @@
+"""portalctl: the cluster portal's command line client (REST API and job websockets)."""
