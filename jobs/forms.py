@@ -83,6 +83,11 @@ def params_from_post(schema: dict, post) -> tuple[dict, dict[str, list[str]]]:
             continue
         if field.type in {"number", "integer"}:
             value, error = _number(raw, field.type == "integer")
+        elif field.type == "array" and raw.startswith("["):  # a JSON list, commas and all
+            try:
+                value, error = json.loads(raw), None
+            except ValueError:
+                value, error = None, "must be a JSON list, or items separated by commas"
         elif field.type == "array":
             value, error = [], None
             for item in (part.strip() for part in raw.split(",") if part.strip()):

@@ -50,6 +50,12 @@ class InvalidJob(Exception):
         self.errors = errors
 
 
+class NotPermitted(InvalidJob):
+    """The user may not submit this kind (403, naming the field)."""
+
+    status = 403
+
+
 @dataclass(frozen=True)
 class JobSpec:
     kind: str
@@ -86,8 +92,9 @@ def _int_field(data, field, errors, *, default, low, high) -> int:
     return value
 
 
-def validate_spec(data) -> JobSpec:
-    """Check one submitted job; raise InvalidJob with per-field messages."""
+def validate_spec(data, *, owner=None) -> JobSpec:
+    """Check one submitted job; raise InvalidJob with per-field messages. With the submitting
+    user, a kind they may not submit is refused first, before its parameters say anything."""
     if not isinstance(data, dict):
         raise InvalidJob({"non_field_errors": ["a job must be a JSON object"]})
     errors: dict = {}
@@ -102,6 +109,10 @@ def validate_spec(data) -> JobSpec:
     elif (kind := get_kind(kind_name)) is None or kind.internal:
         errors["kind"] = [f"unknown kind {kind_name!r}"]
         kind = None
+    if kind is not None and owner is not None and kind.permission \
+            and not owner.has_perm(kind.permission):
+        raise NotPermitted({"kind": [f"you may not submit {kind.name} jobs: ask an admin for "
+                                     "the permission"]})
     params = data.get("params", {})
     if not isinstance(params, dict):
         errors["params"] = {"non_field_errors": ["must be a JSON object"]}
@@ -197,12 +208,6 @@ def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]
     if waiting:  # those whose jobs already ended move on at once
         dependencies.settle(waiting)
     return jobs
-
-
-class NotPermitted(InvalidJob):
-    """The user may not submit this kind (403, naming the field)."""
-
-    status = 403
 
 
 def authorize(owner, specs: list[JobSpec]) -> None:

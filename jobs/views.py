@@ -38,7 +38,7 @@ def job_new(request):
         data = {"kind": kind.name, "params": values, "name": request.POST.get("name", "")}
         if not errors:
             try:
-                spec = services.validate_spec(data)
+                spec = services.validate_spec(data, owner=request.user)
             except services.InvalidJob as exc:
                 errors = _flatten(exc.errors)
             else:
@@ -91,7 +91,8 @@ def job_example(request, index):
         raise Http404("No such example.")
     example = offered[index]
     try:
-        spec = services.validate_spec({key: example[key] for key in ("kind", "name", "params")})
+        spec = services.validate_spec(
+            {key: example[key] for key in ("kind", "name", "params")}, owner=request.user)
         job, _ = services.submit_job(owner=request.user, spec=spec)
     except services.InvalidJob as exc:
         kinds = all_kinds()

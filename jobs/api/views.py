@@ -89,9 +89,9 @@ class JobList(ListAPIView):
         if isinstance(data, list):
             return self.submit_many(request, data)
         try:
-            spec = services.validate_spec(data)
+            spec = services.validate_spec(data, owner=request.user)
         except services.InvalidJob as exc:
-            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+            return Response(exc.errors, status=exc.status)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= 200:
             raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters"]})
@@ -109,15 +109,16 @@ class JobList(ListAPIView):
         if not items or len(items) > settings.JOB_MAX_BATCH:
             raise ValidationError({"non_field_errors": [
                 f"a list must hold 1 to {settings.JOB_MAX_BATCH} jobs"]})
-        specs, errors = [], []
+        specs, errors, worst = [], [], status.HTTP_400_BAD_REQUEST
         for item in items:
             try:
-                specs.append(services.validate_spec(item))
+                specs.append(services.validate_spec(item, owner=request.user))
                 errors.append({})
             except services.InvalidJob as exc:
                 errors.append(exc.errors)
+                worst = max(worst, exc.status)
         if any(errors):
-            return Response(errors, status=status.HTTP_400_BAD_REQUEST)
+            return Response(errors, status=worst)
         try:
             jobs = services.submit_jobs(owner=request.user, specs=specs)
         except services.InvalidJob as exc:
