@@ -224,6 +224,8 @@ const Portal = (() => {
       $("job-metrics").append(figure);
       charts.set(name, box);
       Charts.metric(box, name, []);
+      // A new chart can change the grid: the others take their new widths.
+      charts.forEach((other) => { if (other !== box && other.data) Plotly.Plots.resize(other); });
       return box;
     }
     function showMetrics(series) {
