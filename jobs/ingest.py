@@ -322,8 +322,20 @@ class Batch:
 def node_event(node: Node, *, changed: bool = False) -> dict:
     return {"type": "node.health", "node": node.name, "state": node.state,
             "running": node.running, "concurrency": node.concurrency,
-            "utilization": node.utilization, "changed": changed,
+            "utilization": compact(node.utilization or {}), "changed": changed,
             "last_heartbeat": node.last_heartbeat.isoformat() if node.last_heartbeat else None}
+
+
+def compact(value):
+    """Figures to one decimal, byte counts whole: every dashboard gets every node's health,
+    and most of a frame is digits no chart shows."""
+    if isinstance(value, float):
+        return round(value, 1) if abs(value) < 1e6 else round(value)
+    if isinstance(value, dict):
+        return {key: compact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [compact(item) for item in value]
+    return value
 
 
 def _moves(path: list[str]) -> list[str]:

@@ -180,3 +180,12 @@ def test_a_late_heartbeat_neither_moves_a_node_back_nor_wakes_it(db):
     Node.objects.filter(pk=node.pk).update(state="offline", last_heartbeat=None)
     apply_events([{**beat, "ts": now - 600}])  # a backlog replayed after an outage
     assert Node.objects.get(pk=node.pk).state == "offline"
+
+
+def test_node_health_goes_out_compact():
+    from jobs.ingest import compact
+
+    util = {"cpu": 12.3456, "cpu_cores": [1.234, 99.99], "mem_used": 123456789.123,
+            "gpus": [{"util": 55.55, "name": "A100"}], "procs": 301}
+    assert compact(util) == {"cpu": 12.3, "cpu_cores": [1.2, 100.0], "mem_used": 123456789,
+                             "gpus": [{"util": 55.5, "name": "A100"}], "procs": 301}
