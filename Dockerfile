@@ -27,8 +27,8 @@ COPY . .
 # image itself runs with DEBUG off and demands a real SECRET_KEY and DATABASE_URL.
 RUN pip install --no-deps -c constraints.txt -e . \
     && DEBUG=1 DATABASE_URL=sqlite:///:memory: python manage.py collectstatic --noinput \
-    && mkdir -p "$DATA_DIR" \
-    && chown portal:portal "$DATA_DIR"
+    && mkdir -p "$DATA_DIR" /data/files /data/artifacts \
+    && chown portal:portal "$DATA_DIR" /data /data/files /data/artifacts
 
 USER portal
 

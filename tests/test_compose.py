@@ -192,6 +192,16 @@ def test_the_worker_gets_no_database_url_and_no_secret_key():
     assert environment("worker")["REDIS_URL"] == "redis://redis:6379/0"
 
 
+def test_web_and_workers_share_the_jobs_files_and_artifacts():
+    # Workers write what jobs produce; the web serves it: one volume, the same paths.
+    for name in ("web", "worker"):
+        env = environment(name)
+        assert env["DATA_ROOT"] == "/data/files" and env["ARTIFACTS_DIR"] == "/data/artifacts"
+        assert "jobdata:/data" in service(name).get("volumes", [])
+    assert "jobdata" in compose()["volumes"]
+    assert "/data/files /data/artifacts" in DOCKERFILE.read_text()  # owned by the app's user
+
+
 @pytest.mark.parametrize("name", DJANGO_SERVICES)
 def test_the_django_service_gets_the_database_redis_a_required_secret_and_allowed_hosts(name):
     env = environment(name)
