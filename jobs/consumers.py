@@ -54,14 +54,19 @@ class Relay:
         while True:
             try:
                 message = await self.layer.receive(self.channel)
-                if message.get("type") != "portal.frame":
-                    continue
-                for consumer in list(self.members.get(message["stream"], ())):
-                    await consumer.frame(message["text"])
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one bad socket or a layer hiccup must not stop the others
-                log.exception("relay: a frame was not forwarded")
+            except Exception:  # a layer hiccup: the clients will see a gap and resync
+                log.exception("relay: receiving a frame failed")
+                await asyncio.sleep(0.1)
+                continue
+            if message.get("type") != "portal.frame":
+                continue
+            for consumer in list(self.members.get(message["stream"], ())):
+                try:
+                    await consumer.frame(message["text"])
+                except Exception:  # a socket closing as we write: the others still get it
+                    log.debug("relay: a socket missed a frame", exc_info=True)
 
 
 _relays: dict[asyncio.AbstractEventLoop, Relay] = {}
