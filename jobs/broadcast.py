@@ -103,11 +103,20 @@ class Broadcaster:
                 due.append(name)
             else:
                 self.loop.call_later(wait, self._flush, [name])
+        # A node changing state goes out at once, with whatever waits on its stream: two
+        # processes' windows must not swap "offline" and "back online".
+        for name, events in groups.items():
+            if name not in due and name in self.pending and any(
+                    event.get("changed") for event in events):
+                due.append(name)
         if due:
             self._flush(due)
 
     def _flush(self, names: list[str]) -> None:
         now = self.loop.time()
+        names = [name for name in names if name in self.pending]  # an urgent flush took it
+        if not names:
+            return
         batches = {name: coalesce(self.pending.pop(name)) for name in names}
         for name in names:
             self.last_sent[name] = now

@@ -62,3 +62,25 @@ def test_a_burst_leaves_as_one_frame_after_the_first_with_the_next_seq(redis_cli
     assert [e["seq"] for e in two["events"] if e["type"] == "job.log"] == list(range(1, 21))
     assert [e["cpu"] for e in two["events"] if e["type"] == "node.health"] == [20]
     assert extra is None  # twenty publishes, two frames
+
+
+def test_a_node_changing_state_is_sent_at_once_with_what_waited(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("urgent", channel)
+        broadcaster = Broadcaster(interval=30, cluster_interval=30)
+        broadcaster.publish({"urgent": [{"type": "node.health", "node": "w1", "cpu": 1}]})
+        await asyncio.wait_for(layer.receive(channel), 5)
+        broadcaster.publish({"urgent": [{"type": "node.health", "node": "w2", "cpu": 2}]})
+        broadcaster.publish({"urgent": [{"type": "node.health", "node": "w1",
+                                         "state": "offline", "changed": True}]})
+        # Well within the 30 s window: the change does not wait for it.
+        frame = await asyncio.wait_for(layer.receive(channel), 5)
+        await layer.group_discard("urgent", channel)
+        return json.loads(frame["text"])
+
+    frame = async_to_sync(run)()
+    assert frame["seq"] == 2
+    assert [(e["node"], e.get("changed", False)) for e in frame["events"]] == [
+        ("w2", False), ("w1", True)]

@@ -108,6 +108,10 @@ const Dashboard = (() => {
 
     function showNode(node) {
       const before = nodes.get(node.name);
+      // Two processes report nodes (heartbeats, and the loop that marks silent ones offline):
+      // a report older than the one shown is stale.
+      if (before && before.last_heartbeat && node.last_heartbeat
+          && new Date(node.last_heartbeat) < new Date(before.last_heartbeat)) return;
       nodes.set(node.name, Object.assign({}, before || {}, node));
       const card = nodeCard(nodes.get(node.name));
       const old = cards.querySelector(`[data-node="${CSS.escape(node.name)}"]`);
