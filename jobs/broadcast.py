@@ -120,29 +120,40 @@ class Broadcaster:
         batches = {name: coalesce(self.pending.pop(name)) for name in names}
         for name in names:
             self.last_sent[name] = now
+        # Numbered and published in one step in Redis: frames of a stream that several
+        # processes publish to (web, ingester, reconciler) arrive in the order of their seq.
+        keys, args = [], []
+        for name in names:
+            head = f'{{"type":"batch","stream":{json.dumps(name)},"seq":'
+            tail = f',"events":{json.dumps(batches[name], separators=(",", ":"))}}}'
+            payload = self.layer.serialize({"type": "portal.frame", "stream": name,
+                                            "text": head + SEQ_MARK + tail})
+            at = payload.index(SEQ_MARK.encode())
+            keys.append(seq_key(name))
+            args += [group_channel(name), payload[:at], payload[at + len(SEQ_MARK):]]
         try:
-            pipe = redis_client().pipeline(transaction=False)
-            for name in names:
-                pipe.incr(seq_key(name))
-            seqs = pipe.execute()
+            redis_client().eval(_NUMBER_AND_PUBLISH, len(keys), *keys, *args)
         except Exception as exc:  # Redis away: clients will resync from their snapshot
             log.warning("broadcast skipped, Redis unreachable: %s", exc)
-            return
-        messages = []
-        for name, seq in zip(names, seqs, strict=True):
-            frame = {"type": "batch", "stream": name, "seq": seq, "events": batches[name]}
-            messages.append((name, {"type": "portal.frame", "stream": name,
-                                    "text": json.dumps(frame, separators=(",", ":"))}))
-        self.loop.create_task(self._send(messages))
 
-    async def _send(self, messages) -> None:
-        results = await asyncio.gather(
-            *(self.layer.group_send(name, message) for name, message in messages),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, Exception):
-                log.warning("group_send failed: %s", result)
+
+# The frame's seq is written in place of a mark of fixed width (a number padded with spaces,
+# which JSON allows), so the serialized message keeps its length and is spliced in Redis.
+SEQ_MARK = "@" * 15
+_NUMBER_AND_PUBLISH = """
+for i, key in ipairs(KEYS) do
+  local seq = redis.call('INCR', key)
+  local base = (i - 1) * 3
+  redis.call('PUBLISH', ARGV[base + 1],
+             ARGV[base + 2] .. string.format('%-15d', seq) .. ARGV[base + 3])
+end
+return #KEYS
+"""
+
+
+def group_channel(group: str) -> str:
+    """The Redis channel that channels_redis's pubsub layer uses for a group."""
+    return f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}__group__{group}"
 
 
 def coalesce(events: list[dict]) -> list[dict]:

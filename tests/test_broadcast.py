@@ -84,3 +84,30 @@ def test_a_node_changing_state_is_sent_at_once_with_what_waited(redis_client):
     assert frame["seq"] == 2
     assert [(e["node"], e.get("changed", False)) for e in frame["events"]] == [
         ("w2", False), ("w1", True)]
+
+
+def test_frames_go_to_the_channel_the_layer_listens_on():
+    from jobs.broadcast import group_channel
+
+    async def layer_name():
+        return get_channel_layer()._get_layer()._get_group_channel_name("cluster")
+
+    assert group_channel("cluster") == async_to_sync(layer_name)()
+
+
+def test_a_frame_is_plain_json_with_its_seq(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("plain", channel)
+        for _ in range(12):  # seq runs to two digits in the fixed-width mark
+            redis_client.incr("portal:seq:plain")
+        Broadcaster(interval=0).publish({"plain": [{"type": "job.log", "text": "@" * 20}]})
+        message = await asyncio.wait_for(layer.receive(channel), 5)
+        await layer.group_discard("plain", channel)
+        return message
+
+    message = async_to_sync(run)()
+    assert message["stream"] == "plain"
+    assert json.loads(message["text"]) == {"type": "batch", "stream": "plain", "seq": 13,
+                                           "events": [{"type": "job.log", "text": "@" * 20}]}
