@@ -30,10 +30,14 @@ const Charts = (() => {
     // some node has one.
     const traces = ["cpu", "mem", "gpu"]
       .filter((name) => name !== "gpu" || (series.gpu || []).some((v) => v !== null))
-      .map((name) => ({x: series.t, y: series[name], name, type: "scatter", mode: "lines",
-                       line: {color: COLORS[name], width: 2}, connectgaps: false}));
+      .map((name) => ({x: series.t, y: series[name], name, type: "scatter", mode: "lines+markers",
+                       line: {color: COLORS[name], width: 2}, marker: {size: 3},
+                       connectgaps: false}));
     return draw(el, traces, {yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"},
-                             xaxis: {type: "date", gridcolor: "#eef0f3"}});
+                             xaxis: {type: "date", gridcolor: "#eef0f3", nticks: 6,
+                                     tickangle: 0},
+                             legend: {orientation: "h", y: -0.3}, margin: {l: 44, r: 12, t: 8,
+                                                                          b: 44}});
   }
 
   // Append live points (one per series) and drop what fell out of the window.

@@ -303,7 +303,12 @@ def test_a_job_submitted_elsewhere_appears_on_the_open_list_live_as_text(tab):
 
 
 def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab):
-    log_in(tab, "operator", staff=True)
+    user = log_in(tab, "operator", staff=True)
+    done = [submit(user, kind="diag.noop") for _ in range(3)]
+    running = submit(user, kind="diag.sleep", params={"seconds": 20})
+    for job in done:
+        wait_for_job(job.pk, timeout=JOB_MS / 1000)
+    wait_for_job(running.pk, states={"running"}, timeout=JOB_MS / 1000)
     tab.goto("/cluster/")
     for name in ("w1", "w2"):
         card = tab.locator(f'.node-card[data-node="{name}"]')
@@ -319,10 +324,14 @@ def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab):
     for chart in ("#chart-finished", "#chart-states", "#chart-queues"):
         expect(tab.locator(f"{chart} .main-svg").first).to_be_visible()
     expect(tab.locator("#queue-table tbody tr")).to_have_count(4)  # cpu, etl, train, gpu
+    # The summary counts this run's jobs: three finished, one running.
+    expect(tab.locator("#queue-table tbody tr").first).to_contain_text("cpu")
+    expect(tab.locator("#queue-table tbody tr").first.locator("td").nth(2)).to_have_text("1")
+    tab.wait_for_timeout(4000)  # a few live points on the chart for the picture
+    tab.screenshot(path=ARTIFACTS / "cluster-overview.png", full_page=True)
     tab.locator('#windows button[data-window="3600"]').click()
     expect(tab.locator('#windows button[data-window="3600"]')).to_have_class("on")
-    tab.wait_for_timeout(2500)  # a few live points on the chart for the picture
-    tab.screenshot(path=ARTIFACTS / "cluster-overview.png", full_page=True)
+    expect(tab.locator("#chart-util .scatterlayer .trace")).to_have_count(2)
     tab.traffic.assert_clean()
 
 
