@@ -84,6 +84,7 @@ class Broadcaster:
         self.layer = get_channel_layer()
         self.pending: dict[str, list[dict]] = {}  # touched only on the loop's thread
         self.last_sent: dict[str, float] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}  # one per stream that waits
         threading.Thread(target=self.loop.run_forever, name="broadcaster", daemon=True).start()
 
     def publish(self, groups: dict[str, list[dict]]) -> None:
@@ -102,7 +103,7 @@ class Broadcaster:
             if wait <= 0:
                 due.append(name)
             else:
-                self.loop.call_later(wait, self._flush, [name])
+                self.timers[name] = self.loop.call_later(wait, self._flush, [name])
         # A node changing state goes out at once, with whatever waits on its stream: two
         # processes' windows must not swap "offline" and "back online".
         for name, events in groups.items():
@@ -114,7 +115,11 @@ class Broadcaster:
 
     def _flush(self, names: list[str]) -> None:
         now = self.loop.time()
-        names = [name for name in names if name in self.pending]  # an urgent flush took it
+        for name in names:  # sent now: its timer, if it had one, must not send again early
+            timer = self.timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
+        names = [name for name in names if name in self.pending]
         if not names:
             return
         batches = {name: coalesce(self.pending.pop(name)) for name in names}

@@ -111,3 +111,38 @@ def test_a_frame_is_plain_json_with_its_seq(redis_client):
     assert message["stream"] == "plain"
     assert json.loads(message["text"]) == {"type": "batch", "stream": "plain", "seq": 13,
                                            "events": [{"type": "job.log", "text": "@" * 20}]}
+
+
+def test_an_urgent_frame_leaves_no_second_timer_behind(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("steady", channel)
+        broadcaster = Broadcaster(interval=0.5, cluster_interval=0.5)
+        frames = []
+
+        async def receive():  # never cancelled midway: the layer forgets a cancelled channel
+            while True:
+                frames.append(await layer.receive(channel))
+
+        receiving = asyncio.ensure_future(receive())
+        broadcaster.publish({"steady": [{"type": "node.health", "node": "w1"}]})
+        await asyncio.sleep(0.1)
+        for i in range(5):  # a waiting frame, then changes that go out at once
+            broadcaster.publish({"steady": [{"type": "node.health", "node": "w2", "cpu": i}]})
+            broadcaster.publish({"steady": [{"type": "node.health", "node": f"n{i}",
+                                             "changed": True}]})
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        urgent = len(frames)
+        for i in range(30):  # then a steady flow: one frame per window
+            broadcaster.publish({"steady": [{"type": "node.health", "node": "w3", "cpu": i}]})
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)
+        steady = len(frames) - urgent
+        receiving.cancel()
+        return urgent, steady
+
+    urgent, steady = async_to_sync(run)()
+    assert urgent == 6  # the first frame and five changes
+    assert steady <= 5  # 1.5 s of steady updates in 0.5 s windows, not one frame each
