@@ -33,23 +33,29 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from bench.live import machine_cpu
-from bench.run import begin, cpu_delta, cpu_seconds, log, verdict, wait_until
+from bench.run import (
+    begin,
+    cpu_delta,
+    cpu_seconds,
+    guarded,
+    log,
+    start_portal,
+    stop_all,
+    verdict,
+    wait_until,
+)
 from portal.cluster import Cluster, free_port
 from tests.conftest import fresh_database
 from tests.services import PostgresServer, RedisServer
@@ -142,32 +148,13 @@ class Bench:
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        self.pg = PostgresServer()
-        self.pg.start()
-        self.redis_server = RedisServer()
-        self.redis_server.start()
-        self.wh_url = fresh_database(self.pg.url, "bench_warehouse")
-        self.data_root = Path(tempfile.mkdtemp(prefix="portal-bench-data-"))
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE"}}
-        env.update({
-            "DATABASE_URL": self.pg.url,
-            "REDIS_URL": self.redis_server.url,
-            "WAREHOUSE_URL": self.wh_url,
-            "DATA_ROOT": str(self.data_root),
-            "DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
-        # The kind's parameter model reads WAREHOUSE_URL; portal.env reads at first import.
-        os.environ.update(env)
-        self.cluster = Cluster(env, quiet=not self.args.verbose)
-        log(f"PostgreSQL on :{self.pg.port} (portal + warehouse database), Redis on "
-            f":{self.redis_server.port}; migrating")
-        self.cluster.manage("migrate", "--noinput")
-        self.token = self.cluster.manage("api_token", "bench", "--create").splitlines()[-1]
+
+        def warehouse(pg) -> dict[str, str]:
+            self.wh_url = fresh_database(pg.url, "bench_warehouse")
+            self.data_root = Path(tempfile.mkdtemp(prefix="portal-bench-data-"))
+            return {"WAREHOUSE_URL": self.wh_url, "DATA_ROOT": str(self.data_root)}
+
+        start_portal(self, warehouse, " (portal + warehouse database)")
         self.cluster.manage("shell", "-c", (
             "from django.contrib.auth import get_user_model\n"
             "get_user_model().objects.filter(username='bench').update(is_staff=True)\n"))
@@ -220,7 +207,7 @@ class Bench:
             f"{self.args.concurrency})")
 
     def teardown(self) -> None:
-        steps = [
+        stop_all([
             ("cluster", lambda: self.cluster and self.cluster.stop()),
             ("celery app", lambda: self.app and self.app.close()),
             ("database connections", lambda: [c.close() for c in (self.db, self.wh) if c]),
@@ -228,12 +215,7 @@ class Bench:
             ("PostgreSQL", lambda: self.pg and self.pg.cleanup()),
             ("DATA_ROOT", lambda: self.data_root and shutil.rmtree(self.data_root,
                                                                    ignore_errors=True)),
-        ]
-        for name, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep going: stop everything else
-                print(f"  ! stopping {name} failed: {exc}", file=sys.stderr, flush=True)
+        ])
 
     # Clients.
 
@@ -632,7 +614,8 @@ def main(argv=None) -> int:
     started = begin(f"ETL benchmark: {KIND}, {args.events:,} events in {args.partitions} "
                     "partitions, into PostgreSQL")
     bench = Bench(args)
-    try:
+
+    def measure() -> bool:
         bench.setup()
         log("making the same events here (generate, sessionize, CSV) for the raw COPY")
         bench.prepare_raw()
@@ -649,27 +632,9 @@ def main(argv=None) -> int:
             log(f"portal: {KIND} with {count} node(s)")
             runs.append(bench.portal_run(label))
             log(f"  {runs[-1].rate:,.0f} rows/s ({runs[-1].median:.2f} s, POST -> finished_at)")
-        ok = report(args, bench, raws, runs)
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the cluster", file=sys.stderr, flush=True)
-        return 130
-    except JobFailed as exc:
-        print(f"\n{exc}", file=sys.stderr, flush=True)
-        return 2
-    except subprocess.CalledProcessError as exc:
-        print(f"\n{' '.join(map(str, exc.cmd))} failed with {exc.returncode}:\n"
-              f"{exc.stdout or ''}{exc.stderr or ''}", file=sys.stderr, flush=True)
-        return 2
-    except Exception:  # a part failed: say exactly where, then stop everything
-        traceback.print_exc()
-        return 2
-    finally:
-        # A second Ctrl-C must not leave servers behind half-stopped.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.teardown()
-        print(f"(whole run {time.monotonic() - started:.0f} s; everything stopped)", flush=True)
-    return 1 if args.strict and not ok else 0
+        return report(args, bench, raws, runs)
+
+    return guarded(bench, started, measure, strict=args.strict, said=(JobFailed,))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ import platform
 import random
 import re
 import resource
-import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,9 +46,12 @@ from bench.run import (
     begin,
     cpu_delta,
     cpu_seconds,
+    guarded,
     log,
     ms,
     percentile,
+    start_portal,
+    stop_all,
     verdict,
     wait_until,
 )
@@ -614,27 +615,7 @@ class LiveBench:
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        self.pg = PostgresServer()
-        self.pg.start()
-        self.redis_server = RedisServer()
-        self.redis_server.start()
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE"}}
-        env.update({
-            "DATABASE_URL": self.pg.url,
-            "REDIS_URL": self.redis_server.url,
-            "DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
-        # workers.protocol reads the environment when first imported: only after this.
-        os.environ.update(env)
-        self.cluster = Cluster(env, quiet=not self.args.verbose)
-        log(f"PostgreSQL on :{self.pg.port}, Redis on :{self.redis_server.port}; migrating")
-        self.cluster.manage("migrate", "--noinput")
-        self.token = self.cluster.manage("api_token", "bench", "--create").splitlines()[-1]
+        start_portal(self)
         self.jobs = self.make_running_jobs(self.args.jobs)
 
         port = free_port()
@@ -702,18 +683,13 @@ print(json.dumps(out))
         self.threads = []
 
     def teardown(self) -> None:
-        steps = [
+        stop_all([
             ("client processes", lambda: self.clients and self.clients.close()),
             ("simulators", self.stop_threads),
             ("cluster", lambda: self.cluster and self.cluster.stop()),
             ("Redis", lambda: self.redis_server and self.redis_server.cleanup()),
             ("PostgreSQL", lambda: self.pg and self.pg.cleanup()),
-        ]
-        for name, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep going: stop everything else
-                print(f"  ! stopping {name} failed: {exc}", file=sys.stderr, flush=True)
+        ])
 
     # CPU accounting.
 
@@ -1072,7 +1048,8 @@ def main(argv=None) -> int:
         print(f"  ! the open-files limit ({limit}) is low for {args.clients} clients",
               flush=True)
     bench = LiveBench(args)
-    try:
+
+    def measure() -> bool:
         bench.setup()
         args.jobs_list = bench.jobs
         base_seconds = min(args.seconds, 10.0)
@@ -1083,23 +1060,10 @@ def main(argv=None) -> int:
         load = bench.phase("loaded", args.clients, args.nodes, args.seconds,
                            warmup=args.warmup, procs=args.client_procs)
         log(f"  p50 {ms(load.p(50)):.1f} ms, p99 {ms(load.p(99)):.1f} ms")
-        ok = report(args, base, load)
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr, flush=True)
-        return 130
-    except subprocess.CalledProcessError as exc:
-        print(f"\n{' '.join(map(str, exc.cmd))} failed with {exc.returncode}:\n"
-              f"{exc.stdout or ''}{exc.stderr or ''}", file=sys.stderr, flush=True)
-        return 2
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"\nthe benchmark stopped: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.teardown()
-        print(f"(whole run {time.monotonic() - started:.0f} s; everything stopped)", flush=True)
-    return 1 if args.strict and not ok else 0
+        return report(args, base, load)
+
+    return guarded(bench, started, measure, strict=args.strict,
+                   said=(RuntimeError, TimeoutError))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -110,6 +111,78 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after}
 
 
+# --- what every benchmark does around its measurements ----------------------------------------
+
+
+def start_portal(bench, extra_env=None, where: str = "") -> dict[str, str]:
+    """A throwaway PostgreSQL and Redis, and a Cluster on them (`bench.pg`,
+    `bench.redis_server`, `bench.cluster`: set as they start, so a failure half-way still
+    stops what started), with the database migrated and a token for the user `bench`
+    (`bench.token`). `extra_env(pg)` adds to the processes' environment. The environment is
+    set in this process too: portal.env and workers.protocol read it when first imported."""
+    bench.pg = PostgresServer()
+    bench.pg.start()
+    bench.redis_server = RedisServer()
+    bench.redis_server.start()
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE"}}
+    env.update({
+        "DATABASE_URL": bench.pg.url,
+        "REDIS_URL": bench.redis_server.url,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env(bench.pg) if extra_env else {}),
+    })
+    os.environ.update(env)
+    bench.cluster = Cluster(env, quiet=not bench.args.verbose)
+    log(f"PostgreSQL on :{bench.pg.port}{where}, Redis on :{bench.redis_server.port}; "
+        "migrating")
+    bench.cluster.manage("migrate", "--noinput")
+    bench.token = bench.cluster.manage("api_token", "bench", "--create").splitlines()[-1]
+    return env
+
+
+def stop_all(steps) -> None:
+    """Stop each part in turn; one that fails to stop does not keep the others running."""
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            print(f"  ! stopping {name} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def guarded(bench, started: float, measure, *, strict: bool, said=()) -> int:
+    """Run measure() (true when the targets are met), then stop everything the bench started,
+    whatever happened. Exit codes: 0 a completed run, 1 a target missed under --strict, 2 a
+    part failed (the exceptions in `said` in one line, others with their traceback), 130
+    interrupted."""
+    try:
+        ok = measure()
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr, flush=True)
+        return 130
+    except subprocess.CalledProcessError as exc:
+        print(f"\n{' '.join(map(str, exc.cmd))} failed with {exc.returncode}:\n"
+              f"{exc.stdout or ''}{exc.stderr or ''}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # a part failed: say where, then stop everything
+        if isinstance(exc, said):
+            print(f"\nthe benchmark stopped: {exc}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+        return 2
+    finally:
+        # A second Ctrl-C must not leave servers behind half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.teardown()
+        print(f"(whole run {time.monotonic() - started:.0f} s; everything stopped)", flush=True)
+    return 1 if strict and not ok else 0
+
+
 @dataclass
 class Throughput:
     count: int
@@ -153,28 +226,7 @@ class Bench:
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        self.pg = PostgresServer()
-        self.pg.start()
-        self.redis_server = RedisServer()
-        self.redis_server.start()
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE"}}
-        env.update({
-            "DATABASE_URL": self.pg.url,
-            "REDIS_URL": self.redis_server.url,
-            "DEBUG": "0",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
-        # This process sends tasks and reads Redis too: portal.env reads the environment when
-        # first imported, so everything below imports portal.celery only after this.
-        os.environ.update(env)
-        self.cluster = Cluster(env, quiet=not self.args.verbose)
-        log(f"PostgreSQL on :{self.pg.port}, Redis on :{self.redis_server.port}; migrating")
-        self.cluster.manage("migrate", "--noinput")
-        self.token = self.cluster.manage("api_token", "bench", "--create").splitlines()[-1]
+        start_portal(self)
 
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
@@ -232,19 +284,14 @@ class Bench:
                    60, "both nodes' heartbeats in the database", interval=0.2)
 
     def teardown(self) -> None:
-        steps = [
+        stop_all([
             ("cluster", lambda: self.cluster and self.cluster.stop()),
             ("celery app", lambda: self.app and self.app.close()),
             ("redis client", lambda: self.redis and self.redis.close()),
             ("database connection", lambda: self.db and self.db.close()),
             ("Redis", lambda: self.redis_server and self.redis_server.cleanup()),
             ("PostgreSQL", lambda: self.pg and self.pg.cleanup()),
-        ]
-        for name, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep going: stop everything else
-                print(f"  ! stopping {name} failed: {exc}", file=sys.stderr, flush=True)
+        ])
 
     # Clients.
 
@@ -599,7 +646,8 @@ def main(argv=None) -> int:
     started = begin(f"cluster-portal benchmark: {args.jobs} tasks/jobs per throughput run, "
                     f"{args.latency_samples} latency samples each")
     bench = Bench(args)
-    try:
+
+    def measure() -> bool:
         bench.setup()
         log(f"raw Celery throughput: {args.jobs} portal.ping tasks")
         raw_t = bench.raw_throughput(args.jobs)
@@ -613,21 +661,9 @@ def main(argv=None) -> int:
         raw_l = bench.raw_latency(args.latency_samples)
         log(f"portal latency: {args.latency_samples} samples")
         portal_l = bench.portal_latency(args.latency_samples)
-        ok = report(args, raw_t, portal_t, raw_l, portal_l)
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the cluster", file=sys.stderr, flush=True)
-        return 130
-    except subprocess.CalledProcessError as exc:
-        print(f"\n{' '.join(map(str, exc.cmd))} failed with {exc.returncode}:\n"
-              f"{exc.stdout or ''}{exc.stderr or ''}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        # A second Ctrl-C must not leave servers behind half-stopped.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.teardown()
-        print(f"(whole run {time.monotonic() - started:.0f} s; everything stopped)", flush=True)
-    return 1 if args.strict and not ok else 0
+        return report(args, raw_t, portal_t, raw_l, portal_l)
+
+    return guarded(bench, started, measure, strict=args.strict)
 
 
 if __name__ == "__main__":
