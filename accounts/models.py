@@ -35,3 +35,52 @@ class ApiToken(models.Model):
         token = cls.objects.create(user=user, name=name, prefix=key[:PREFIX_LEN],
                                    key_hash=hash_key(key))
         return token, key
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer"  # sees the team's jobs
+    MEMBER = "member"  # and submits, cancels and retries them
+    ADMIN = "admin"  # and manages the team's schedules
+
+
+ACTING_ROLES = (Role.MEMBER, Role.ADMIN)
+
+
+class Team(models.Model):
+    """Who may see whose jobs, and how much of the cluster they may hold at once."""
+
+    name = models.SlugField(max_length=50, unique=True)
+    title = models.CharField(max_length=200, blank=True)
+    max_running_jobs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Jobs queued or running at once; empty: no limit.")
+    max_cpus = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU slots held at once; empty: no limit.")
+    max_gpus = models.PositiveIntegerField(
+        null=True, blank=True, help_text="GPUs held at once; empty: no limit.")
+    share = models.PositiveIntegerField(
+        default=1, help_text="Fair-share weight: a team with twice the share gets twice the "
+        "free slots when teams compete.")
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership",
+                                     related_name="teams")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Membership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        ordering = ["team", "user"]
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_once")]
+        indexes = [models.Index(fields=["user", "team"], name="membership_user_team")]
+
+    def __str__(self):
+        return f"{self.user} in {self.team} ({self.role})"

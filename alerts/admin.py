@@ -4,11 +4,13 @@ from django.utils import timezone
 
 from alerts.evaluate import resolve_alert
 from alerts.models import Alert, AlertRule
+from audit.admin import AuditedAdmin
+from audit.log import record_many
 from jobs.broadcast import Outbox
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(admin.ModelAdmin):
+class AlertRuleAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["name", "kind", "enabled", "threshold_minutes", "email_to", "webhook_url"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name"]
@@ -30,7 +32,7 @@ class StateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["subject", "rule", "fired_at", "resolved_at", "notified_at"]
     list_filter = [StateFilter, "rule"]
     search_fields = ["subject", "message"]
@@ -48,8 +50,8 @@ class AlertAdmin(admin.ModelAdmin):
         now = timezone.now()
         outbox = Outbox()
         with transaction.atomic():
-            resolved = sum(resolve_alert(alert, now, outbox)
-                           for alert in queryset.filter(resolved_at__isnull=True)
-                           .select_related("rule"))
+            resolved = [alert for alert in queryset.filter(resolved_at__isnull=True)
+                        .select_related("rule") if resolve_alert(alert, now, outbox)]
+            record_many(request.user, "alert.resolve", resolved, via="admin")
             outbox.publish_on_commit()
-        self.message_user(request, f"Resolved {resolved} alerts.", messages.SUCCESS)
+        self.message_user(request, f"Resolved {len(resolved)} alerts.", messages.SUCCESS)

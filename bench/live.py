@@ -648,15 +648,17 @@ import json, secrets
 from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from accounts.teams import default_team
 from jobs.models import Attempt, Job, JobState
 user = get_user_model().objects.get(username="bench")
+team = default_team(user)
 user.is_staff = True
 user.save(update_fields=["is_staff"])
 now = timezone.now()
 out = []
 for i in range({count}):
     token = secrets.token_hex(16)
-    job = Job.objects.create(owner=user, kind="diag.sleep", name=f"bench-live-{{i}}",
+    job = Job.objects.create(owner=user, team=team, kind="diag.sleep", name=f"bench-live-{{i}}",
                              params={{}}, queue="cpu", state=JobState.RUNNING, attempt=1,
                              token=token, timeout_s=86400, node="sim-001", started_at=now,
                              dispatched_at=now, lease_expires_at=now + timedelta(days=1),

@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from audit.admin import AuditedAdmin
 from jobs import services
 from jobs.models import Attempt, Job, Node
 from jobs.states import TransitionRefused
@@ -13,15 +14,20 @@ class AttemptInline(admin.TabularInline):
                        "finished_at", "error"]
     exclude = ["token"]
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "kind", "owner", "state", "progress", "attempt", "node",
-                    "queue", "created_at"]
-    list_filter = ["state", "kind", "queue"]
-    search_fields = ["=id", "name", "kind", "owner__username"]
+class JobAdmin(AuditedAdmin, admin.ModelAdmin):
+    list_display = ["id", "name", "kind", "team", "owner", "state", "priority", "progress",
+                    "attempt", "node", "queue", "created_at"]
+    list_filter = ["state", "team", "kind", "queue"]
+    list_select_related = ["team", "owner"]
+    search_fields = ["=id", "name", "kind", "owner__username", "team__name"]
     inlines = [AttemptInline]
-    actions = ["cancel_jobs"]
+    actions = ["cancel_jobs", "retry_jobs"]
+    show_full_result_count = False  # no COUNT(*) over a big table on every page
     # The state machine owns these: the admin shows them and changes them only through actions.
     readonly_fields = [f.name for f in Job._meta.fields if f.name not in {"name", "priority"}]
 
@@ -33,19 +39,27 @@ class JobAdmin(admin.ModelAdmin):
         cancelled = 0
         for job in queryset:
             try:
-                services.cancel_job(job=job)
+                services.cancel_job(job=job, actor=request.user, via="admin")
                 cancelled += 1
             except TransitionRefused:
                 pass
         self.message_user(request, f"Cancel requested for {cancelled} jobs.", messages.SUCCESS)
 
+    @admin.action(description="Retry selected jobs (a new job each, same kind and parameters)")
+    def retry_jobs(self, request, queryset):
+        new = [services.retry_job(job=job, owner=request.user, via="admin").pk
+               for job in queryset]
+        self.message_user(request, f"Submitted {len(new)} new jobs: "
+                          f"{', '.join(map(str, new[:20]))}.", messages.SUCCESS)
+
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
-    list_display = ["name", "state", "running", "concurrency", "last_heartbeat"]
+class NodeAdmin(AuditedAdmin, admin.ModelAdmin):
+    list_display = ["name", "state", "running", "concurrency", "labels", "last_heartbeat"]
     list_filter = ["state"]
-    readonly_fields = ["name", "state", "worker", "queues", "concurrency", "running",
-                       "utilization", "first_seen", "last_heartbeat"]
+    search_fields = ["name"]
+    readonly_fields = ["name", "state", "worker", "queues", "labels", "concurrency", "running",
+                       "utilization", "reserved", "first_seen", "last_heartbeat"]
     actions = ["drain", "undrain"]
 
     def has_add_permission(self, request):
@@ -54,12 +68,12 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Drain: finish running jobs, take no new ones")
     def drain(self, request, queryset):
         for node in queryset:
-            services.drain_node(node=node, draining=True)
+            services.drain_node(node=node, draining=True, actor=request.user, via="admin")
         self.message_user(request, f"Draining {queryset.count()} nodes.", messages.SUCCESS)
 
     @admin.action(description="Undrain: take jobs again")
     def undrain(self, request, queryset):
         for node in queryset:
-            services.drain_node(node=node, draining=False)
+            services.drain_node(node=node, draining=False, actor=request.user, via="admin")
         self.message_user(request, f"{queryset.count()} nodes take jobs again.",
                           messages.SUCCESS)

@@ -31,6 +31,11 @@ def current_seq(group: str) -> int:
     return int(value) if value else 0
 
 
+def team_group(team_id: int) -> str:
+    """The stream of a team's job updates (its members' job lists and dashboards)."""
+    return f"jobs-team-{team_id}"
+
+
 class Outbox:
     """Updates gathered while a transaction runs, to publish once it commits."""
 
@@ -41,13 +46,13 @@ class Outbox:
         for group in groups:
             self.groups[group].append(event)
 
-    def job(self, job_id: int, owner_id: int, event: dict, *, lists: bool = True,
+    def job(self, job_id: int, team_id: int, event: dict, *, lists: bool = True,
             parent: int | None = None) -> None:
-        """A job's update, to its own stream, and with `lists` to the job lists of its owner
+        """A job's update, to its own stream, and with `lists` to the job lists of its team
         and of staff; a partition's also to its parent's stream (the parent's page shows it)."""
         groups = [f"job-{job_id}"]
         if lists:
-            groups += [f"jobs-owner-{owner_id}", "jobs-staff"]
+            groups += [team_group(team_id), "jobs-staff"]
         if parent:
             groups.append(f"job-{parent}")
         self.add(groups, {**event, "job": str(job_id)})

@@ -1,5 +1,6 @@
-"""Jobs that wait for others (after-ok): pending until every job they wait for succeeded, then
-queued; cancelled, saying which one, as soon as one of them failed or was cancelled.
+"""Jobs that wait for others (after-ok): pending and blocked until every job they wait for
+succeeded, then up for admission; cancelled, saying which one, as soon as one of them failed
+or was cancelled.
 
 Whatever ends a job (the ingester, a cancel, the reconciler) calls after_ended once its
 transaction commits; the reconciler also settles every waiting job on each pass, so a crash
@@ -11,9 +12,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import states
+from jobs import admission, states
 from jobs.broadcast import Outbox
-from jobs.dispatch import dispatch_on_commit
 from jobs.models import TERMINAL, Attempt, Job, JobState
 
 BATCH = 500
@@ -21,19 +21,20 @@ BATCH = 500
 
 def after_ended(job_ids) -> None:
     """Jobs ended: those that waited for them may move on."""
-    waiting = (Job.objects.filter(after__in=list(job_ids), state=JobState.PENDING)
+    waiting = (Job.objects.filter(after__in=list(job_ids), state=JobState.PENDING,
+                                blocked=True)
                .values_list("pk", flat=True).distinct())
     settle(list(waiting[:BATCH]))
 
 
 def settle(job_ids) -> None:
-    from jobs.services import state_event
+    from jobs.services import WAITING_FOR_ADMISSION, state_event
 
-    ended = []
+    ended, unblocked = [], False
     now = timezone.now()
     with transaction.atomic():
         outbox = Outbox()
-        for job in Job.objects.filter(pk__in=list(job_ids), state=JobState.PENDING,
+        for job in Job.objects.filter(pk__in=list(job_ids), state=JobState.PENDING, blocked=True,
                                       after__isnull=False).distinct():
             others = dict(job.after.values_list("pk", "state"))
             broken = sorted((pk, state) for pk, state in others.items()
@@ -47,27 +48,27 @@ def settle(job_ids) -> None:
                         state="cancelled", finished_at=now)
                     ended.append(job.pk)
             elif all(state == JobState.SUCCEEDED for state in others.values()):
-                won = states.claim(job.pk, JobState.QUEUED, source={JobState.PENDING},
-                                   dispatched_at=now, message="")
-                if won:
-                    job.refresh_from_db()
-                    dispatch_on_commit([job])
+                won = bool(Job.objects.filter(pk=job.pk, state=JobState.PENDING, blocked=True)
+                           .update(blocked=False, message=WAITING_FOR_ADMISSION))
+                unblocked = unblocked or won
             else:
                 continue
             if won:
                 job.refresh_from_db()
-                outbox.job(job.pk, job.owner_id, state_event(job))
+                outbox.job(job.pk, job.team_id, state_event(job))
         outbox.publish_on_commit()
+        if unblocked:  # after the outbox, so their "pending" goes out before their "queued"
+            admission.admit()
     if ended:  # those that waited for these are cancelled in turn
         after_ended(ended)
 
 
 def settle_all() -> None:
     """The reconciler's pass: every waiting job whose jobs have all ended or one failed."""
-    waiting = (Job.objects.filter(state=JobState.PENDING, after__isnull=False)
+    waiting = (Job.objects.filter(state=JobState.PENDING, blocked=True, after__isnull=False)
                .exclude(after__state__in=[s for s in JobState.values if s not in TERMINAL])
                .values_list("pk", flat=True).distinct())
-    broken = (Job.objects.filter(state=JobState.PENDING,
+    broken = (Job.objects.filter(state=JobState.PENDING, blocked=True,
                                  after__state__in=[JobState.FAILED, JobState.CANCELLED])
               .values_list("pk", flat=True).distinct())
     settle(set(waiting[:BATCH]) | set(broken[:BATCH]))

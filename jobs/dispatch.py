@@ -23,9 +23,15 @@ def attempt_spec(job) -> protocol.AttemptSpec:
                                 parent=job.parent_id, partition=job.partition)
 
 
+def route(job) -> str:
+    """The queue an attempt is sent to: its pool's, or for a job that needs node labels, the
+    queue that only nodes with those labels take from."""
+    return protocol.label_queue(job.queue, job.labels)
+
+
 def dispatch_on_commit(jobs) -> None:
     """After the current transaction commits, send each job's current attempt."""
-    sends = [(attempt_spec(job), job.queue) for job in jobs]
+    sends = [(attempt_spec(job), route(job)) for job in jobs]
     transaction.on_commit(lambda: send(sends))
 
 

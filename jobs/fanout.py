@@ -52,7 +52,8 @@ def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, n
     queue = event.get("queue") or kind.queue
     label = parent["name"] or parent["kind"]
     children = Job.objects.bulk_create([
-        Job(owner_id=parent["owner_id"], kind=kind.name, name=f"{label} · part {i}"[:200],
+        Job(owner_id=parent["owner_id"], team_id=parent["team_id"], kind=kind.name,
+            name=f"{label} · part {i}"[:200],
             params=parts[i], queue=queue, max_attempts=parent["max_attempts"],
             timeout_s=parent["timeout_s"], state=JobState.QUEUED, attempt=1,
             token=new_token(), created_at=now, dispatched_at=now, parent_id=parent["id"],
@@ -62,14 +63,14 @@ def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, n
                                  for child in children])
     dispatch_on_commit(children)
     for child in children:
-        outbox.job(child.pk, child.owner_id, state_event(child), parent=parent["id"])
+        outbox.job(child.pk, child.team_id, state_event(child), parent=parent["id"])
     return children
 
 
 def sum_progress(parent_ids, outbox: Outbox) -> None:
     """A parent's progress is its children's: finished ones count whole."""
     for parent in Job.objects.filter(pk__in=parent_ids, state=JobState.RUNNING).only(
-            "id", "owner_id"):
+            "id", "team_id"):
         totals = Job.objects.filter(parent=parent).aggregate(
             count=Count("id"), succeeded=Count("id", filter=Q(state=JobState.SUCCEEDED)),
             progress=Sum(Case(When(state=JobState.SUCCEEDED, then=Value(1.0)),
@@ -85,7 +86,7 @@ def sum_progress(parent_ids, outbox: Outbox) -> None:
         fields = {"progress": fraction, "done": totals["done"], "total": totals["total"],
                   "unit": unit, "message": message[:500]}
         if Job.objects.filter(pk=parent.pk, state=JobState.RUNNING).update(**fields):
-            outbox.job(parent.pk, parent.owner_id, {"type": "job.progress", **fields})
+            outbox.job(parent.pk, parent.team_id, {"type": "job.progress", **fields})
 
 
 def publish_outcomes(outcomes: list[tuple[int, int, dict]]) -> None:

@@ -25,7 +25,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import dependencies, fanout, history, states
+from jobs import admission, dependencies, fanout, history, states
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit
 from jobs.models import (
@@ -55,8 +55,8 @@ def at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-JOB_FIELDS = ("id", "attempt", "token", "owner_id", "state", "cancel_requested_at", "kind",
-              "name", "node", "message", "progress", "error", "max_attempts", "timeout_s",
+JOB_FIELDS = ("id", "attempt", "token", "owner_id", "team_id", "state", "cancel_requested_at",
+              "kind", "name", "node", "message", "progress", "error", "max_attempts", "timeout_s",
               "parent_id", "partition", "done", "total")
 
 
@@ -131,6 +131,7 @@ class Batch:
         if self.ended:
             ended_jobs = list(self.ended)
             transaction.on_commit(lambda: dependencies.after_ended(ended_jobs))
+            admission.admit_on_commit()  # they freed places in quotas and pools
         if self.ended_parents:
             ended = list(self.ended_parents)
             transaction.on_commit(lambda: cancel_children(*ended))
@@ -286,10 +287,10 @@ class Batch:
         if plan.progress and moved:
             ends = [i for i, e in enumerate(events) if e.get("state") in TERMINAL]
             events.insert(ends[0] if ends else len(events), plan.progress)
-        owner, parent = plan.row["owner_id"], plan.row["parent_id"]
+        team, parent = plan.row["team_id"], plan.row["parent_id"]
         for event in events:
             lists = event["type"] not in ("job.log", "job.metric", "job.artifact")
-            self.outbox.job(job_id, owner, event, lists=lists, parent=parent if lists else None)
+            self.outbox.job(job_id, team, event, lists=lists, parent=parent if lists else None)
 
     def heartbeat(self, e) -> None:
         node, created = Node.objects.get_or_create(name=e["node"])
@@ -306,6 +307,7 @@ class Batch:
         node.worker = e.get("worker", "")[:200]
         node.queues = e.get("consuming", e.get("queues")) or []  # what it takes work from now
         node.concurrency = e.get("concurrency") or 0
+        node.labels = e.get("labels") or {}
         node.running = len(held)
         node.reserved = e.get("reserved") or []
         node.utilization = e.get("util") or {}
@@ -313,8 +315,8 @@ class Batch:
         fresh = self.now - beat < timedelta(seconds=settings.NODE_OFFLINE_S)
         if node.state == NodeState.OFFLINE and fresh:
             node.state = NodeState.ONLINE
-        node.save(update_fields=["worker", "queues", "concurrency", "running", "reserved",
-                                 "utilization", "last_heartbeat", "state"])
+        node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
+                                 "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
         self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
 

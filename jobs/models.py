@@ -20,11 +20,21 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 class Job(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                               related_name="jobs")
+    # Whose job it is: the team's members see it, and it counts against the team's quota.
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="jobs")
     kind = models.CharField(max_length=100)
     name = models.CharField(max_length=200, blank=True)
     params = models.JSONField(default=dict, blank=True)
     queue = models.CharField(max_length=50)
     priority = models.SmallIntegerField(default=0)
+    # What it holds while queued or running, counted against its team's quota.
+    cpus = models.PositiveSmallIntegerField(default=1)
+    gpus = models.PositiveSmallIntegerField(default=0)
+    # Node labels it needs ({"gpu": "a100"}): only a node with all of them runs it.
+    labels = models.JSONField(default=dict, blank=True)
+    # Pending because a job in `after` has not succeeded yet (else pending means: waiting for
+    # admission, under its team's quota and the cluster's free slots).
+    blocked = models.BooleanField(default=False)
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     progress = models.FloatField(null=True, blank=True)
     message = models.CharField(max_length=500, blank=True)
@@ -59,6 +69,9 @@ class Job(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["owner", "-id"], name="job_owner_newest"),
+            models.Index(fields=["team", "-id"], name="job_team_newest"),
+            models.Index(fields=["team", "-priority", "id"], name="job_pending_line",
+                         condition=models.Q(state="pending", blocked=False)),
             models.Index(fields=["state", "lease_expires_at"], name="job_state_lease"),
             models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
@@ -180,6 +193,8 @@ class Node(models.Model):
     state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.ONLINE)
     worker = models.CharField(max_length=200, blank=True)
     queues = models.JSONField(default=list, blank=True)
+    labels = models.JSONField(default=dict, blank=True, help_text="What it offers to jobs that "
+                              "ask for labels, from its NODE_LABELS.")
     concurrency = models.PositiveIntegerField(default=0)
     running = models.PositiveIntegerField(default=0)
     utilization = models.JSONField(default=dict, blank=True)

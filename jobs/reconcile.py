@@ -20,12 +20,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import dependencies, fanout, history, selectors, states
+from jobs import admission, dependencies, fanout, history, selectors, states
 from jobs.broadcast import Outbox
-from jobs.dispatch import attempt_spec, dispatch_on_commit, send
+from jobs.dispatch import attempt_spec, dispatch_on_commit, route, send
 from jobs.ingest import ALIVE_KEY, node_event
 from jobs.models import Attempt, Job, JobState, Node, NodeState
 from jobs.services import new_token, signal_cancel, signal_drain, state_event
+from schedules.services import tick as tick_schedules
 from workers import protocol
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,11 @@ def recover_one(job: Job, now) -> bool:
         job.refresh_from_db()
         log.warning("job %s: %s", job.pk, job.message or job.error)
         outbox = Outbox()
-        outbox.job(job.pk, job.owner_id, state_event(job))
+        outbox.job(job.pk, job.team_id, state_event(job))
         if job.state in (JobState.FAILED, JobState.CANCELLED):
             transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
         what = f"failed: {job.error}" if job.state == JobState.FAILED else job.message
-        outbox.job(job.pk, job.owner_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
+        outbox.job(job.pk, job.team_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
         outbox.publish_on_commit()
     return True
 
@@ -126,7 +127,7 @@ def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> in
             suspects[job.pk] = job.attempt
         elif Job.objects.filter(pk=job.pk, state=JobState.QUEUED, attempt=job.attempt,
                                 dispatched_at=job.dispatched_at).update(dispatched_at=now):
-            resend.append((attempt_spec(job), job.queue))
+            resend.append((attempt_spec(job), route(job)))
     if resend:
         log.warning("sending %d queued jobs again: their messages were lost", len(resend))
         send(resend)
@@ -171,7 +172,7 @@ def resend_reserved(node: Node, now) -> int:
     for job in Job.objects.filter(pk__in={job for job, _ in waiting}, state=JobState.QUEUED):
         if (job.pk, job.attempt) in waiting and Job.objects.filter(
                 pk=job.pk, state=JobState.QUEUED, attempt=job.attempt).update(dispatched_at=now):
-            resend.append((attempt_spec(job), job.queue))
+            resend.append((attempt_spec(job), route(job)))
     if resend:
         log.warning("node %s lost with %d unstarted jobs: sending them again", node.name,
                     len(resend))
@@ -207,6 +208,8 @@ class Reconciler:
             reassert_drains()
             fanout.reassert_outcomes(self.client)
             dependencies.settle_all()
+        done["scheduled"] = tick_schedules(now)  # cron schedules that are due
+        done["admitted"] = len(admission.admit())
         done["offline"] = mark_offline(now)
         done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
         publish_summary(now)

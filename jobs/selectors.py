@@ -10,17 +10,21 @@ from django.db.models import Count, Min, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
+from accounts import teams
+from jobs.broadcast import team_group
 from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint, Node
 
 LOG_PAGE = 1000
 
 
 def visible_jobs(user) -> QuerySet[Job]:
+    """The jobs of the user's teams (any role); staff see all. Anything else is as unknown as
+    a job that does not exist."""
     if not user or not user.is_authenticated or not user.is_active:
         return Job.objects.none()
     if user.is_staff:
         return Job.objects.all()
-    return Job.objects.filter(owner=user)
+    return Job.objects.filter(team_id__in=teams.team_ids(user))
 
 
 def job_for(user, job_id) -> Job | None:
@@ -28,13 +32,13 @@ def job_for(user, job_id) -> Job | None:
         job_id = int(job_id)
     except (TypeError, ValueError):
         return None
-    return visible_jobs(user).select_related("owner").filter(pk=job_id).first()
+    return visible_jobs(user).select_related("owner", "team").filter(pk=job_id).first()
 
 
 def job_list(user, *, state: str | None = None, kind: str | None = None,
              q: str | None = None, parent: int | None = None) -> QuerySet[Job]:
     """Jobs as submitted (a fan-out's partitions are listed under their parent: parent=ID)."""
-    jobs = (visible_jobs(user).select_related("owner").prefetch_related("after")
+    jobs = (visible_jobs(user).select_related("owner", "team").prefetch_related("after")
             .filter(parent_id=parent))
     if state:
         jobs = jobs.filter(state=state)
@@ -72,9 +76,13 @@ def job_metrics(job: Job, *, limit: int = 5000) -> dict[str, list[dict]]:
 
 def job_groups(user) -> list[str]:
     """The websocket groups that carry the job updates this user may see."""
-    if not user or not user.is_authenticated:
+    if not user or not user.is_authenticated or not user.is_active:
         return []
-    return ["jobs-staff"] if user.is_staff else [f"jobs-owner-{user.pk}"]
+    if user.is_staff:
+        return ["jobs-staff"]
+    # A user in no team yet gets the team of their own that their first job would go to.
+    ids = teams.team_ids(user) or [teams.default_team(user).pk]
+    return [team_group(t) for t in ids]
 
 
 def job_group(job_id: int) -> str:

@@ -11,17 +11,21 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from pydantic import ValidationError
 
-from jobs import states
+from accounts import teams
+from accounts.models import Team
+from audit.log import record, record_many
+from jobs import admission, states
 from jobs.broadcast import Outbox
-from jobs.dispatch import dispatch_on_commit
 from jobs.models import TERMINAL, Attempt, Job, JobState
 from workers import protocol
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
 SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s",
-               "after"}
+               "after", "team", "cpus", "gpus", "labels"}
 MAX_AFTER = 100
+MAX_LABELS = 10
+WAITING_FOR_ADMISSION = "waiting for admission"
 _PYDANTIC_MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "is not a parameter of this kind",
@@ -66,6 +70,10 @@ class JobSpec:
     max_attempts: int
     timeout_s: int
     after: tuple[int, ...] = ()  # jobs that must succeed first
+    team: Team | None = None  # None: the owner's default team
+    cpus: int = 1
+    gpus: int = 0
+    labels: dict | None = None  # node labels it needs
 
 
 def new_token() -> str:
@@ -133,10 +141,51 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     timeout_s = _int_field(data, "timeout_s", errors, default=settings.JOB_DEFAULT_TIMEOUT_S,
                            low=1, high=settings.JOB_MAX_TIMEOUT_S)
     after = _after_field(data.get("after", []), errors)
+    cpus = _int_field(data, "cpus", errors, default=1, low=0, high=1024)
+    gpus = _int_field(data, "gpus", errors, default=0, low=0, high=64)
+    labels = _labels_field(data.get("labels", {}), queue, errors)
+    team = _team_field(data.get("team"), owner, errors) if owner is not None else None
     if errors:
         raise InvalidJob(errors)
     return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
-                   queue=queue, max_attempts=max_attempts, timeout_s=timeout_s, after=after)
+                   queue=queue, max_attempts=max_attempts, timeout_s=timeout_s, after=after,
+                   team=team, cpus=cpus, gpus=gpus, labels=labels)
+
+
+def _team_field(value, owner, errors) -> Team | None:
+    """The team the job is for: one the owner may submit to (any, for staff); by default their
+    only or first one."""
+    if value is None or value == "":
+        team = teams.default_team(owner)
+        if team is None:
+            errors["team"] = ["you may only view your teams' jobs: ask a team admin to make "
+                              "you a member"]
+        return team
+    if not isinstance(value, str):
+        errors["team"] = ["must be a team's name"]
+        return None
+    team = teams.acting_teams(owner).filter(name=value).first()
+    if team is None:
+        errors["team"] = [f"you may not submit jobs to team {value!r}"]
+    return team
+
+
+def _labels_field(value, queue, errors) -> dict:
+    """Node labels a job needs, {"gpu": "a100"}: refused at once if no node has them all."""
+    if not isinstance(value, dict) or len(value) > MAX_LABELS or not all(
+            isinstance(k, str) and isinstance(v, str) and k and len(k) <= 50 and len(v) <= 100
+            for k, v in value.items()):
+        errors["labels"] = [f"must be an object of at most {MAX_LABELS} text labels"]
+        return {}
+    if value:
+        from jobs.models import Node
+
+        wanted = set(value.items())
+        if not any(wanted <= set((node.labels or {}).items()) and queue in (node.queues or [])
+                   for node in Node.objects.only("labels", "queues")):
+            text = ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+            errors["labels"] = [f"no node serving queue {queue} has {text}"]
+    return dict(sorted(value.items()))
 
 
 def _after_field(value, errors) -> tuple[int, ...]:
@@ -147,7 +196,7 @@ def _after_field(value, errors) -> tuple[int, ...]:
     ids = []
     for item in value:
         text = str(item) if isinstance(item, int | str) and not isinstance(item, bool) else ""
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # "²" is a digit, but no number
             errors["after"] = [f"{item!r} is not a job id"]
             return ()
         ids.append(int(text))
@@ -155,13 +204,16 @@ def _after_field(value, errors) -> tuple[int, ...]:
 
 
 def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
-    waiting = bool(spec.after)
-    return Job(owner=owner, kind=spec.kind, name=spec.name, params=spec.params,
-               queue=spec.queue, priority=spec.priority, max_attempts=spec.max_attempts,
-               timeout_s=spec.timeout_s, state=JobState.PENDING if waiting else JobState.QUEUED,
-               attempt=1, token=new_token(), created_at=now,
-               dispatched_at=None if waiting else now, idempotency_key=idempotency_key,
-               message=f"waiting for {_jobs_text(spec.after)} to succeed" if waiting else "")
+    """A pending job: blocked until the jobs it waits for succeed, then admitted."""
+    blocked = bool(spec.after)
+    return Job(owner=owner, team=spec.team or teams.default_team(owner), kind=spec.kind,
+               name=spec.name, params=spec.params, queue=spec.queue, priority=spec.priority,
+               cpus=spec.cpus, gpus=spec.gpus, labels=spec.labels or {},
+               max_attempts=spec.max_attempts, timeout_s=spec.timeout_s,
+               state=JobState.PENDING, blocked=blocked, attempt=1, token=new_token(),
+               created_at=now, idempotency_key=idempotency_key,
+               message=(f"waiting for {_jobs_text(spec.after)} to succeed" if blocked
+                        else WAITING_FOR_ADMISSION))
 
 
 def _jobs_text(ids) -> str:
@@ -185,8 +237,9 @@ def _check_after(owner, specs: list[JobSpec]) -> None:
 
 
 def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]:
-    """The jobs and their first attempts, inside the caller's transaction: queued ones are
-    dispatched after the commit; those that wait for others are pending until they move on."""
+    """The jobs and their first attempts, inside the caller's transaction, pending: admission
+    queues those it can at once (they are dispatched after the commit); those that wait for
+    others stay blocked until they move on."""
     from jobs import dependencies
 
     jobs = [_new_job(owner, spec, now, idempotency_key) for spec in specs]
@@ -199,14 +252,15 @@ def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]
     links = [Job.after.through(from_job_id=job.pk, to_job_id=other)
              for job, spec in zip(jobs, specs, strict=True) for other in spec.after]
     Job.after.through.objects.bulk_create(links)
-    dispatch_on_commit([job for job in jobs if job.state == JobState.QUEUED])
     outbox = Outbox()
     for job in jobs:
-        outbox.job(job.pk, owner.pk, state_event(job), lists=True)
+        outbox.job(job.pk, job.team_id, state_event(job), lists=True)
     outbox.publish_on_commit()
-    waiting = [job.pk for job in jobs if job.state == JobState.PENDING]
-    if waiting:  # those whose jobs already ended move on at once
-        dependencies.settle(waiting)
+    blocked = [job.pk for job in jobs if job.blocked]
+    if blocked:  # those whose jobs already ended move on at once
+        dependencies.settle(blocked)
+    if len(blocked) < len(jobs):
+        admission.admit()
     return jobs
 
 
@@ -219,18 +273,20 @@ def authorize(owner, specs: list[JobSpec]) -> None:
                                          "admin for the permission"]})
 
 
-def submit_jobs(*, owner, specs: list[JobSpec]) -> list[Job]:
+def submit_jobs(*, owner, specs: list[JobSpec], via: str = "api") -> list[Job]:
     """Admit and queue jobs; each is dispatched once the transaction commits."""
     authorize(owner, specs)
     _check_after(owner, specs)
     with transaction.atomic():
         jobs = _create(owner, specs, timezone.now())
+        record_many(owner, "job.submit", jobs, via=via)
     for job in jobs:
         job.refresh_from_db()  # settled at once if what it waited for had ended
     return jobs
 
 
-def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None,
+               via: str = "api") -> tuple[Job, bool]:
     """Submit one job; with an idempotency key, a repeat returns the first job (created=False)."""
     authorize(owner, [spec])
     if idempotency_key:
@@ -238,11 +294,12 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None) -> t
         if existing:
             return existing, False
     if not idempotency_key:
-        return submit_jobs(owner=owner, specs=[spec])[0], True
+        return submit_jobs(owner=owner, specs=[spec], via=via)[0], True
     _check_after(owner, [spec])
     try:
         with transaction.atomic():
             [job] = _create(owner, [spec], timezone.now(), idempotency_key)
+            record(owner, "job.submit", job, via=via)
     except IntegrityError:
         return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
     job.refresh_from_db()
@@ -259,11 +316,18 @@ def state_event(job: Job | dict) -> dict:
     return {"type": "job.state", **{name: get(name) for name in STATE_EVENT_FIELDS}}
 
 
-def cancel_job(*, job: Job) -> Job:
+def check_acts(actor, job: Job) -> None:
+    """A viewer of the team sees its jobs but may not change them."""
+    if actor is not None and not teams.can_act(actor, job.team_id):
+        raise NotPermitted({"detail": [f"you may only view team {job.team}'s jobs"]})
+
+
+def cancel_job(*, job: Job, actor=None, via: str = "api") -> Job:
     """Cancel a job: at once if it has not started, else by asking its running attempt to stop.
     The request is durable (in the database) and reaches the worker through Redis."""
     from jobs import dependencies
 
+    check_acts(actor, job)
     now = timezone.now()
     with transaction.atomic():
         ended = states.claim(job.pk, JobState.CANCELLED, source={JobState.PENDING,
@@ -278,13 +342,16 @@ def cancel_job(*, job: Job) -> Job:
                          .update(cancel_requested_at=now, message="cancelling…"))
             if not asked and not Job.objects.filter(pk=job.pk, state=JobState.RUNNING).exists():
                 raise states.TransitionRefused(f"job {job.pk} is already {_state_of(job)}")
+        if actor is not None:
+            record(actor, "job.cancel", job, via=via, at_once=ended)
         transaction.on_commit(lambda: signal_cancel(job.pk))
         if ended:
             transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
+            admission.admit_on_commit()  # a queued job held a place in its team's quota
         cancel_children(job.pk)
         job.refresh_from_db()
         outbox = Outbox()
-        outbox.job(job.pk, job.owner_id, state_event(job))
+        outbox.job(job.pk, job.team_id, state_event(job))
         outbox.publish_on_commit()
     return job
 
@@ -316,14 +383,19 @@ def signal_cancel(*job_ids: int) -> None:
         log.warning("cancel flag for jobs %s not set: %s", job_ids, exc)
 
 
-def retry_job(*, job: Job, owner) -> Job:
-    """A new job with the same kind and parameters."""
+def retry_job(*, job: Job, owner, via: str = "api") -> Job:
+    """A new job with the same kind and parameters, for the same team."""
+    check_acts(owner, job)
     spec = JobSpec(kind=job.kind, params=job.params, name=job.name, priority=job.priority,
-                   queue=job.queue, max_attempts=job.max_attempts, timeout_s=job.timeout_s)
-    return submit_jobs(owner=owner, specs=[spec])[0]
+                   queue=job.queue, max_attempts=job.max_attempts, timeout_s=job.timeout_s,
+                   team=job.team, cpus=job.cpus, gpus=job.gpus, labels=job.labels)
+    with transaction.atomic():
+        new = submit_jobs(owner=owner, specs=[spec], via=via)[0]
+        record(owner, "job.retry", job, via=via, new_job=new.pk)
+    return new
 
 
-def drain_node(*, node, draining: bool = True):
+def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
     """Drain a node (it finishes what it runs and takes nothing new), or put it back to work."""
     from jobs.ingest import node_event
     from jobs.models import Node, NodeState
@@ -335,6 +407,8 @@ def drain_node(*, node, draining: bool = True):
             Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
                 state=NodeState.ONLINE)
         node.refresh_from_db()
+        if actor is not None:
+            record(actor, "node.drain" if draining else "node.undrain", node, via=via)
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         outbox = Outbox()
         outbox.add(["cluster"], node_event(node, changed=True))

@@ -6,8 +6,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from accounts import teams
 from accounts.auth import key_from_header, user_for_key
-from jobs import forms, prometheus, selectors, services
+from jobs import admission, forms, prometheus, selectors, services
 from jobs.models import JobState
 from jobs.states import TransitionRefused
 from workers.kinds import all_kinds, examples, get_kind
@@ -35,7 +36,14 @@ def job_new(request):
     values: dict = {}
     if request.method == "POST":
         values, errors = forms.params_from_post(schema, request.POST)
-        data = {"kind": kind.name, "params": values, "name": request.POST.get("name", "")}
+        data = {"kind": kind.name, "params": values, "name": request.POST.get("name", ""),
+                "team": request.POST.get("team", "")}
+        priority = request.POST.get("priority", "").strip()
+        if priority:
+            try:
+                data["priority"] = int(priority)
+            except ValueError:
+                errors["priority"] = ["must be a whole number"]
         if not errors:
             try:
                 spec = services.validate_spec(data, owner=request.user)
@@ -43,7 +51,7 @@ def job_new(request):
                 errors = _flatten(exc.errors)
             else:
                 try:
-                    job, _ = services.submit_job(owner=request.user, spec=spec)
+                    job, _ = services.submit_job(owner=request.user, spec=spec, via="page")
                 except services.InvalidJob as exc:
                     errors = _flatten(exc.errors)
                 else:
@@ -56,6 +64,9 @@ def job_new(request):
         "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, {
             **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}}),
         "errors": errors, "name": request.POST.get("name", ""),
+        "teams": teams.acting_teams(request.user),
+        "priority": request.POST.get("priority", "0"),
+        "team": request.POST.get("team") or getattr(teams.default_team(request.user), "name", ""),
     }
     return render(request, "jobs/new.html", context, status=400 if errors else 200)
 
@@ -79,6 +90,8 @@ def job_detail(request, job_id):
     return render(request, "jobs/detail.html", {
         "job": job, "log_lines": selectors.job_log_tail(job),
         "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
+        "place_in_line": admission.place_in_line(job),
+        "can_act": teams.can_act(request.user, job.team_id),
     })
 
 
@@ -93,7 +106,7 @@ def job_example(request, index):
     try:
         spec = services.validate_spec(
             {key: example[key] for key in ("kind", "name", "params")}, owner=request.user)
-        job, _ = services.submit_job(owner=request.user, spec=spec)
+        job, _ = services.submit_job(owner=request.user, spec=spec, via="page")
     except services.InvalidJob as exc:
         kinds = all_kinds()
         return render(request, "jobs/new.html", {
@@ -141,9 +154,12 @@ def job_cancel(request, job_id):
     if job is None:
         raise Http404("No such job.")
     try:
-        services.cancel_job(job=job)
+        services.cancel_job(job=job, actor=request.user, via="page")
     except TransitionRefused:
         pass  # already finished: the page shows how
+    except services.NotPermitted:
+        return HttpResponse("you may only view this team's jobs\n", status=403,
+                            content_type="text/plain")
     return redirect("job-detail", job_id=job.pk)
 
 

@@ -96,11 +96,13 @@ class Cluster:
                              "DJANGO_SETTINGS_MODULE"}}
 
     def start_worker(self, node: str, *, concurrency: int = 2,
-                     queues: str = "cpu,etl,train,gpu", extra: list[str] | None = None):
+                     queues: str = "cpu,etl,train,gpu", extra: list[str] | None = None,
+                     labels: str = ""):
+        """A worker node; `labels` ("gpu=a100,zone=b") is its NODE_LABELS."""
         argv = [str(BIN / "celery"), "-A", "portal.celery", "worker", "-n", f"{node}@%h",
                 "-Q", queues, "-c", str(concurrency), "-l", "warning", "--without-gossip",
                 "--without-mingle", "--without-heartbeat", *(extra or [])]
-        return self.spawn(node, argv, env=self.worker_env())
+        return self.spawn(node, argv, env={**self.worker_env(), "NODE_LABELS": labels})
 
     def start_ingester(self, name: str = "ingester"):
         return self.spawn(name, [PYTHON, "manage.py", "ingest"])

@@ -9,6 +9,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.teams import default_team
 from jobs.ingest import apply_events
 from jobs.models import Attempt, Job, JobState, LogLine, Node, NodeSample
 
@@ -21,7 +22,8 @@ def alice(cast):
 
 
 def make_job(owner, state, queue="cpu", **fields):
-    return Job.objects.create(owner=owner, kind="diag.sleep", queue=queue, timeout_s=60,
+    return Job.objects.create(owner=owner, team=default_team(owner),
+                             kind="diag.sleep", queue=queue, timeout_s=60,
                               state=state, attempt=1, token=f"t{Job.objects.count()}", **fields)
 
 
@@ -118,7 +120,7 @@ def test_staff_dashboards_join_the_alerts_stream(cast):
 
     consumer = ClusterConsumer()
     assert consumer.allowed_streams(cast.admin) == ["jobs-staff", "cluster", "alerts"]
-    assert consumer.allowed_streams(cast.alice) == [f"jobs-owner-{cast.alice.pk}", "cluster"]
+    assert consumer.allowed_streams(cast.alice) == [f"jobs-team-{cast.ml.pk}", "cluster"]
 
 
 def test_the_api_needs_a_login_for_the_cluster():

@@ -12,7 +12,8 @@ from workers import protocol
 
 @pytest.fixture
 def job(cast):
-    job = Job.objects.create(owner=cast.alice, kind="diag.sleep", queue="cpu", timeout_s=60,
+    job = Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.sleep", queue="cpu", timeout_s=60,
                              state=JobState.QUEUED, attempt=1, token="tok1")
     Attempt.objects.create(job=job, number=1, token="tok1")
     return job
@@ -89,7 +90,8 @@ def test_progress_is_coalesced_to_the_latest(job):
 
 
 def test_a_heartbeat_renews_the_leases_of_the_attempts_it_holds_only(job, cast):
-    other = Job.objects.create(owner=cast.alice, kind="diag.sleep", queue="cpu", timeout_s=60,
+    other = Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.sleep", queue="cpu", timeout_s=60,
                                state=JobState.RUNNING, attempt=1, token="other")
     apply_events([ev(job, "started", node="w1")])
     Job.objects.filter(pk=job.pk).update(lease_expires_at=None)
@@ -107,8 +109,9 @@ def test_broadcasts_wait_for_the_commit(job, django_capture_on_commit_callbacks)
     with django_capture_on_commit_callbacks() as callbacks:
         outbox = Batch(life(job)).apply()
     # Nothing is published from inside the transaction (apply_events publishes on commit);
-    # the one callback lets jobs that waited for this one move on once it is committed.
-    assert outbox.groups[f"job-{job.pk}"] and len(callbacks) == 1
+    # the two callbacks, once it is committed, let jobs that waited for this one move on and
+    # admit those that waited for the place it held.
+    assert outbox.groups[f"job-{job.pk}"] and len(callbacks) == 2
     with django_capture_on_commit_callbacks() as callbacks:
         apply_events([ev(job, "log", seq=2, text="more")])
     assert len(callbacks) == 1
@@ -138,7 +141,8 @@ def test_a_finish_whose_start_was_lost_still_ends_the_job(job):
 def test_many_jobs_in_one_batch_each_get_their_own_outcome(cast):
     jobs = []
     for i in range(20):
-        j = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=60,
+        j = Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", queue="cpu", timeout_s=60,
                                state=JobState.QUEUED, attempt=1, token=f"tok-{i}")
         Attempt.objects.create(job=j, number=1, token=f"tok-{i}")
         jobs.append(j)

@@ -55,21 +55,25 @@ def test_an_empty_field_takes_the_kinds_default(alice):
 
 
 def test_the_list_shows_my_jobs_only(alice, cast):
-    Job.objects.create(owner=cast.alice, kind="diag.noop", name="mine", queue="cpu",
+    Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", name="mine", queue="cpu",
                        timeout_s=5)
-    Job.objects.create(owner=cast.bob, kind="diag.noop", name="bobs", queue="cpu", timeout_s=5)
+    Job.objects.create(owner=cast.bob, team=cast.etl,
+                             kind="diag.noop", name="bobs", queue="cpu", timeout_s=5)
     html = alice.get("/jobs/").content.decode()
     assert "mine" in html and "bobs" not in html
 
 
 def test_someone_elses_job_page_is_not_found(alice, cast):
-    job = Job.objects.create(owner=cast.bob, kind="diag.noop", queue="cpu", timeout_s=5)
+    job = Job.objects.create(owner=cast.bob, team=cast.etl,
+                             kind="diag.noop", queue="cpu", timeout_s=5)
     assert alice.get(f"/jobs/{job.pk}/").status_code == 404
     assert alice.post(f"/jobs/{job.pk}/cancel/").status_code == 404
 
 
 def test_user_text_on_the_job_page_is_escaped(alice, cast):
-    job = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5,
+    job = Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", queue="cpu", timeout_s=5,
                              name="<script>alert(1)</script>")
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     assert "<script>alert(1)</script>" not in html
@@ -77,7 +81,8 @@ def test_user_text_on_the_job_page_is_escaped(alice, cast):
 
 
 def test_the_cancel_button_cancels_a_queued_job(alice, cast):
-    job = Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5,
+    job = Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", queue="cpu", timeout_s=5,
                              state=JobState.QUEUED, attempt=1, token="t")
     response = alice.post(f"/jobs/{job.pk}/cancel/")
     assert response.status_code == 302
@@ -88,7 +93,8 @@ def test_the_cancel_button_cancels_a_queued_job(alice, cast):
 def test_the_admin_lists_jobs_and_nodes(cast):
     client = Client()
     client.force_login(cast.admin)
-    Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=5)
+    Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", queue="cpu", timeout_s=5)
     assert client.get("/admin/jobs/job/").status_code == 200
     assert client.get("/admin/jobs/node/").status_code == 200
 

@@ -31,7 +31,8 @@ def test_a_staff_token_scrapes_jobs_nodes_queues_and_histograms(cast, redis_clie
     now = timezone.now()
     for state, kind in [("succeeded", "diag.noop"), ("succeeded", "diag.noop"),
                         ("failed", "diag.sleep")]:
-        Job.objects.create(owner=cast.alice, kind=kind, queue="cpu", timeout_s=60, state=state,
+        Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind=kind, queue="cpu", timeout_s=60, state=state,
                            created_at=now - timedelta(seconds=3),
                            started_at=now - timedelta(seconds=2), finished_at=now)
     Node.objects.create(name="w1", utilization={"cpu": 12.5, "mem": 40.0,
@@ -55,6 +56,7 @@ def test_a_staff_token_scrapes_jobs_nodes_queues_and_histograms(cast, redis_clie
 def test_a_staff_session_may_scrape(cast):
     client = Client()
     client.force_login(cast.admin)
-    Job.objects.create(owner=cast.alice, kind="diag.noop", queue="cpu", timeout_s=60,
+    Job.objects.create(owner=cast.alice, team=cast.ml,
+                             kind="diag.noop", queue="cpu", timeout_s=60,
                        state=JobState.QUEUED)
     assert "portal_jobs" in families(scrape(client))

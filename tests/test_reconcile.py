@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from accounts.teams import default_team
 from jobs.ingest import ALIVE_KEY
 from jobs.models import Attempt, Job, JobState, Node
 from jobs.reconcile import Reconciler
@@ -27,7 +28,8 @@ def caught_up(redis_client):
 
 def running_job(owner, *, attempt=1, max_attempts=3, lease_ago=5, **fields):
     now = timezone.now()
-    job = Job.objects.create(owner=owner, kind="diag.noop", queue="cpu", timeout_s=600,
+    job = Job.objects.create(owner=owner, team=default_team(owner),
+                             kind="diag.noop", queue="cpu", timeout_s=600,
                              state=JobState.RUNNING, attempt=attempt, token=f"tok{attempt}",
                              max_attempts=max_attempts, node="w1", started_at=now,
                              lease_expires_at=now - timedelta(seconds=lease_ago), **fields)
@@ -89,7 +91,8 @@ def test_no_lease_expires_while_the_ingester_is_down_or_behind(cast, redis_clien
 
 
 def queued_job(owner, *, dispatched_ago):
-    job = Job.objects.create(owner=owner, kind="diag.noop", queue="cpu", timeout_s=600,
+    job = Job.objects.create(owner=owner, team=default_team(owner),
+                             kind="diag.noop", queue="cpu", timeout_s=600,
                              state=JobState.QUEUED, attempt=1, token="tok1",
                              dispatched_at=timezone.now() - timedelta(seconds=dispatched_ago))
     Attempt.objects.create(job=job, number=1, token="tok1")

@@ -49,11 +49,16 @@ def waiting_attempts() -> list[list[int]]:
 
 
 class Agent:
-    def __init__(self, hostname: str, queues: list[str], concurrency: int, worker=None):
+    def __init__(self, hostname: str, queues: list[str], concurrency: int, worker=None,
+                 labels: dict[str, str] | None = None):
         self.worker = worker
         self.hostname = hostname
         self.node = protocol.node_name(hostname)
-        self.queues = queues
+        self.labels = labels or {}
+        self.pools = [queue for queue in queues if "@" not in queue]
+        # Its pools and, for jobs that ask for labels, a queue per pool and subset of its own
+        # (taken up on the first tick like an undrained node's queues).
+        self.queues = [*self.pools, *protocol.label_queues(self.pools, self.labels)]
         self.concurrency = concurrency
         self.sink = EventSink()
         self.sampler = Sampler()
@@ -64,8 +69,8 @@ class Agent:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
         self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "reserved": waiting_attempts(),
-                        "queues": self.queues,
-                        "consuming": sorted(self.consuming()),
+                        "queues": self.pools, "labels": self.labels,
+                        "consuming": sorted(q for q in self.consuming() if "@" not in q),
                         "concurrency": self.concurrency, "util": self.sampler.sample()},
                        now=True)
 
@@ -149,7 +154,8 @@ class NodeAgentStep(bootsteps.StartStopStep):
     def start(self, worker):
         queues = [q.name for q in worker.app.amqp.queues.consume_from.values()] \
             if worker.app.amqp.queues.consume_from else []
-        self.agent = Agent(worker.hostname, queues, worker.concurrency, worker=worker)
+        self.agent = Agent(worker.hostname, queues, worker.concurrency, worker=worker,
+                           labels=protocol.parse_labels(os.environ.get("NODE_LABELS", "")))
         self.thread = threading.Thread(target=self.agent.run, name="node-agent", daemon=True)
         self.thread.start()
 

@@ -6,6 +6,7 @@ everything a worker has to say goes onto one Redis Stream that the portal's inge
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass
 
@@ -45,6 +46,39 @@ def part_specs_key(parent: int) -> str:
 def drain_key(node: str) -> str:
     """Present while the node is draining: it finishes what it runs and takes nothing new."""
     return f"{PREFIX}:drain:{node}"
+
+
+MAX_NODE_LABELS = 4
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """NODE_LABELS, "gpu=a100,zone=b": what a node offers to jobs that ask for labels."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if not key.strip() or not value.strip():
+            raise ValueError(f"NODE_LABELS: {item!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    if len(labels) > MAX_NODE_LABELS:
+        raise ValueError(f"NODE_LABELS: at most {MAX_NODE_LABELS} labels")
+    return labels
+
+
+def label_queue(pool: str, labels: dict[str, str]) -> str:
+    """The queue of a job that needs labels: "gpu@gpu=a100,zone=b"; a job without is sent to
+    its pool's queue."""
+    if not labels:
+        return pool
+    return f"{pool}@{','.join(f'{k}={v}' for k, v in sorted(labels.items()))}"
+
+
+def label_queues(pools, labels: dict[str, str]) -> list[str]:
+    """Every queue a node with these labels serves besides its pools: one per pool and
+    non-empty subset of its labels, so a job asking for any of them finds it."""
+    items = sorted(labels.items())
+    subsets = [dict(c) for n in range(1, len(items) + 1)
+               for c in itertools.combinations(items, n)]
+    return [label_queue(pool, subset) for pool in pools for subset in subsets]
 
 
 def dispatch_member(job_id: int, attempt: int) -> str:

@@ -2,12 +2,14 @@
 
 from rest_framework import serializers
 
+from jobs import admission
 from jobs.models import Artifact, Attempt, Job, LogLine, Node
 
 
 class JobSerializer(serializers.ModelSerializer):
     id = serializers.CharField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
+    team = serializers.CharField(source="team.name", read_only=True)
     cancel_requested = serializers.SerializerMethodField()
     parent = serializers.CharField(source="parent_id", read_only=True, allow_null=True,
                                    help_text="For a partition of a fan-out: the job that made it")
@@ -18,7 +20,8 @@ class JobSerializer(serializers.ModelSerializer):
         fields = ["id", "kind", "name", "params", "state", "progress", "message", "attempt",
                   "max_attempts", "node", "queue", "priority", "owner", "timeout_s",
                   "cancel_requested", "created_at", "started_at", "finished_at", "result",
-                  "error", "parent", "partition", "done", "total", "unit", "after"]
+                  "error", "parent", "partition", "done", "total", "unit", "after", "team",
+                  "cpus", "gpus", "labels"]
         read_only_fields = fields
 
     def get_cancel_requested(self, job) -> bool:
@@ -49,10 +52,16 @@ class JobDetailSerializer(JobSerializer):
 
     attempts = AttemptSerializer(many=True, read_only=True)
     partitions = serializers.SerializerMethodField()
+    place_in_line = serializers.SerializerMethodField(
+        help_text="For a job waiting for admission: its place among its team's waiting jobs "
+        "(1 = next); `message` says what it waits for")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "attempts", "partitions"]
+        fields = [*JobSerializer.Meta.fields, "attempts", "partitions", "place_in_line"]
         read_only_fields = fields
+
+    def get_place_in_line(self, job) -> int | None:
+        return admission.place_in_line(job)
 
     def get_partitions(self, job) -> list[dict]:
         return PartitionSerializer(job.children.order_by("partition")[:1000], many=True).data

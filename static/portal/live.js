@@ -296,6 +296,11 @@ const Portal = (() => {
       else getJSON(`/api/v1/jobs/${event.job}/`).then(showPartition).catch(() => {});
     }
 
+    // While it waits for admission, its place in line moves as others are let in.
+    setInterval(() => {
+      if ($("job-state").textContent === "pending") getJSON(`/api/v1/jobs/${id}/`).then(showJob).catch(() => {});
+    }, 5000);
+
     const shown = () => `${$("job-state").textContent}:${$("job-attempt").textContent}`;
     let attemptsDrawn = shown();
     function showJob(job) {
@@ -303,6 +308,9 @@ const Portal = (() => {
       if (job.attempt !== undefined) $("job-attempt").textContent = job.attempt;
       if (job.node !== undefined) $("job-node").textContent = job.node || "—";
       if (job.message !== undefined) $("job-message").textContent = job.message;
+      // Waiting for admission: its place among its team's waiting jobs (the snapshot has it).
+      if (job.place_in_line !== undefined) $("job-line").textContent = job.place_in_line || "";
+      if (job.state) $("job-line-box").hidden = job.state !== "pending" || !$("job-line").textContent;
       if (job.error) { $("job-error").textContent = job.error; $("job-error").hidden = false; }
       if (job.progress !== undefined) showProgress(job.progress);
       if (job.result !== undefined && job.result !== null) {

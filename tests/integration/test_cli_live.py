@@ -76,7 +76,8 @@ def test_a_job_submitted_listed_followed_and_shown(cli):
 
     listed = cli("list")
     header, *rows = listed.stdout.splitlines()
-    assert header.split() == ["ID", "STATE", "KIND", "NAME", "PROGRESS", "NODE", "CREATED"]
+    assert header.split() == ["ID", "STATE", "TEAM", "KIND", "NAME", "PROGRESS", "NODE",
+                               "CREATED"]
     row = next(r for r in rows if r.split()[0] == job_id)
     assert "diag.sleep" in row and "cli one" in row
     assert [j["id"] for j in json.loads(cli("list", "--json").stdout)] == [job_id]

@@ -285,7 +285,7 @@ class SweepParams(TrainParams):
         """Each trial's hyperparameters (what differs from the sweep's own), deterministic for
         a seed: the same on the portal and on every attempt of the sweep."""
         rng = np.random.default_rng(self.seed)
-        names = list(self.space)
+        names = sorted(self.space)  # by name: the database keeps no key order (jsonb)
         if self.search == "grid":
             grid = [dict(zip(names, combo, strict=True)) for combo in
                     itertools.product(*(self.space[name] for name in names))]
