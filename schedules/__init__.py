@@ -1,0 +1,1 @@
+"""Cron schedules: a team's job, submitted again and again on a cron expression (UTC)."""

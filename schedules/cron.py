@@ -1,0 +1,42 @@
+"""Cron expressions: five fields (minute hour day-of-month month day-of-week), read in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from croniter import CroniterBadDateError, croniter
+from django.core.exceptions import ValidationError
+
+HELP = "minute hour day-of-month month day-of-week, in UTC: 0 3 * * * is 03:00 every day"
+
+
+def cron_errors(expression) -> list[str]:
+    """What is wrong with a cron expression (nothing: an empty list)."""
+    if not isinstance(expression, str):
+        return ["must be a string"]
+    if not expression.strip():
+        return ["is required"]
+    fields = expression.split()
+    if len(fields) != 5:
+        return [f"must have 5 fields (minute hour day-of-month month day-of-week), not "
+                f"{len(fields)}"]
+    if not croniter.is_valid(expression):
+        return ["is not a valid cron expression"]
+    try:
+        next_after(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except CroniterBadDateError:
+        return ["never matches a date"]
+    return []
+
+
+def validate_cron(expression) -> None:
+    """A model field validator."""
+    errors = cron_errors(expression)
+    if errors:
+        raise ValidationError(errors)
+
+
+def next_after(expression: str, moment: datetime) -> datetime:
+    """The first time the expression names strictly after `moment`, in UTC."""
+    start = moment.astimezone(UTC)
+    return croniter(" ".join(expression.split()), start).get_next(datetime)
