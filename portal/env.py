@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -39,6 +40,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value.strip() == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A request rate like `1200/min` (per s, min, hour or day) from NAME; `off` for none."""
+    value = (os.environ.get(name) or default).strip()
+    if value.lower() == "off":
+        return None
+    if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ValueError(f"{name}={value!r}: expected a rate like 1200/min, or off")
+    return value
 
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     extend_schema,
     extend_schema_view,
@@ -16,9 +17,9 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from jobs import history, selectors, services
@@ -33,15 +34,43 @@ from jobs.api.serializers import (
 from jobs.broadcast import current_seq
 from jobs.models import JobState
 from jobs.states import TransitionRefused
+from portal.pagination import NewestFirst
+from portal.throttling import SubmitThrottle
 from workers.context import artifacts_dir
 from workers.kinds import all_kinds
 
+# The views that create jobs: the usual rates, and the one for submissions on POST.
+SUBMIT_THROTTLES = [*api_settings.DEFAULT_THROTTLE_CLASSES, SubmitThrottle]
 
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
+
+# A submitted job, as services.validate_spec checks it (for the schema only).
+JOB_SPEC = {
+    "type": "object",
+    "required": ["kind"],
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"type": "string", "description": "a kind's name, from GET /api/v1/kinds/"},
+        "params": {"type": "object", "description": "as the kind's `params_schema` says"},
+        "name": {"type": "string", "maxLength": 200},
+        "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+        "queue": {"type": "string", "enum": settings.JOB_QUEUES,
+                  "description": "by default the kind's"},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20,
+                         "default": settings.JOB_DEFAULT_MAX_ATTEMPTS},
+        "timeout_s": {"type": "integer", "minimum": 1, "maximum": settings.JOB_MAX_TIMEOUT_S,
+                      "default": settings.JOB_DEFAULT_TIMEOUT_S},
+        "after": {"type": "array", "maxItems": services.MAX_AFTER,
+                  "description": "ids of jobs that must succeed before this one",
+                  "items": {"type": "string", "pattern": "^[0-9]+$"}},
+        "team": {"type": "string", "description": "a team's name; by default your only (or "
+                 "first) team"},
+        "cpus": {"type": "integer", "minimum": 0, "maximum": 1024, "default": 1},
+        "gpus": {"type": "integer", "minimum": 0, "maximum": 64, "default": 0},
+        "labels": {"type": "object", "maxProperties": services.MAX_LABELS,
+                   "description": "node labels it needs",
+                   "additionalProperties": {"type": "string", "maxLength": 100}},
+    },
+}
 
 
 def visible_job_or_404(request, job_id):
@@ -58,12 +87,13 @@ class KindList(APIView):
 
 
 @extend_schema_view(get=extend_schema(parameters=[
-    OpenApiParameter("state", str), OpenApiParameter("kind", str),
+    OpenApiParameter("state", str, enum=JobState.values), OpenApiParameter("kind", str),
     OpenApiParameter("q", str, description="in the job's name"),
     OpenApiParameter("parent", int, description="the partitions of this fan-out job")]))
 class JobList(ListAPIView):
     serializer_class = JobSerializer
     pagination_class = NewestFirst
+    throttle_classes = SUBMIT_THROTTLES
 
     def get_queryset(self):
         state = self.request.query_params.get("state")
@@ -79,9 +109,19 @@ class JobList(ListAPIView):
                                   q=self.request.query_params.get("q"), parent=parent)
 
     @extend_schema(
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
-        request={"application/json": {"type": "object"}},
-        responses={201: JobSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+                                     description="1 to 200 characters: a retry of the submit "
+                                                 "with the same key returns the same job")],
+        request={"application/json": {"oneOf": [
+            JOB_SPEC, {"type": "array", "items": JOB_SPEC, "minItems": 1,
+                       "maxItems": settings.JOB_MAX_BATCH}]}},
+        # The job, or the list of jobs (the Job component comes from the GET's serializer).
+        responses={201: {"oneOf": [{"$ref": "#/components/schemas/Job"}, {
+            "type": "array", "items": {"$ref": "#/components/schemas/Job"}}]}},
+        examples=[OpenApiExample("one job", request_only=True,
+                                 value={"kind": "diag.sleep", "params": {"seconds": 10}}),
+                  OpenApiExample("two jobs", request_only=True,
+                                 value=[{"kind": "diag.noop"}, {"kind": "diag.noop"}])],
         description="Submit one job (an object) or several at once (a list of objects).",
     )
     def post(self, request):
@@ -93,8 +133,8 @@ class JobList(ListAPIView):
         except services.InvalidJob as exc:
             return Response(exc.errors, status=exc.status)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= 200:
-            raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters"]})
+        if key is not None and (not 0 < len(key) <= 200 or "\x00" in key):
+            raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters, not NUL"]})
         try:
             job, created = services.submit_job(owner=request.user, spec=spec,
                                                idempotency_key=key)
@@ -141,23 +181,33 @@ class JobCancel(APIView):
     def post(self, request, job_id):
         job = visible_job_or_404(request, job_id)
         try:
-            job = services.cancel_job(job=job)
+            job = services.cancel_job(job=job, actor=request.user)
         except TransitionRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except services.NotPermitted as exc:
+            return Response(exc.errors, status=exc.status)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class JobRetry(APIView):
+    throttle_classes = SUBMIT_THROTTLES
+
     @extend_schema(request=None, responses={201: JobSerializer})
     def post(self, request, job_id):
         job = visible_job_or_404(request, job_id)
-        new = services.retry_job(job=job, owner=request.user)
+        try:
+            new = services.retry_job(job=job, owner=request.user)
+        except services.InvalidJob as exc:
+            return Response(exc.errors, status=exc.status)
         return Response(JobSerializer(new).data, status=status.HTTP_201_CREATED)
 
 
 class JobLogs(APIView):
     @extend_schema(parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
-                   responses=LogLineSerializer(many=True))
+                   responses=inline_serializer("JobLogs", {
+                       "lines": LogLineSerializer(many=True),
+                       "next_after": serializers.IntegerField(help_text="Pass as ?after= for "
+                                                                        "the lines that follow.")}))
     def get(self, request, job_id):
         job = visible_job_or_404(request, job_id)
         try:
@@ -224,7 +274,8 @@ class ClusterSummary(APIView):
 
 class ClusterMetrics(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("since", str, description="ISO 8601 time"),
+        parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME,
+                                     description="ISO 8601 time"),
                     OpenApiParameter("window", int, description="seconds back from now"),
                     OpenApiParameter("points", int, description="at most this many (10-1000)")],
         responses=inline_serializer("ClusterSeries", {
@@ -239,7 +290,8 @@ class ClusterMetrics(APIView):
 
 class NodeMetrics(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("since", str, description="ISO 8601 time"),
+        parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME,
+                                     description="ISO 8601 time"),
                     OpenApiParameter("window", int, description="seconds back from now"),
                     OpenApiParameter("points", int, description="at most this many (10-1000)")],
         responses=inline_serializer("NodeSeries", {
@@ -263,10 +315,16 @@ def int_param(params, name: str, default: int) -> int:
 
 def since_param(params):
     if "since" in params:
-        since = parse_datetime(params["since"])
+        try:
+            since = parse_datetime(params["since"])
+            # In UTC: PostgreSQL takes offsets up to 15:59 only (Python up to 23:59).
+            since = since and (since.astimezone(UTC) if since.tzinfo
+                               else since.replace(tzinfo=UTC))
+        except (ValueError, OverflowError):  # month 13, an offset of 99 h, before year 1
+            since = None
         if since is None:
             raise ValidationError({"since": ["must be an ISO 8601 date and time"]})
-        return since if since.tzinfo else since.replace(tzinfo=UTC)
+        return since
     window = int_param(params, "window", 900)
     if not 1 <= window <= 365 * 86400:
         raise ValidationError({"window": ["must be between 1 and 31536000 seconds"]})
@@ -284,5 +342,6 @@ class NodeDrain(APIView):
         node = selectors.nodes().filter(name=name).first()
         if node is None:
             raise NotFound("No such node.")
-        node = services.drain_node(node=node, draining=self.draining)
+        node = services.drain_node(node=node, draining=self.draining, actor=request.user,
+                                   via="api")
         return Response(NodeSerializer(node).data)
