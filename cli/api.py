@@ -6,6 +6,7 @@ header never follows a link to another host."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -36,6 +37,17 @@ def _detail(response: requests.Response) -> str:
     return ""
 
 
+THROTTLED_TRIES = 4
+MAX_THROTTLE_WAIT_S = 30
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", 1)), 0.0)
+    except ValueError:
+        return 1.0
+
+
 class Api:
     def __init__(self, url: str, token: str, *, timeout: float = 30.0,
                  session: requests.Session | None = None):
@@ -50,6 +62,20 @@ class Api:
     # -- transport ---------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """One call; throttled (429, nothing was done), it waits as the portal says and tries
+        again, a few times."""
+        for _ in range(THROTTLED_TRIES):
+            response = self._send(method, path, **kwargs)
+            if response.status_code != 429:
+                return response
+            wait = _retry_after(response)
+            if wait > MAX_THROTTLE_WAIT_S:
+                break
+            time.sleep(wait)
+        raise CliError(f"the portal is throttling this token (429): try again in "
+                       f"{_retry_after(response):g} s")
+
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
         try:
             response = self.session.request(method, f"{self.url}{path}", timeout=self.timeout,
                                             **kwargs)

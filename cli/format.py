@@ -29,6 +29,15 @@ def parse_param(item: str) -> tuple[str, object]:
     return key, parse_value(value)
 
 
+def parse_label(item: str) -> tuple[str, str]:
+    """A --label: KEY=VALUE, the value always text (gpu=100 is "100")."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return key, value.strip()
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -104,11 +113,11 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def job_row(job: dict) -> list:
-    return [job.get("id"), job.get("state"), job.get("kind"), job.get("name"),
+    return [job.get("id"), job.get("state"), job.get("team"), job.get("kind"), job.get("name"),
             percent(job.get("progress")), job.get("node"), when(job.get("created_at"))]
 
 
-JOB_HEADERS = ["ID", "STATE", "KIND", "NAME", "PROGRESS", "NODE", "CREATED"]
+JOB_HEADERS = ["ID", "STATE", "TEAM", "KIND", "NAME", "PROGRESS", "NODE", "CREATED"]
 NODE_HEADERS = ["NAME", "STATE", "CPU%", "MEM%", "GPU", "RUNNING", "LAST HEARTBEAT"]
 
 
@@ -139,6 +148,19 @@ def progress_text(job: dict) -> str:
     return text
 
 
+def resources(job: dict) -> str | None:
+    """What the job holds and needs: "2 cpus, 1 gpu, gpu=a100"."""
+    parts = []
+    for field, unit in (("cpus", "cpu"), ("gpus", "gpu")):
+        value = job.get(field)
+        if isinstance(value, int):
+            parts.append(f"{value} {unit}{'' if value == 1 else 's'}")
+    labels = job.get("labels")
+    if isinstance(labels, dict):
+        parts += [f"{key}={value}" for key, value in sorted(labels.items())]
+    return ", ".join(parts) or None
+
+
 def job_block(job: dict) -> str:
     """`portalctl status`: the job's fields, then its attempts."""
     title = f"job {job.get('id')}  {job.get('kind')}"
@@ -147,13 +169,21 @@ def job_block(job: dict) -> str:
     state = job.get("state") or EMPTY
     if job.get("cancel_requested") and state not in ("cancelled",):
         state += " (cancel requested)"
+    pending = job.get("state") == "pending"
+    place = job.get("place_in_line")
     fields = [
         ("state", state),
+        # Pending: what it waits for (its team's quota, a free slot) and where it stands.
+        ("message", job.get("message")),
+        ("place in line", f"{place} (among its team's waiting jobs)"
+         if pending and isinstance(place, int) else None),
         ("attempt", f"{job.get('attempt')} of {job.get('max_attempts')}"),
         ("node", job.get("node")),
         ("progress", progress_text(job)),
-        ("message", job.get("message")),
-        ("queue", f"{job.get('queue')}, priority {job.get('priority')}"),
+        ("team", job.get("team")),
+        ("priority", job.get("priority")),
+        ("queue", job.get("queue")),
+        ("resources", resources(job)),
         ("owner", job.get("owner")),
         ("created", when(job.get("created_at"))),
         ("started", when(job.get("started_at"))),

@@ -36,6 +36,7 @@ from cli.format import (
     log_text,
     node_row,
     outcome,
+    parse_label,
     parse_param,
     percent,
     table,
@@ -99,6 +100,8 @@ class StatusLine:
         if not self.live:
             return
         text = f"job {job.get('id')} {job.get('state')} {percent(job.get('progress'))}"
+        if job.get("state") == "pending" and isinstance(job.get("place_in_line"), int):
+            text += f" (#{job['place_in_line']} in line)"
         if job.get("node"):
             text += f" on {job['node']}"
         if job.get("message"):
@@ -193,10 +196,17 @@ def build_spec(args) -> dict:
     if not isinstance(params, dict):
         raise CliError("the job's params must be an object (a mapping)")
     spec["params"] = {**params, **dict(args.param or [])}
-    for field in ("name", "queue", "priority", "max_attempts"):
+    for field in ("name", "team", "queue", "priority", "cpus", "gpus", "max_attempts"):
         value = getattr(args, field)
         if value is not None:
             spec[field] = value
+    if args.label:
+        labels = spec.get("labels")
+        if labels is None:
+            labels = {}
+        if not isinstance(labels, dict):
+            raise CliError("the job's labels must be an object (a mapping)")
+        spec["labels"] = {**labels, **dict(args.label)}
     if args.after:
         spec["after"] = [*(spec.get("after") or []), *args.after]
     return spec
@@ -311,6 +321,13 @@ def param(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def label(text: str) -> tuple[str, str]:
+    try:
+        return parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive(text: str) -> float:
     try:
         value = float(text)
@@ -328,6 +345,16 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0: {text!r}")
     return value
 
 
@@ -377,8 +404,17 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("-f", "--file", help="a YAML or JSON file ('-': stdin): the job "
                      "({kind, params, name, ...}), or only its params when KIND is given")
     sub.add_argument("--name")
+    sub.add_argument("--team", metavar="NAME", help="the team it runs for (default: your "
+                     "first team)")
     sub.add_argument("--queue")
-    sub.add_argument("--priority", type=int, help="-100 to 100")
+    sub.add_argument("--priority", type=int, metavar="N", help="-100 to 100: higher goes "
+                     "first within its team (default 0)")
+    sub.add_argument("--cpus", type=whole, metavar="N", help="CPU slots it holds against the "
+                     "team's quota (default 1)")
+    sub.add_argument("--gpus", type=whole, metavar="N", help="GPUs it holds (default 0)")
+    sub.add_argument("--label", action="append", type=label, metavar="KEY=VALUE",
+                     help="a node label it needs, e.g. gpu=a100 (repeatable): it runs only on "
+                          "nodes that have them all")
     sub.add_argument("--max-attempts", type=int, dest="max_attempts")
     sub.add_argument("--after", action="append", metavar="ID", help="a job that must succeed "
                      "first (repeatable): this one stays pending until then")

@@ -16,7 +16,17 @@ import pytest
 from cli import config
 from cli.errors import CliError, Invalid, flatten_errors
 from cli.follow import Follower, TimedOut, ws_url
-from cli.format import ago, gpu_summary, job_block, node_row, parse_param, parse_value, table
+from cli.format import (
+    ago,
+    gpu_summary,
+    job_block,
+    job_row,
+    node_row,
+    parse_label,
+    parse_param,
+    parse_value,
+    table,
+)
 from cli.main import build_spec, main, parser
 
 # -- parsing and formatting ---------------------------------------------------------------------
@@ -84,6 +94,42 @@ def test_the_status_block_shows_fields_and_attempts():
     assert "node w1 lost" in text and "ATTEMPT" in text
 
 
+def test_the_status_block_shows_team_priority_and_resources():
+    job = {"id": "8", "kind": "diag.sleep", "name": "diag.sleep", "state": "running",
+           "team": "ml", "priority": 0, "queue": "gpu", "cpus": 2, "gpus": 1,
+           "labels": {"zone": "b", "gpu": "a100"}, "message": "step 3",
+           "place_in_line": None}
+    text = job_block(job)
+    assert re.search(r"^  team +ml$", text, re.M)
+    assert re.search(r"^  priority +0$", text, re.M)  # 0 is shown, not dropped as empty
+    assert re.search(r"^  queue +gpu$", text, re.M)
+    assert re.search(r"^  resources +2 cpus, 1 gpu, gpu=a100, zone=b$", text, re.M)
+    assert re.search(r"^  message +step 3$", text, re.M) and "place in line" not in text
+
+
+def test_a_pending_job_says_what_it_waits_for_and_its_place_in_line():
+    job = {"id": "9", "kind": "diag.noop", "state": "pending", "team": "ml", "priority": 5,
+           "message": "team ml: 4 of 4 running jobs", "place_in_line": 3}
+    text = job_block(job)
+    lines = text.splitlines()
+    assert re.match(r"  state +pending$", lines[1])
+    assert re.match(r"  message +team ml: 4 of 4 running jobs$", lines[2])
+    assert re.match(r"  place in line +3 \(among its team's waiting jobs\)$", lines[3])
+    assert re.search(r"^  priority +5$", text, re.M)
+    # Not yet placed (waiting for the jobs it comes after): no place shown.
+    assert "place in line" not in job_block({**job, "place_in_line": None})
+    # A place is only for a waiting job.
+    assert "place in line" not in job_block({**job, "state": "queued"})
+
+
+def test_a_list_row_shows_the_team():
+    row = job_row({"id": "3", "state": "queued", "team": "etl", "kind": "diag.noop",
+                   "name": "n", "progress": None, "node": None, "created_at": None})
+    assert row == ["3", "queued", "etl", "diag.noop", "n", "-", None, "-"]
+    text = table(["ID", "STATE", "TEAM"], [row[:3], ["4", "running", None]])
+    assert text.splitlines() == ["ID  STATE    TEAM", "3   queued   etl", "4   running  -"]
+
+
 def test_websocket_urls_follow_the_portals_scheme_and_path():
     assert ws_url("http://127.0.0.1:8000", "/ws/jobs/3/") == "ws://127.0.0.1:8000/ws/jobs/3/"
     assert ws_url("https://hpc.example/portal", "/ws/jobs/3/") == \
@@ -136,6 +182,116 @@ def test_a_spec_comes_from_params_a_file_or_both(tmp_path):
     assert build_spec(spec_args("diag.sleep", "-f", str(params), "--after", "4",
                                 "--after", "9")) == {
         "kind": "diag.sleep", "params": {"seconds": 1, "fail": True}, "after": ["4", "9"]}
+
+
+def test_team_priority_resources_labels_and_after_go_in_the_spec_only_when_given(tmp_path):
+    assert build_spec(spec_args("diag.noop")) == {"kind": "diag.noop", "params": {}}
+    assert build_spec(spec_args(
+        "diag.noop", "--team", "ml", "--priority", "-3", "--cpus", "4", "--gpus", "2",
+        "--label", "gpu=a100", "--label", "zone = b", "--label", "note=x=y",
+        "--after", "11", "--after", "12")) == {
+        "kind": "diag.noop", "params": {}, "team": "ml", "priority": -3, "cpus": 4, "gpus": 2,
+        "labels": {"gpu": "a100", "zone": "b", "note": "x=y"}, "after": ["11", "12"]}
+    # Zero is a value, not "not given".
+    assert build_spec(spec_args("diag.noop", "--gpus", "0", "--cpus", "0",
+                                "--priority", "0")) == {
+        "kind": "diag.noop", "params": {}, "gpus": 0, "cpus": 0, "priority": 0}
+    # Labels are text, whatever they look like.
+    assert build_spec(spec_args("diag.noop", "--label", "rack=7"))["labels"] == {"rack": "7"}
+    # The command line adds to (and wins over) the file's labels, team and after.
+    job = tmp_path / "job.yaml"
+    job.write_text("kind: diag.noop\nteam: etl\nlabels: {gpu: v100, zone: a}\nafter: ['1']\n")
+    assert build_spec(spec_args("-f", str(job), "--team", "ml", "--label", "gpu=a100",
+                                "--after", "2")) == {
+        "kind": "diag.noop", "params": {}, "team": "ml",
+        "labels": {"gpu": "a100", "zone": "a"}, "after": ["1", "2"]}
+    listed = tmp_path / "bad-labels.yaml"
+    listed.write_text("kind: diag.noop\nlabels: [gpu]\n")
+    with pytest.raises(CliError, match="labels must be an object"):
+        build_spec(spec_args("-f", str(listed), "--label", "gpu=a100"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--label", "gpu"], ["--label", "=a100"], ["--cpus", "-1"], ["--gpus", "two"],
+    ["--priority", "high"],
+])
+def test_bad_submit_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as usage:
+        spec_args("diag.noop", *argv)
+    assert usage.value.code == 2
+    assert "portalctl submit: error: argument" in capsys.readouterr().err
+
+
+def test_a_label_is_split_at_its_first_equals_sign_and_stays_text():
+    assert parse_label("gpu=a100") == ("gpu", "a100")
+    assert parse_label(" n = 3 ") == ("n", "3")
+    assert parse_label("empty=") == ("empty", "")
+    for bad in ("gpu", "=a100", " =x"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_label(bad)
+
+
+class FakeRest:
+    """The commands' side of the REST API: records what was sent, answers what it holds."""
+
+    def __init__(self, jobs=()):
+        self.submitted: list[dict] = []
+        self.jobs_held = {job["id"]: job for job in jobs}
+
+    def submit(self, spec):
+        self.submitted.append(spec)
+        job = {"id": str(100 + len(self.submitted)), "state": "pending", **spec}
+        self.jobs_held[job["id"]] = job
+        return job
+
+    def jobs(self, *, limit, page_size=100, **filters):
+        return list(self.jobs_held.values())[:limit]
+
+    def job(self, job_id):
+        return self.jobs_held[job_id]
+
+
+@pytest.fixture
+def rest(monkeypatch):
+    fake = FakeRest()
+    monkeypatch.setattr("cli.main.connect", lambda env: fake)
+    return fake
+
+
+def test_submit_posts_the_new_options_only_when_given(rest, capsys):
+    assert main(["submit", "diag.noop"], env={}) == 0
+    assert main(["submit", "diag.noop", "--team", "ml", "--priority", "7", "--cpus", "2",
+                 "--gpus", "1", "--label", "gpu=a100", "--label", "zone=b",
+                 "--after", "101"], env={}) == 0
+    assert rest.submitted == [
+        {"kind": "diag.noop", "params": {}},
+        {"kind": "diag.noop", "params": {}, "team": "ml", "priority": 7, "cpus": 2, "gpus": 1,
+         "labels": {"gpu": "a100", "zone": "b"}, "after": ["101"]}]
+    assert capsys.readouterr().out.split() == ["101", "102"]
+
+
+def test_list_has_a_team_column_and_status_a_pending_jobs_place(rest, capsys):
+    rest.jobs_held.update({
+        "7": {"id": "7", "state": "pending", "team": "ml", "kind": "diag.sleep", "name": "a",
+              "priority": 5, "queue": "cpu", "message": "team ml: 2 of 2 running jobs",
+              "place_in_line": 2, "created_at": "2030-01-01T12:00:00Z"},
+        "6": {"id": "6", "state": "running", "team": "etl-nightly", "kind": "diag.noop",
+              "name": "b", "progress": 0.5, "node": "w1"}})
+    assert main(["list"], env={}) == 0
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "STATE", "TEAM", "KIND", "NAME", "PROGRESS", "NODE",
+                              "CREATED"]
+    assert first.split()[:4] == ["7", "pending", "ml", "diag.sleep"]
+    assert second.split()[:4] == ["6", "running", "etl-nightly", "diag.noop"]
+    assert first.index("ml") == header.index("TEAM")
+
+    assert main(["status", "7"], env={}) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  team +ml$", out, re.M) and re.search(r"^  priority +5$", out, re.M)
+    assert re.search(r"^  message +team ml: 2 of 2 running jobs$", out, re.M)
+    assert re.search(r"^  place in line +2 ", out, re.M)
+    assert main(["status", "7", "--json"], env={}) == 0
+    assert json.loads(capsys.readouterr().out)["place_in_line"] == 2
 
 
 def test_a_spec_without_a_kind_or_from_a_bad_file_is_refused(tmp_path):
@@ -401,6 +557,33 @@ def test_submit_prints_the_id_and_a_bad_param_names_its_field(portal, capsys):
     assert json.loads(err)["errors"] == {"params": {"fail": ["must be true or false"]}}
 
 
+def test_submit_with_a_team_resources_and_labels_and_status_shows_them(portal, capsys):
+    from accounts.models import Membership, Team
+    from jobs.models import Job, Node
+
+    team = Team.objects.create(name="cli-team", max_running_jobs=0)  # nothing admitted
+    Membership.objects.create(team=team, user=portal.owner, role="member")
+    Node.objects.create(name="g1", state="offline", queues=["cpu"], labels={"gpu": "a100"})
+    code, out, err = portal.run(capsys, "submit", "diag.noop", "--team", "cli-team",
+                                "--priority", "5", "--cpus", "2", "--gpus", "1",
+                                "--label", "gpu=a100")
+    assert code == 0, err
+    job = Job.objects.get(pk=int(out))
+    assert (job.team, job.priority, job.cpus, job.gpus, job.labels) == (
+        team, 5, 2, 1, {"gpu": "a100"})
+
+    code, out, _ = portal.run(capsys, "status", str(job.pk))
+    assert code == 0 and re.search(r"^  team +cli-team$", out, re.M)
+    assert re.search(r"^  priority +5$", out, re.M)
+    assert re.search(r"^  resources +2 cpus, 1 gpu, gpu=a100$", out, re.M)
+    assert re.search(r"^  state +pending$", out, re.M)
+    assert re.search(r"^  place in line +1 ", out, re.M)
+    assert re.search(r"^  message +team cli-team: .*running jobs$", out, re.M), out
+
+    code, out, err = portal.run(capsys, "submit", "diag.noop", "--team", "nobodys")
+    assert code == 2 and "team:" in err
+
+
 def test_list_follows_the_cursor_past_one_page_and_filters(portal, capsys):
     from jobs.models import Job
 
@@ -413,8 +596,11 @@ def test_list_follows_the_cursor_past_one_page_and_filters(portal, capsys):
 
     code, out, _ = portal.run(capsys, "list", "-q", "job 3")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "STATE", "KIND", "NAME", "PROGRESS", "NODE", "CREATED"]
+    assert lines[0].split() == ["ID", "STATE", "TEAM", "KIND", "NAME", "PROGRESS", "NODE",
+                                "CREATED"]
     assert len(lines) == 2 and "job 3" in lines[1] and "queued" in lines[1]
+    team = Job.objects.get(name="job 3").team.name
+    assert lines[1].split()[2] == team
 
     code, out, _ = portal.run(capsys, "list", "--state", "running")
     assert code == 0 and out.strip() == "no jobs"
@@ -523,3 +709,48 @@ def test_timeouts_only_go_with_waiting(capsys, tmp_path):
     with pytest.raises(SystemExit) as usage:
         main(["wait", "1", "--timeout", "0"], env=env)
     assert usage.value.code == 2 and "must be more than 0" in capsys.readouterr().err
+
+
+def _response(status, body=None, headers=None):
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    response._content = json.dumps(body if body is not None else {}).encode()
+    response.headers.update(headers or {})
+    return response
+
+
+class _Replies:
+    """A session that answers with the given responses in turn, and records the calls."""
+
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.calls = []
+        self.headers = {}
+
+    def request(self, method, url, **kwargs):
+        self.calls.append((method, url))
+        return self.responses.pop(0)
+
+
+def test_a_throttled_call_waits_as_told_and_tries_again(monkeypatch):
+    from cli import api as api_module
+
+    waits = []
+    monkeypatch.setattr(api_module.time, "sleep", waits.append)
+    session = _Replies(_response(429, {"detail": "throttled"}, {"Retry-After": "2"}),
+                       _response(200, [{"name": "diag.noop"}]))
+    client = api_module.Api("http://portal", "key", session=session)
+    assert client.request("GET", "/api/v1/kinds/").json() == [{"name": "diag.noop"}]
+    assert waits == [2.0] and len(session.calls) == 2
+
+
+def test_a_long_throttle_is_reported_not_waited_out(monkeypatch):
+    from cli import api as api_module
+
+    monkeypatch.setattr(api_module.time, "sleep", lambda s: pytest.fail("should not wait"))
+    session = _Replies(_response(429, {"detail": "throttled"}, {"Retry-After": "600"}))
+    client = api_module.Api("http://portal", "key", session=session)
+    with pytest.raises(CliError, match="throttling this token.*600 s"):
+        client.request("POST", "/api/v1/jobs/")
