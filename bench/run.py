@@ -46,7 +46,8 @@ NODES = ("w1", "w2")
 TUNING = ("WORKER_PREFETCH", "EVENT_FLUSH_S", "EVENT_MAX_BUFFER", "DB_CONN_MAX_AGE",
           "HEARTBEAT_S", "LEASE_S", "RECONCILE_EVERY_S", "DISPATCH_GRACE_S", "NODE_OFFLINE_S",
           "CANCEL_POLL_S", "CANCEL_GRACE_S", "JOB_MAX_BATCH", "MAX_BODY_BYTES",
-          "BROKER_VISIBILITY_TIMEOUT", "PORTAL_REDIS_PREFIX")
+          "BROKER_VISIBILITY_TIMEOUT", "PORTAL_REDIS_PREFIX", "THROTTLE_USER_RATE",
+          "THROTTLE_SUBMIT_RATE")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -136,6 +137,9 @@ def start_portal(bench, extra_env=None, where: str = "") -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         **(extra_env(bench.pg) if extra_env else {}),
     })
+    # Throttled as in production, at rates the benchmarks never reach unless set lower.
+    for name in ("THROTTLE_USER_RATE", "THROTTLE_SUBMIT_RATE", "THROTTLE_ANON_RATE"):
+        env.setdefault(name, "1000000/min")
     os.environ.update(env)
     bench.cluster = Cluster(env, quiet=not bench.args.verbose)
     log(f"PostgreSQL on :{bench.pg.port}{where}, Redis on :{bench.redis_server.port}; "

@@ -5,7 +5,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.env import REDIS_URL, env_bool, env_float, env_int, env_list, env_str
+from portal.env import REDIS_URL, env_bool, env_float, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data")))
@@ -34,11 +34,14 @@ INSTALLED_APPS = [
     "accounts",
     "jobs",
     "alerts",
+    "schedules",
+    "audit",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "portal.middleware.BodySizeLimitMiddleware",
+    "portal.middleware.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -119,6 +122,17 @@ CHANNEL_LAYERS = {
     }
 }
 
+# The cache holds request counts for throttling; in Redis, so that every web process counts
+# together. Its keys start with PORTAL_REDIS_PREFIX; cache.clear() empties the whole database.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("PORTAL_REDIS_PREFIX", "portal"),
+        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.auth.TokenAuthentication",
@@ -126,10 +140,18 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["portal.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # 429 with Retry-After past these; POST /api/v1/jobs/ (and retry) also counts as `submit`.
+    "DEFAULT_THROTTLE_CLASSES": ["portal.throttling.UserThrottle",
+                                 "portal.throttling.AnonThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_rate("THROTTLE_USER_RATE", "1200/min"),
+        "anon": env_rate("THROTTLE_ANON_RATE", "120/min"),
+        "submit": env_rate("THROTTLE_SUBMIT_RATE", "120/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cluster portal API",
@@ -151,6 +173,9 @@ JOB_DEFAULT_TIMEOUT_S = env_int("JOB_DEFAULT_TIMEOUT_S", 24 * 3600)
 JOB_MAX_TIMEOUT_S = env_int("JOB_MAX_TIMEOUT_S", 7 * 24 * 3600)
 JOB_DEFAULT_MAX_ATTEMPTS = env_int("JOB_DEFAULT_MAX_ATTEMPTS", 3)
 JOB_MAX_BATCH = env_int("JOB_MAX_BATCH", 1000)
+# Jobs admitted to a queue beyond its online slots, per slot (they wait in the broker, so a
+# worker does not idle between two admission passes; fewer keeps fair share tighter).
+ADMIT_AHEAD = env_float("ADMIT_AHEAD", 1.0)
 # Seconds a queued job's message may be missing from Redis before it is dispatched again.
 DISPATCH_GRACE_S = env_float("DISPATCH_GRACE_S", 5.0)
 RECONCILE_EVERY_S = env_float("RECONCILE_EVERY_S", 2.0)

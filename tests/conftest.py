@@ -27,6 +27,13 @@ TIMINGS = {
     "BROKER_VISIBILITY_TIMEOUT": "8",
     "BROKER_RESTORE_EVERY_S": "2",
 }
+# Throttled but never reached: tests submit fast, and the counts outlive a test in Redis.
+# tests/test_throttle.py sets low rates of its own.
+GENEROUS_RATES = {
+    "THROTTLE_USER_RATE": "1000000/min",
+    "THROTTLE_ANON_RATE": "1000000/min",
+    "THROTTLE_SUBMIT_RATE": "1000000/min",
+}
 _servers: list = []
 _cleanups: list = []
 
@@ -74,6 +81,7 @@ def pytest_configure(config):
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
         **TIMINGS,
+        **GENEROUS_RATES,
     })
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
     import django
@@ -93,7 +101,7 @@ def cast(db):
     """The shared cast: two users who must not see each other's jobs, and a staff member."""
     from django.contrib.auth import get_user_model
 
-    from accounts.models import ApiToken
+    from accounts.models import ApiToken, Membership, Team
 
     User = get_user_model()
 
@@ -104,6 +112,11 @@ def cast(db):
         admin = User.objects.create_user("admin", is_staff=True, is_superuser=True)
         alice_key = ApiToken.issue(alice)[1]
         bob_key = ApiToken.issue(bob)[1]
+        # Each in a team of their own: ml is alice's, etl is bob's.
+        ml = Team.objects.create(name="ml")
+        etl = Team.objects.create(name="etl")
+        Membership.objects.create(team=ml, user=alice, role="member")
+        Membership.objects.create(team=etl, user=bob, role="member")
 
     return Cast
 
