@@ -242,3 +242,21 @@ def test_fifty_simultaneous_submits_cannot_overshoot_a_quota(django_user_model):
     assert Job.objects.filter(team=team).count() == 50
     assert Job.objects.filter(team=team, state="queued").count() == 5
     assert Job.objects.filter(team=team, state="pending").count() == 45
+
+
+def test_the_pages_follow_the_same_rule(api, cast, carol, viewer, client):
+    job = post_json(api, {**SLEEP, "name": "ml-only"}).json()
+    client.force_login(cast.bob)
+    for path in [f"/jobs/{job['id']}/", f"/jobs/{job['id']}/log.txt"]:
+        assert client.get(path).status_code == 404, path
+    assert client.post(f"/jobs/{job['id']}/cancel/").status_code == 404
+    assert "ml-only" not in client.get("/jobs/").content.decode()
+    client.force_login(carol)
+    assert "ml-only" in client.get("/jobs/").content.decode()
+    page = client.get(f"/jobs/{job['id']}/").content.decode()
+    assert 'id="cancel-form"' in page and 'id="cancel-form" hidden' not in page
+    client.force_login(viewer)
+    page = client.get(f"/jobs/{job['id']}/").content.decode()
+    assert 'id="cancel-form" hidden' in page  # a viewer is offered no cancel
+    assert client.post(f"/jobs/{job['id']}/cancel/").status_code == 403
+    assert Job.objects.get(pk=job["id"]).state != JobState.CANCELLED
