@@ -1,11 +1,12 @@
-# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl
+# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl | bench-joblist
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Enough settings to check migrations without a server or a secret.
 CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
 
-.PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl clean
+.PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl bench-joblist \
+	clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,7 +36,7 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install system-deps
-	$(PY) -m bench.run && $(PY) -m bench.live && $(PY) -m bench.etl
+	$(PY) -m bench.run && $(PY) -m bench.live && $(PY) -m bench.etl && $(PY) -m bench.joblist
 
 ## The live path alone: event -> websocket latency with 1,000 clients and 200 nodes.
 bench-live: install system-deps
@@ -44,6 +45,10 @@ bench-live: install system-deps
 ## ETL: etl.clickstream rows/s into PostgreSQL, 1 and 2 worker nodes, against a raw COPY.
 bench-etl: install system-deps
 	$(PY) -m bench.etl
+
+## The job list at 1,000,000 jobs: p50/p99 of the first and a deep page, with and without filters.
+bench-joblist: install system-deps
+	$(PY) -m bench.joblist
 
 clean:
 	rm -rf $(VENV) data staticfiles .pytest_cache

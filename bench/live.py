@@ -990,14 +990,16 @@ def report(args, base: Phase, load: Phase) -> bool:
 # --- entry point -----------------------------------------------------------------------------
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The benchmarks' --help: defaults shown, except where the help text says them."""
+
     def _get_help_string(self, action):  # no "(default: None)" where the help says it
         return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split(
-        "\n\n")[0], formatter_class=_Help)
+        "\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--clients", type=int, default=None,
                         help="websocket clients in the loaded phase (default 1000; 200 with "
                              "--quick)")

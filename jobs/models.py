@@ -74,6 +74,14 @@ class Job(models.Model):
                          condition=models.Q(state="pending", blocked=False)),
             models.Index(fields=["state", "lease_expires_at"], name="job_state_lease"),
             models.Index(fields=["finished_at"], name="job_finished_at"),
+            # The job list (jobs as submitted, newest first) by kind and state: read in order
+            # and stopped after a page, however rare the pair; the team last, so that a
+            # member's teams are checked in the index, not in a second bitmap of every job of
+            # theirs. A kind alone reads its rows here when it is rare; a state alone uses
+            # job_state_lease, no filter the primary key. `q` (the name, any case) has a
+            # trigram index, PostgreSQL only: migration 0008. bench/joblist.py measures them.
+            models.Index(fields=["kind", "state", "-id", "team"], name="job_list_kind_state",
+                         condition=models.Q(parent__isnull=True)),
         ]
         permissions = [("run_shell", "Can submit shell jobs")]
         constraints = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min, Prefetch, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -15,6 +15,7 @@ from jobs.broadcast import team_group
 from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint, Node
 
 LOG_PAGE = 1000
+JOB_COLUMNS = [field.name for field in Job._meta.concrete_fields]
 
 
 def visible_jobs(user) -> QuerySet[Job]:
@@ -38,7 +39,10 @@ def job_for(user, job_id) -> Job | None:
 def job_list(user, *, state: str | None = None, kind: str | None = None,
              q: str | None = None, parent: int | None = None) -> QuerySet[Job]:
     """Jobs as submitted (a fan-out's partitions are listed under their parent: parent=ID)."""
-    jobs = (visible_jobs(user).select_related("owner", "team").prefetch_related("after")
+    jobs = (visible_jobs(user).select_related("owner", "team")
+            # The owner's and team's names, not whole rows; of `after`, the ids.
+            .only(*JOB_COLUMNS, "owner__username", "team__name")
+            .prefetch_related(Prefetch("after", queryset=Job.objects.only("id")))
             .filter(parent_id=parent))
     if state:
         jobs = jobs.filter(state=state)
