@@ -15,6 +15,8 @@ message says why it waits, and `place_in_line` says how many go before it.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime
 from math import inf
 
 from django.conf import settings
@@ -48,73 +50,108 @@ def quota_reason(team: Team, usage: dict, job) -> str:
     limits = (("max_running_jobs", "jobs", 1, "running jobs"),
               ("max_cpus", "cpus", job.cpus, "CPU slots"),
               ("max_gpus", "gpus", job.gpus, "GPUs"))
-    for field, used, wants, what in limits:
-        limit = getattr(team, field)
+    for limit_field, used, wants, what in limits:
+        limit = getattr(team, limit_field)
         if limit is not None and usage[used] + wants > limit:
             return f"team {team.name}: {usage[used]} of {limit} {what}"
     return ""
 
 
-def team_usage(team_ids) -> dict[int, dict]:
-    usage = {team_id: {"jobs": 0, "cpus": 0, "gpus": 0} for team_id in team_ids}
-    rows = (Job.objects.filter(team_id__in=list(team_ids), state__in=HELD, parent__isnull=True)
-            .values("team_id").annotate(jobs=Count("id"), cpus=Sum("cpus"), gpus=Sum("gpus"))
+def held() -> tuple[dict[int, dict], dict[str, int]]:
+    """What queued and running jobs hold, in one query: per team (its own jobs, not a fan-out's
+    partitions, which run within their parent's place) and per queue (every job)."""
+    usage: dict[int, dict] = defaultdict(lambda: {"jobs": 0, "cpus": 0, "gpus": 0})
+    busy: dict[str, int] = defaultdict(int)
+    own = Q(parent__isnull=True)
+    rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue")
+            .annotate(n=Count("id"), jobs=Count("id", filter=own),
+                      cpus=Sum("cpus", filter=own), gpus=Sum("gpus", filter=own))
             .order_by())
     for row in rows:
-        usage[row["team_id"]] = {"jobs": row["jobs"], "cpus": row["cpus"] or 0,
-                                 "gpus": row["gpus"] or 0}
-    return usage
+        used = usage[row["team_id"]]
+        used["jobs"] += row["jobs"]
+        used["cpus"] += row["cpus"] or 0
+        used["gpus"] += row["gpus"] or 0
+        busy[row["queue"]] += row["n"]
+    return usage, busy
 
 
-def pool_room() -> dict[str, float]:
+def pool_room(busy: dict[str, int]) -> dict[str, float]:
     """Free places per queue: its online nodes' slots (and as many again waiting in the broker,
     so a worker never idles between two passes) less the jobs queued or running there. A queue
     that no online node serves is not limited here: its jobs wait in the broker for a node."""
     capacity: dict[str, int] = defaultdict(int)
-    for node in Node.objects.filter(state=NodeState.ONLINE).only("queues", "concurrency"):
-        for queue in node.queues or []:
-            capacity[queue] += node.concurrency
-    if not capacity:
-        return defaultdict(lambda: inf)
-    busy = dict(Job.objects.filter(state__in=HELD, queue__in=list(capacity))
-                .values_list("queue").annotate(n=Count("id")).order_by())
-    room = defaultdict(lambda: inf)
+    for queues, slots in Node.objects.filter(state=NodeState.ONLINE).values_list(
+            "queues", "concurrency"):
+        for queue in queues or []:
+            capacity[queue] += slots
+    room: dict[str, float] = defaultdict(lambda: inf)
     for queue, slots in capacity.items():
         room[queue] = slots * (1 + settings.ADMIT_AHEAD) - busy.get(queue, 0)
     return room
 
 
-def admit() -> list[int]:
-    """One admission pass, in the caller's transaction (or its own). Returns the admitted ids."""
+TEAM_FIELDS = ("name", "max_running_jobs", "max_cpus", "max_gpus", "share")
+
+
+def lines() -> dict[int, deque[Job]]:
+    """Each team's waiting jobs in the order they go (its first WINDOW), with the team's quota,
+    in one query (written out: the ORM's version costs more to build than to run)."""
+    jobs, teams = Job._meta.db_table, Team._meta.db_table
+    ranked = Job.objects.raw(
+        f"SELECT ranked.*, {', '.join(f't.{f} AS team_{f}' for f in TEAM_FIELDS)} FROM "
+        f"(SELECT {jobs}.*, ROW_NUMBER() OVER (PARTITION BY team_id ORDER BY priority DESC, "
+        f"id) AS line_rank FROM {jobs} WHERE state = %s AND NOT blocked AND parent_id IS NULL"
+        f") ranked JOIN {teams} t ON t.id = ranked.team_id WHERE line_rank <= %s "
+        f"ORDER BY ranked.team_id, line_rank", [JobState.PENDING.value, WINDOW])
+    by_team: dict[int, deque[Job]] = defaultdict(deque)
+    teams_by_id: dict[int, Team] = {}
+    for job in ranked:
+        team = teams_by_id.get(job.team_id)
+        if team is None:
+            team = teams_by_id[job.team_id] = Team(
+                id=job.team_id, **{f: getattr(job, f"team_{f}") for f in TEAM_FIELDS})
+        job.team = team
+        by_team[job.team_id].append(job)
+    return by_team
+
+
+@dataclass
+class Pass:
+    """What one pass did: the jobs it admitted (queued at `at`), and why the others wait."""
+
+    admitted: list[int] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)
+    at: datetime | None = None
+
+
+def admit() -> Pass:
+    """One admission pass, in the caller's transaction (or its own)."""
     from jobs.services import state_event
 
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         _lock()
-        team_ids = list(Job.objects.filter(waiting()).order_by().values_list("team_id", flat=True)
-                        .distinct())
-        if not team_ids:
-            return []
-        teams = Team.objects.in_bulk(team_ids)
-        lines = {team_id: deque(Job.objects.filter(waiting(), team_id=team_id)
-                                .order_by("-priority", "id")
-                                .only("id", "team_id", "queue", "cpus", "gpus", "message")
-                                [:WINDOW])
-                 for team_id in team_ids}
-        usage = team_usage(team_ids)
-        room = pool_room()
-        admitted, reasons = [], {}
-        while lines:
-            team_id = min(lines, key=lambda t: (usage[t]["jobs"] / max(teams[t].share, 1), t))
-            line = lines[team_id]
+        waiting_lines = lines()
+        if not waiting_lines:
+            return Pass()
+        teams = {team_id: line[0].team for team_id, line in waiting_lines.items()}
+        usage, busy = held()
+        room = pool_room(busy)
+        admitted: list[Job] = []
+        reasons: dict[int, str] = {}
+        while waiting_lines:
+            team_id = min(waiting_lines,
+                          key=lambda t: (usage[t]["jobs"] / max(teams[t].share, 1), t))
+            line = waiting_lines[team_id]
             job = line[0]
             reason = quota_reason(teams[team_id], usage[team_id], job)
             if reason:  # the team is at its quota: its whole line waits behind this job
                 reasons.update((other.pk, reason) for other in line)
-                del lines[team_id]
+                del waiting_lines[team_id]
                 continue
             line.popleft()
             if not line:
-                del lines[team_id]
+                del waiting_lines[team_id]
             if room[job.queue] < 1:
                 reasons[job.pk] = f"queue {job.queue}: every slot is taken"
                 continue
@@ -123,24 +160,26 @@ def admit() -> list[int]:
             used["jobs"] += 1
             used["cpus"] += job.cpus
             used["gpus"] += job.gpus
-            admitted.append(job.pk)
+            admitted.append(job)
         now = timezone.now()
         if admitted:
-            Job.objects.filter(pk__in=admitted, state=JobState.PENDING).update(
+            Job.objects.filter(pk__in=[job.pk for job in admitted],
+                               state=JobState.PENDING).update(
                 state=JobState.QUEUED, dispatched_at=now, message="")
+            for job in admitted:  # as the row now is (the pass holds the lock)
+                job.state, job.dispatched_at, job.message = JobState.QUEUED, now, ""
         by_reason = defaultdict(list)
         for job_id, reason in reasons.items():
             by_reason[reason].append(job_id)
         for reason, ids in by_reason.items():
             Job.objects.filter(pk__in=ids, state=JobState.PENDING).exclude(
                 message=reason).update(message=reason)
-        jobs = list(Job.objects.filter(pk__in=admitted))
-        dispatch_on_commit(jobs)
+        dispatch_on_commit(admitted)
         outbox = Outbox()
-        for job in jobs:
+        for job in admitted:
             outbox.job(job.pk, job.team_id, state_event(job))
         outbox.publish_on_commit()
-    return admitted
+    return Pass([job.pk for job in admitted], reasons, now)
 
 
 def admit_on_commit() -> None:

@@ -209,7 +209,7 @@ class Reconciler:
             fanout.reassert_outcomes(self.client)
             dependencies.settle_all()
         done["scheduled"] = tick_schedules(now)  # cron schedules that are due
-        done["admitted"] = len(admission.admit())
+        done["admitted"] = len(admission.admit().admitted)
         done["offline"] = mark_offline(now)
         done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
         publish_summary(now)

@@ -260,7 +260,14 @@ def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]
     if blocked:  # those whose jobs already ended move on at once
         dependencies.settle(blocked)
     if len(blocked) < len(jobs):
-        admission.admit()
+        done = admission.admit()
+        for job in jobs:  # as the pass left them
+            if job.pk in done.admitted:
+                job.state, job.dispatched_at, job.message = JobState.QUEUED, done.at, ""
+            elif job.pk in done.reasons:
+                job.message = done.reasons[job.pk]
+    for job, spec in zip(jobs, specs, strict=True):
+        job.after_ids = list(spec.after)  # for the answer, without a query
     return jobs
 
 
@@ -280,8 +287,21 @@ def submit_jobs(*, owner, specs: list[JobSpec], via: str = "api") -> list[Job]:
     with transaction.atomic():
         jobs = _create(owner, specs, timezone.now())
         record_many(owner, "job.submit", jobs, via=via)
-    for job in jobs:
-        job.refresh_from_db()  # settled at once if what it waited for had ended
+    return moved_on(jobs)
+
+
+MOVED_ON = ("state", "message", "dispatched_at", "finished_at", "blocked")
+
+
+def moved_on(jobs: list[Job]) -> list[Job]:
+    """The new jobs as they are now: those that waited for others may have moved on at once
+    (one query for the lot; their owner and team stay known)."""
+    if any(job.blocked for job in jobs):
+        rows = {row["pk"]: row for row in Job.objects.filter(pk__in=[job.pk for job in jobs])
+                .values("pk", *MOVED_ON)}
+        for job in jobs:
+            for name in MOVED_ON:
+                setattr(job, name, rows[job.pk][name])
     return jobs
 
 
@@ -302,8 +322,7 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None,
             record(owner, "job.submit", job, via=via)
     except IntegrityError:
         return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
-    job.refresh_from_db()
-    return job, True
+    return moved_on([job])[0], True
 
 
 STATE_EVENT_FIELDS = ("state", "attempt", "node", "message", "progress", "error", "kind",

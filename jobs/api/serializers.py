@@ -28,7 +28,10 @@ class JobSerializer(serializers.ModelSerializer):
         return job.cancel_requested_at is not None
 
     def get_after(self, job) -> list[str]:
-        return [str(pk) for pk in sorted(other.pk for other in job.after.all())]
+        ids = getattr(job, "after_ids", None)  # a job just submitted knows them
+        if ids is None:
+            ids = [other.pk for other in job.after.all()]
+        return [str(pk) for pk in sorted(ids)]
 
 
 class AttemptSerializer(serializers.ModelSerializer):
