@@ -53,6 +53,28 @@ class JobAdmin(AuditedAdmin, admin.ModelAdmin):
                           f"{', '.join(map(str, new[:20]))}.", messages.SUCCESS)
 
 
+@admin.register(Attempt)
+class AttemptAdmin(admin.ModelAdmin):
+    """Every attempt of every job, where and how it ran: read-only (the state machine owns it)."""
+
+    list_display = ["job", "number", "state", "node", "worker", "created_at", "started_at",
+                    "finished_at"]
+    list_filter = ["state", "node"]
+    list_select_related = ["job"]
+    search_fields = ["=job__id", "node", "worker", "error"]
+    exclude = ["token"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Node)
 class NodeAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["name", "state", "running", "concurrency", "labels", "last_heartbeat"]

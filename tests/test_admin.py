@@ -1,0 +1,74 @@
+"""The admin runs the place: every model listed, filtered and searched; actions that go through
+the services (cancel, retry, drain, undrain) and land in the audit trail; the state machine's
+fields read-only."""
+
+import json
+
+import pytest
+from django.test import Client
+
+from audit.models import AuditEntry
+from jobs.models import Attempt, Job, JobState, Node
+
+
+@pytest.fixture
+def staff(cast):
+    client = Client()
+    client.force_login(cast.admin)
+    return client
+
+
+@pytest.fixture
+def jobs(api):
+    body = [{"kind": "diag.sleep", "params": {"seconds": 1}, "name": f"admin-{i}"}
+            for i in range(2)]
+    response = api.post("/api/v1/jobs/", data=json.dumps(body), content_type="application/json")
+    return [Job.objects.get(pk=job["id"]) for job in response.json()]
+
+
+@pytest.mark.parametrize("path", [
+    "/admin/jobs/job/", "/admin/jobs/job/?state__exact=queued&team__id__exact=1",
+    "/admin/jobs/job/?q=admin-1", "/admin/jobs/attempt/", "/admin/jobs/attempt/?state=queued",
+    "/admin/jobs/node/", "/admin/accounts/team/", "/admin/accounts/membership/",
+    "/admin/accounts/apitoken/", "/admin/schedules/schedule/", "/admin/alerts/alertrule/",
+    "/admin/audit/auditentry/"])
+def test_every_model_is_listed_filtered_and_searched(staff, jobs, path):
+    assert staff.get(path).status_code == 200
+
+
+def test_a_jobs_page_shows_its_attempts_and_changes_only_name_and_priority(staff, jobs):
+    job = jobs[0]
+    page = staff.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert 'name="name"' in page and 'name="priority"' in page
+    assert 'name="state"' not in page and 'name="owner"' not in page
+    assert staff.get(f"/admin/jobs/attempt/{Attempt.objects.get(job=job).pk}/change/") \
+        .status_code == 200  # viewable, not editable
+    assert staff.post(f"/admin/jobs/attempt/{Attempt.objects.get(job=job).pk}/change/",
+                      {"state": "succeeded"}).status_code == 403
+
+
+def test_cancel_and_retry_actions_go_through_the_services_and_are_audited(staff, jobs, cast):
+    ids = [str(job.pk) for job in jobs]
+    staff.post("/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": ids})
+    assert set(Job.objects.filter(pk__in=ids).values_list("state", flat=True)) == {
+        JobState.CANCELLED}
+    staff.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": ids[:1]})
+    retried = Job.objects.exclude(pk__in=ids).get()
+    assert retried.name == "admin-0" and retried.team == cast.ml and retried.owner == cast.admin
+    trail = set(AuditEntry.objects.filter(via="admin").values_list("action", "target_id"))
+    assert trail >= {("job.cancel", ids[0]), ("job.cancel", ids[1]), ("job.retry", ids[0])}
+
+
+def test_drain_and_undrain_actions_are_audited(staff):
+    node = Node.objects.create(name="w5", queues=["cpu"], concurrency=2)
+    staff.post("/admin/jobs/node/", {"action": "drain", "_selected_action": [node.pk]})
+    assert Node.objects.get(pk=node.pk).state == "draining"
+    staff.post("/admin/jobs/node/", {"action": "undrain", "_selected_action": [node.pk]})
+    assert Node.objects.get(pk=node.pk).state == "online"
+    assert list(AuditEntry.objects.filter(target_type="node").order_by("id")
+                .values_list("action", flat=True)) == ["node.drain", "node.undrain"]
+
+
+def test_a_non_staff_user_has_no_admin(client, cast):
+    client.force_login(cast.alice)
+    assert client.get("/admin/jobs/job/").status_code == 302  # to the admin's login
