@@ -1,14 +1,19 @@
-"""The browser's API-token pages: list your tokens, create a named one (its key shown once, in
-the response to the POST that made it), revoke one."""
+"""The browser's account pages. API tokens: list your tokens, create a named one (its key shown
+once, in the response to the POST that made it), revoke one. Teams: your teams with their quota,
+what they hold and their members; a team's admins (and staff) add, re-role and remove members."""
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.models import ApiToken
+from accounts import teams
+from accounts.models import ApiToken, Membership, Role, Team
 from audit.log import record
 
 NAME_MAX = ApiToken._meta.get_field("name").max_length
@@ -57,3 +62,92 @@ def token_revoke(request, token_id: int):
         if revoked:
             record(request.user, "apitoken.revoke", token, via="page")
     return redirect("token-list")
+
+
+# Teams ------------------------------------------------------------------------------------
+
+QUOTA = (("jobs", "jobs", "max_running_jobs"), ("CPU slots", "cpus", "max_cpus"),
+         ("GPUs", "gpus", "max_gpus"))
+
+
+def _teams_page(request, *, status=200, error=None, error_team=None, added=None):
+    """The teams page; `error` shown in `error_team`'s card, its add form keeping `added`."""
+    rows = teams.overview(request.user, members_of_all=request.user.is_staff)
+    for row in rows:
+        team = row["team"]
+        row["quota"] = [{"label": label, "used": row["held"][used],
+                         "limit": getattr(team, limit),
+                         "full": getattr(team, limit) is not None
+                         and row["held"][used] >= getattr(team, limit)}
+                        for label, used, limit in QUOTA]
+        row["manage"] = request.user.is_staff or row["role"] == Role.ADMIN
+        row["error"] = error if error_team == team.pk else None
+        row["added"] = added if error_team == team.pk else {}
+    context = {"rows": rows, "roles": Role.values}
+    return render(request, "accounts/teams.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET"])
+def team_list(request):
+    return _teams_page(request)
+
+
+def _managed_team(request, name: str) -> Team:
+    """The team, if the user may manage its members: 404 unless they are in it (or staff),
+    403 unless they are its admin (or staff)."""
+    team = get_object_or_404(Team, name=name)
+    if request.user.is_staff:
+        return team
+    role = teams.role_in(request.user, team.pk)
+    if role is None:
+        raise Http404("No such team.")
+    if role != Role.ADMIN:
+        raise PermissionDenied("Only the team's admins manage its members.")
+    return team
+
+
+def _membership_or_404(team: Team, username: str) -> Membership:
+    return get_object_or_404(Membership.objects.select_related("team", "user"),
+                             team=team, user__username=username)
+
+
+def _back_to(team: Team):
+    return redirect(f"{reverse('team-list')}#team-{team.name}")
+
+
+@login_required
+@require_POST
+def team_member_add(request, name: str):
+    team = _managed_team(request, name)
+    username, role = request.POST.get("username", ""), request.POST.get("role", Role.MEMBER)
+    try:
+        teams.add_member(request.user, team, username, role, via="page")
+    except teams.MembershipRefused as exc:
+        return _teams_page(request, status=400, error=str(exc), error_team=team.pk,
+                           added={"username": username.strip(), "role": role})
+    return _back_to(team)
+
+
+@login_required
+@require_POST
+def team_member_role(request, name: str, username: str):
+    team = _managed_team(request, name)
+    membership = _membership_or_404(team, username)
+    try:
+        teams.set_role(request.user, membership, request.POST.get("role", ""), via="page")
+    except teams.MembershipRefused as exc:
+        return _teams_page(request, status=400, error=str(exc), error_team=team.pk)
+    return _back_to(team)
+
+
+@login_required
+@require_POST
+def team_member_remove(request, name: str, username: str):
+    team = _managed_team(request, name)
+    membership = _membership_or_404(team, username)
+    try:
+        teams.remove_member(request.user, membership, via="page")
+    except teams.MembershipRefused as exc:
+        return _teams_page(request, status=400, error=str(exc), error_team=team.pk)
+    return _back_to(team)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts.api import TeamList
 from audit.api import AuditList
 
 urlpatterns = [
@@ -10,6 +11,7 @@ urlpatterns = [
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("schedules.api_urls")),
     path("api/v1/audit/", AuditList.as_view(), name="api-audit"),
+    path("api/v1/teams/", TeamList.as_view(), name="api-teams"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("accounts.urls")),
