@@ -28,6 +28,11 @@ def give_jobs_teams(apps, schema_editor):
             team_id = team.pk
         Job.objects.filter(owner_id=owner_id, team__isnull=True).update(team_id=team_id)
     Job.objects.filter(state="pending", after__isnull=False).update(blocked=True)
+    if schema_editor.connection.vendor == "postgresql":
+        # The rows just written leave deferred foreign-key checks pending, and PostgreSQL
+        # alters no table with checks pending: run them now.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        schema_editor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 class Migration(migrations.Migration):
