@@ -83,7 +83,7 @@ def overview(user, *, members_of_all: bool = False) -> list[dict]:
     ids = [team.pk for team in teams]
     roles = dict(Membership.objects.filter(user=user, team_id__in=ids)
                  .values_list("team_id", "role"))
-    usage, _ = admission.held()
+    usage, *_ = admission.held()
     waiting = dict(Job.objects.filter(admission.waiting(), team_id__in=ids)
                    .values_list("team_id").annotate(n=Count("id")).order_by())
     shown = ids if members_of_all else list(roles)

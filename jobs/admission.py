@@ -14,6 +14,7 @@ message says why it waits, and `place_in_line` says how many go before it.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +31,7 @@ from jobs.dispatch import dispatch_on_commit
 from jobs.models import Job, JobState, Node, NodeState
 
 LOCK_KEY = 0x706F7274  # "port"
-WINDOW = 100  # pending jobs looked at per team and pass
+WINDOW = 100  # pending jobs looked at per team, queue and pass
 HELD = (JobState.QUEUED, JobState.RUNNING)
 
 
@@ -45,27 +46,48 @@ def waiting() -> Q:
     return Q(state=JobState.PENDING, blocked=False, parent__isnull=True)
 
 
-def quota_reason(team: Team, usage: dict, job) -> str:
-    """Why the team cannot start this job now, or "" if its quota has room."""
-    limits = (("max_running_jobs", "jobs", 1, "running jobs"),
-              ("max_cpus", "cpus", job.cpus, "CPU slots"),
-              ("max_gpus", "gpus", job.gpus, "GPUs"))
-    for limit_field, used, wants, what in limits:
+LIMITS = (("max_running_jobs", "jobs", "running jobs"), ("max_cpus", "cpus", "CPU slots"),
+          ("max_gpus", "gpus", "GPUs"))
+
+
+def wants(job, what: str) -> int:
+    return 1 if what == "jobs" else getattr(job, what)
+
+
+def never_fits(team: Team, job) -> str:
+    """Why the job can never start under its team's quota as it stands, or ""."""
+    for limit_field, what, label in LIMITS:
         limit = getattr(team, limit_field)
-        if limit is not None and usage[used] + wants > limit:
-            return f"team {team.name}: {usage[used]} of {limit} {what}"
+        if limit == 0:
+            return f"team {team.name}: paused, with a quota of 0 {label}"
+        if limit is not None and wants(job, what) > limit:
+            return (f"team {team.name}: needs {wants(job, what)} {label}, more than its quota "
+                    f"of {limit}: it waits until an admin raises the quota")
     return ""
 
 
-def held() -> tuple[dict[int, dict], dict[str, int]]:
-    """What queued and running jobs hold, in one query: per team (its own jobs, not a fan-out's
-    partitions, which run within their parent's place) and per queue (every job)."""
+def quota_reason(team: Team, usage: dict, job) -> str:
+    """Why the team cannot start this job now, or "" if its quota has room."""
+    for limit_field, what, label in LIMITS:
+        limit = getattr(team, limit_field)
+        if limit is not None and usage[what] + wants(job, what) > limit:
+            return f"team {team.name}: {usage[what]} of {limit} {label}"
+    return ""
+
+
+def labels_key(labels) -> str:
+    return json.dumps(labels or {}, sort_keys=True)
+
+
+def held() -> tuple[dict[int, dict], dict[str, int], dict[tuple[str, str], int]]:
+    """What queued and running jobs hold, in one query: per team (jobs it submitted; CPU slots
+    and GPUs of those and of their fan-outs' partitions), per queue, and per queue and labels."""
     usage: dict[int, dict] = defaultdict(lambda: {"jobs": 0, "cpus": 0, "gpus": 0})
     busy: dict[str, int] = defaultdict(int)
-    own = Q(parent__isnull=True)
-    rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue")
-            .annotate(n=Count("id"), jobs=Count("id", filter=own),
-                      cpus=Sum("cpus", filter=own), gpus=Sum("gpus", filter=own))
+    routes: dict[tuple[str, str], int] = defaultdict(int)
+    rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue", "labels")
+            .annotate(n=Count("id"), jobs=Count("id", filter=Q(parent__isnull=True)),
+                      cpus=Sum("cpus"), gpus=Sum("gpus"))
             .order_by())
     for row in rows:
         used = usage[row["team_id"]]
@@ -73,37 +95,74 @@ def held() -> tuple[dict[int, dict], dict[str, int]]:
         used["cpus"] += row["cpus"] or 0
         used["gpus"] += row["gpus"] or 0
         busy[row["queue"]] += row["n"]
-    return usage, busy
+        if row["labels"]:
+            routes[(row["queue"], labels_key(row["labels"]))] += row["n"]
+    return usage, busy, routes
 
 
-def pool_room(busy: dict[str, int]) -> dict[str, float]:
-    """Free places per queue: its online nodes' slots (and as many again waiting in the broker,
-    so a worker never idles between two passes) less the jobs queued or running there. A queue
-    that no online node serves is not limited here: its jobs wait in the broker for a node."""
-    capacity: dict[str, int] = defaultdict(int)
-    for queues, slots in Node.objects.filter(state=NodeState.ONLINE).values_list(
-            "queues", "concurrency"):
-        for queue in queues or []:
-            capacity[queue] += slots
-    room: dict[str, float] = defaultdict(lambda: inf)
-    for queue, slots in capacity.items():
-        room[queue] = slots * (1 + settings.ADMIT_AHEAD) - busy.get(queue, 0)
-    return room
+class Room:
+    """Free places: per queue, its online nodes' slots (and ADMIT_AHEAD as many again waiting
+    in the broker, so a worker never idles between two passes) less the jobs queued or running
+    there; for a job that needs labels, also those of the online nodes that have them. A queue
+    that no node has ever served is not limited here (its jobs wait in the broker for one); one
+    whose nodes are all offline has no room."""
+
+    def __init__(self, busy: dict[str, int], routes: dict[tuple[str, str], int]):
+        self.busy, self.routes = busy, routes
+        self.nodes = list(Node.objects.values_list("state", "queues", "labels", "concurrency"))
+        self.served = {queue for _, queues, _, _ in self.nodes for queue in queues or []}
+        self.free: dict[tuple[str, str], float] = {}
+
+    def capacity(self, queue: str, labels: dict) -> float:
+        wanted = set((labels or {}).items())
+        slots = sum(concurrency for state, queues, offered, concurrency in self.nodes
+                    if state == NodeState.ONLINE and queue in (queues or [])
+                    and wanted <= set((offered or {}).items()))
+        return slots * (1 + settings.ADMIT_AHEAD)
+
+    def _left(self, queue: str, labels: dict) -> float:
+        key = (queue, labels_key(labels))
+        if key not in self.free:
+            if queue not in self.served:
+                self.free[key] = inf
+            elif labels:
+                self.free[key] = self.capacity(queue, labels) - self.routes.get(key, 0)
+            else:
+                self.free[key] = self.capacity(queue, {}) - self.busy.get(queue, 0)
+        return self.free[key]
+
+    def why_not(self, job) -> str:
+        """Why the job has no place now, or ""."""
+        if self._left(job.queue, {}) < 1:
+            if not self.capacity(job.queue, {}):
+                return f"queue {job.queue}: no node serving it is online"
+            return f"queue {job.queue}: every slot is taken"
+        if job.labels and self._left(job.queue, job.labels) < 1:
+            text = ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))
+            return f"queue {job.queue}: every slot of the nodes with {text} is taken"
+        return ""
+
+    def take(self, job) -> None:
+        self.free[(job.queue, labels_key({}))] -= 1
+        if job.labels:
+            self.free[(job.queue, labels_key(job.labels))] -= 1
 
 
 TEAM_FIELDS = ("name", "max_running_jobs", "max_cpus", "max_gpus", "share")
 
 
 def lines() -> dict[int, deque[Job]]:
-    """Each team's waiting jobs in the order they go (its first WINDOW), with the team's quota,
-    in one query (written out: the ORM's version costs more to build than to run)."""
+    """Each team's waiting jobs in the order they go, with the team's quota, in one query
+    (written out: the ORM's version costs more to build than to run). At most WINDOW per team
+    and queue, so a long line for a full queue does not hide a job for an idle one."""
     jobs, teams = Job._meta.db_table, Team._meta.db_table
     ranked = Job.objects.raw(
         f"SELECT ranked.*, {', '.join(f't.{f} AS team_{f}' for f in TEAM_FIELDS)} FROM "
-        f"(SELECT {jobs}.*, ROW_NUMBER() OVER (PARTITION BY team_id ORDER BY priority DESC, "
-        f"id) AS line_rank FROM {jobs} WHERE state = %s AND NOT blocked AND parent_id IS NULL"
-        f") ranked JOIN {teams} t ON t.id = ranked.team_id WHERE line_rank <= %s "
-        f"ORDER BY ranked.team_id, line_rank", [JobState.PENDING.value, WINDOW])
+        f"(SELECT {jobs}.*, ROW_NUMBER() OVER (PARTITION BY team_id, queue ORDER BY priority "
+        f"DESC, id) AS line_rank FROM {jobs} WHERE state = %s AND NOT blocked AND parent_id "
+        f"IS NULL) ranked JOIN {teams} t ON t.id = ranked.team_id WHERE line_rank <= %s "
+        f"ORDER BY ranked.team_id, ranked.priority DESC, ranked.id",
+        [JobState.PENDING.value, WINDOW])
     by_team: dict[int, deque[Job]] = defaultdict(deque)
     teams_by_id: dict[int, Team] = {}
     for job in ranked:
@@ -135,39 +194,36 @@ def admit() -> Pass:
         if not waiting_lines:
             return Pass()
         teams = {team_id: line[0].team for team_id, line in waiting_lines.items()}
-        usage, busy = held()
-        room = pool_room(busy)
-        admitted: list[Job] = []
+        usage, busy, routes = held()
+        room = Room(busy, routes)
+        chosen: list[Job] = []
         reasons: dict[int, str] = {}
         while waiting_lines:
             team_id = min(waiting_lines,
                           key=lambda t: (usage[t]["jobs"] / max(teams[t].share, 1), t))
             line = waiting_lines[team_id]
             job = line[0]
-            reason = quota_reason(teams[team_id], usage[team_id], job)
-            if reason:  # the team is at its quota: its whole line waits behind this job
-                reasons.update((other.pk, reason) for other in line)
-                del waiting_lines[team_id]
-                continue
+            reason = never_fits(teams[team_id], job)
+            if not reason:
+                reason = quota_reason(teams[team_id], usage[team_id], job)
+                if reason:  # the team is at its quota: its whole line waits behind this job
+                    reasons.update((other.pk, reason) for other in line)
+                    del waiting_lines[team_id]
+                    continue
+                reason = room.why_not(job)
             line.popleft()
             if not line:
                 del waiting_lines[team_id]
-            if room[job.queue] < 1:
-                reasons[job.pk] = f"queue {job.queue}: every slot is taken"
+            if reason:  # this one waits; the next of its team may fit
+                reasons[job.pk] = reason
                 continue
-            room[job.queue] -= 1
+            room.take(job)
             used = usage[team_id]
-            used["jobs"] += 1
-            used["cpus"] += job.cpus
-            used["gpus"] += job.gpus
-            admitted.append(job)
+            for what in used:
+                used[what] += wants(job, what)
+            chosen.append(job)
         now = timezone.now()
-        if admitted:
-            Job.objects.filter(pk__in=[job.pk for job in admitted],
-                               state=JobState.PENDING).update(
-                state=JobState.QUEUED, dispatched_at=now, message="")
-            for job in admitted:  # as the row now is (the pass holds the lock)
-                job.state, job.dispatched_at, job.message = JobState.QUEUED, now, ""
+        admitted = queue_jobs(chosen, now)
         by_reason = defaultdict(list)
         for job_id, reason in reasons.items():
             by_reason[reason].append(job_id)
@@ -180,6 +236,24 @@ def admit() -> Pass:
             outbox.job(job.pk, job.team_id, state_event(job))
         outbox.publish_on_commit()
     return Pass([job.pk for job in admitted], reasons, now)
+
+
+def queue_jobs(jobs: list[Job], now) -> list[Job]:
+    """Move the chosen jobs to queued, those still pending: one cancelled while the pass ran
+    stays cancelled and is not sent."""
+    if not jobs:
+        return []
+    table = Job._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET state = %s, dispatched_at = %s, message = '' WHERE state = %s "
+            f"AND id IN ({', '.join(['%s'] * len(jobs))}) RETURNING id",
+            [JobState.QUEUED.value, now, JobState.PENDING.value, *[job.pk for job in jobs]])
+        moved = {row[0] for row in cursor.fetchall()}
+    admitted = [job for job in jobs if job.pk in moved]
+    for job in admitted:  # as the row now is
+        job.state, job.dispatched_at, job.message = JobState.QUEUED, now, ""
+    return admitted
 
 
 def admit_on_commit() -> None:

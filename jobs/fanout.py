@@ -51,9 +51,13 @@ def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, n
         return []
     queue = event.get("queue") or kind.queue
     label = parent["name"] or parent["kind"]
+    # Partitions hold what their parent asked for, on the same kind of node when they run in
+    # its queue (a label means nothing in another pool).
+    labels = (parent["labels"] or {}) if queue == parent["queue"] else {}
     children = Job.objects.bulk_create([
         Job(owner_id=parent["owner_id"], team_id=parent["team_id"], kind=kind.name,
-            name=f"{label} · part {i}"[:200],
+            name=f"{label} · part {i}"[:200], labels=labels, cpus=parent["cpus"],
+            gpus=parent["gpus"],
             params=parts[i], queue=queue, max_attempts=parent["max_attempts"],
             timeout_s=parent["timeout_s"], state=JobState.QUEUED, attempt=1,
             token=new_token(), created_at=now, dispatched_at=now, parent_id=parent["id"],

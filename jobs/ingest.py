@@ -57,7 +57,8 @@ def at(ts: float) -> datetime:
 
 JOB_FIELDS = ("id", "attempt", "token", "owner_id", "team_id", "state", "cancel_requested_at",
               "kind", "name", "node", "message", "progress", "error", "max_attempts", "timeout_s",
-              "parent_id", "partition", "done", "total")
+              "parent_id", "partition", "done", "total", "queue", "labels",
+              "cpus", "gpus")
 
 
 class Plan:

@@ -141,10 +141,14 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     timeout_s = _int_field(data, "timeout_s", errors, default=settings.JOB_DEFAULT_TIMEOUT_S,
                            low=1, high=settings.JOB_MAX_TIMEOUT_S)
     after = _after_field(data.get("after", []), errors)
-    cpus = _int_field(data, "cpus", errors, default=1, low=0, high=1024)
-    gpus = _int_field(data, "gpus", errors, default=0, low=0, high=64)
+    cpus = _int_field(data, "cpus", errors, default=1, low=1, high=1024)
+    # A job in the gpu queue holds at least one GPU: its team's GPU quota counts it.
+    gpus = _int_field(data, "gpus", errors, default=int(queue == "gpu"),
+                      low=int(queue == "gpu"), high=64)
     labels = _labels_field(data.get("labels", {}), queue, errors)
     team = _team_field(data.get("team"), owner, errors) if owner is not None else None
+    if team is not None and not errors:
+        _fits_quota(team, cpus, gpus, errors)
     if errors:
         raise InvalidJob(errors)
     return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
@@ -168,6 +172,13 @@ def _team_field(value, owner, errors) -> Team | None:
     if team is None:
         errors["team"] = [f"you may not submit jobs to team {value!r}"]
     return team
+
+
+def _fits_quota(team: Team, cpus: int, gpus: int, errors) -> None:
+    """A job bigger than its team's whole quota could never start: refused at once."""
+    for field, wanted, limit in (("cpus", cpus, team.max_cpus), ("gpus", gpus, team.max_gpus)):
+        if limit is not None and wanted > limit:
+            errors[field] = [f"more than team {team.name}'s quota of {limit}"]
 
 
 def _labels_field(value, queue, errors) -> dict:
@@ -223,17 +234,20 @@ def _jobs_text(ids) -> str:
 
 
 def _check_after(owner, specs: list[JobSpec]) -> None:
-    """A job may wait only for jobs its owner may see: any other id is as unknown as one
-    that does not exist."""
-    wanted = {job_id for spec in specs for job_id in spec.after}
-    if not wanted:
-        return
+    """A job may wait only for jobs of its own team that its owner may see: any other id is as
+    unknown as one that does not exist (the job's team would learn of it otherwise)."""
     from jobs.selectors import visible_jobs
 
-    seen = set(visible_jobs(owner).filter(pk__in=wanted).values_list("pk", flat=True))
-    missing = sorted(wanted - seen)
-    if missing:
-        raise InvalidJob({"after": [f"no such job: {', '.join(map(str, missing))}"]})
+    for spec in specs:
+        if not spec.after:
+            continue
+        team = spec.team or teams.default_team(owner)
+        seen = set(visible_jobs(owner).filter(pk__in=spec.after, team=team)
+                   .values_list("pk", flat=True))
+        missing = sorted(set(spec.after) - seen)
+        if missing:
+            raise InvalidJob({"after": [f"no such job in team {team}: "
+                                        f"{', '.join(map(str, missing))}"]})
 
 
 def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]:
@@ -309,9 +323,11 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None,
                via: str = "api") -> tuple[Job, bool]:
     """Submit one job; with an idempotency key, a repeat returns the first job (created=False)."""
     authorize(owner, [spec])
-    if idempotency_key:
+    from jobs.selectors import visible_jobs
+
+    if idempotency_key:  # a repeat: the first job, while its submitter may still see it
         existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing:
+        if existing and visible_jobs(owner).filter(pk=existing.pk).exists():
             return existing, False
     if not idempotency_key:
         return submit_jobs(owner=owner, specs=[spec], via=via)[0], True
@@ -321,7 +337,10 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None,
             [job] = _create(owner, [spec], timezone.now(), idempotency_key)
             record(owner, "job.submit", job, via=via)
     except IntegrityError:
-        return Job.objects.get(owner=owner, idempotency_key=idempotency_key), False
+        existing = Job.objects.get(owner=owner, idempotency_key=idempotency_key)
+        if not visible_jobs(owner).filter(pk=existing.pk).exists():
+            raise InvalidJob({"Idempotency-Key": ["already used"]}) from None
+        return existing, False
     return moved_on([job])[0], True
 
 

@@ -68,7 +68,13 @@ def test_only_visible_jobs_can_be_waited_for_and_ids_must_be_ids(api, cast):
     theirs, _ = services.submit_job(owner=cast.bob, spec=services.validate_spec(
         {"kind": "diag.noop", "params": {}}))
     assert submit(api, expect=400, after=[str(theirs.pk)]) == {
-        "after": [f"no such job: {theirs.pk}"]}
+        "after": [f"no such job in team ml: {theirs.pk}"]}
+    # Nor a job of another of the user's teams: its team would learn how that one went.
+    from accounts.models import Membership
+
+    Membership.objects.create(team=cast.etl, user=cast.alice, role="viewer")
+    assert submit(api, expect=400, after=[str(theirs.pk)]) == {
+        "after": [f"no such job in team ml: {theirs.pk}"]}
     assert "after" in submit(api, expect=400, after=["x"])
     assert "after" in submit(api, expect=400, after="3")
     assert "after" in submit(api, expect=400, after=[True])

@@ -260,3 +260,83 @@ def test_the_pages_follow_the_same_rule(api, cast, carol, viewer, client):
     assert 'id="cancel-form" hidden' in page  # a viewer is offered no cancel
     assert client.post(f"/jobs/{job['id']}/cancel/").status_code == 403
     assert Job.objects.get(pk=job["id"]).state != JobState.CANCELLED
+
+
+# What the review of admission found ---------------------------------------------------------
+
+
+def test_a_job_bigger_than_its_teams_quota_is_refused_and_one_left_so_waits_alone(api, cast):
+    Team.objects.filter(pk=cast.ml.pk).update(max_cpus=4)
+    refused = post_json(api, {**SLEEP, "cpus": 8})
+    assert refused.status_code == 400
+    assert refused.json() == {"cpus": ["more than team ml's quota of 4"]}
+    big = post_json(api, {**SLEEP, "cpus": 4}).json()
+    Job.objects.filter(pk=big["id"]).update(state="pending", message="")  # as if waiting
+    Team.objects.filter(pk=cast.ml.pk).update(max_cpus=2)  # an admin lowers the quota
+    small = post_json(api, {**SLEEP, "cpus": 1}).json()
+    assert small["state"] == "queued"  # not stuck behind a job that can never start
+    assert Job.objects.get(pk=big["id"]).message == (
+        "team ml: needs 4 CPU slots, more than its quota of 2: it waits until an admin "
+        "raises the quota")
+
+
+def test_cpus_and_gpus_are_what_the_job_holds(api):
+    assert post_json(api, {**SLEEP, "cpus": 0}).json() == {"cpus": ["must be between 1 and 1024"]}
+    Node.objects.create(name="g1", queues=["gpu"], concurrency=1)
+    assert post_json(api, {**SLEEP, "queue": "gpu"}).json()["gpus"] == 1
+    assert "gpus" in post_json(api, {**SLEEP, "queue": "gpu", "gpus": 0}).json()
+
+
+def test_a_full_queue_does_not_hide_a_job_for_an_idle_one(api, settings, monkeypatch):
+    settings.ADMIT_AHEAD = 0
+    monkeypatch.setattr(admission, "WINDOW", 3)
+    Node.objects.create(name="c1", queues=["cpu"], concurrency=1)
+    Node.objects.create(name="t1", queues=["train"], concurrency=1)
+    post_json(api, [{"kind": "diag.noop"}] * 6)  # one runs, five wait for the cpu slot
+    train = post_json(api, {"kind": "diag.noop", "queue": "train"}).json()
+    assert train["state"] == "queued"
+
+
+def test_jobs_that_need_labels_count_the_slots_of_the_nodes_that_have_them(api, cast, settings):
+    settings.ADMIT_AHEAD = 0
+    Node.objects.create(name="a", queues=["cpu"], concurrency=1, labels={"gpu": "a100"})
+    Node.objects.create(name="b", queues=["cpu"], concurrency=4)
+    jobs = post_json(api, [{"kind": "diag.noop", "labels": {"gpu": "a100"}}] * 3).json()
+    assert [j["state"] for j in jobs] == ["queued", "pending", "pending"]
+    assert jobs[1]["message"] == "queue cpu: every slot of the nodes with gpu=a100 is taken"
+    plain = post_json(client_for(cast.bob), {"kind": "diag.noop"}).json()
+    assert plain["state"] == "queued"  # node b has room for it
+
+
+def test_a_queue_whose_nodes_are_all_offline_admits_nothing(api):
+    Node.objects.create(name="c1", queues=["cpu"], concurrency=2, state="offline")
+    job = post_json(api, {"kind": "diag.noop"}).json()
+    assert job["state"] == "pending"
+    assert job["message"] == "queue cpu: no node serving it is online"
+    Node.objects.filter(name="c1").update(state="online")
+    admission.admit()
+    assert Job.objects.get(pk=job["id"]).state == "queued"
+
+
+def test_a_job_cancelled_while_a_pass_runs_is_not_sent(api, cast):
+    Team.objects.filter(pk=cast.ml.pk).update(max_running_jobs=0)
+    job = Job.objects.get(pk=post_json(api, SLEEP).json()["id"])
+    Job.objects.filter(pk=job.pk).update(state=JobState.CANCELLED)  # meanwhile
+    assert admission.queue_jobs([job], job.created_at) == []
+    assert Job.objects.get(pk=job.pk).state == JobState.CANCELLED
+
+
+def test_a_fan_outs_partitions_hold_what_their_parent_asked_for(cast):
+    from jobs import fanout
+    from jobs.broadcast import Outbox
+    from jobs.ingest import JOB_FIELDS
+
+    Node.objects.create(name="g1", queues=["gpu"], concurrency=2, labels={"gpu": "a100"})
+    spec = services.validate_spec({"kind": "diag.fanout", "queue": "gpu", "gpus": 2,
+                                   "labels": {"gpu": "a100"}}, owner=cast.alice)
+    [parent] = services.submit_jobs(owner=cast.alice, specs=[spec])
+    row = Job.objects.filter(pk=parent.pk).values(*JOB_FIELDS).get()
+    children = fanout.create_children(row, {"kind": "diag.part", "queue": "gpu",
+                                            "parts": [{}, {}]}, Outbox(), [], parent.created_at)
+    assert [(c.team_id, c.gpus, c.labels) for c in children] == [
+        (cast.ml.pk, 2, {"gpu": "a100"})] * 2
