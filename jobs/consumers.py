@@ -15,12 +15,15 @@ from collections import defaultdict
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from jobs import selectors
 
 log = logging.getLogger(__name__)
 NOT_AUTHENTICATED = 4401
 NOT_FOUND = 4404
+ACCESS_CHANGED = 4409  # the user's teams or rights changed: reconnect, and see what is allowed
 
 
 class Relay:
@@ -101,6 +104,26 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         held, self.held = self.held, None
         for text in held:
             await self.send(text_data=text)
+        self.watch = asyncio.ensure_future(self.recheck(user.pk))
+
+    async def recheck(self, user_id: int) -> None:
+        """Access is decided at connect and checked again every WS_ACCESS_RECHECK_S: a user
+        taken out of a team, deactivated or no longer staff stops receiving what they may no
+        longer see (the socket is closed; a client reconnects and gets what it may)."""
+        while True:
+            await asyncio.sleep(settings.WS_ACCESS_RECHECK_S)
+            try:
+                allowed = await database_sync_to_async(self.streams_of)(user_id)
+            except Exception:  # the database away: check again next time
+                log.warning("websocket: access not rechecked", exc_info=True)
+                continue
+            if allowed != self.joined:
+                await self.close(code=ACCESS_CHANGED)
+                return
+
+    def streams_of(self, user_id: int) -> list[str] | None:
+        user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+        return None if user is None else self.allowed_streams(user)
 
     async def frame(self, text: str) -> None:
         """A frame {"type": "batch", "stream", "seq", "events": [...]}, from the relay."""
@@ -113,6 +136,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def disconnect(self, code):
+        watch = getattr(self, "watch", None)
+        if watch is not None:
+            watch.cancel()
         if self.joined:
             await relay().leave(self.joined, self)
 

@@ -182,6 +182,8 @@ RECONCILE_EVERY_S = env_float("RECONCILE_EVERY_S", 2.0)
 NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
 # Per websocket stream, at most one frame per this many seconds; what arrives between is merged.
 LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.25)
+# How often an open websocket checks again that its user may still see what it streams.
+WS_ACCESS_RECHECK_S = env_float("WS_ACCESS_RECHECK_S", 15.0)
 LIVE_CLUSTER_COALESCE_S = env_float("LIVE_CLUSTER_COALESCE_S", 1.0)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)

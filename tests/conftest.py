@@ -26,6 +26,7 @@ TIMINGS = {
     "EVENT_FLUSH_S": "0.05",
     "BROKER_VISIBILITY_TIMEOUT": "8",
     "BROKER_RESTORE_EVERY_S": "2",
+    "WS_ACCESS_RECHECK_S": "1",
 }
 # Throttled but never reached: tests submit fast, and the counts outlive a test in Redis.
 # tests/test_throttle.py sets low rates of its own.
