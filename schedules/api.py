@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from schedules import selectors, services
-from schedules.cron import HELP
+from schedules.cron import HELP, MAX_LENGTH
 from schedules.models import Schedule
 
 
@@ -43,7 +43,7 @@ class ScheduleWriteSerializer(serializers.Serializer):
 
     name = serializers.CharField(max_length=200)
     team = serializers.CharField(required=False)
-    cron = serializers.CharField(help_text=HELP)
+    cron = serializers.CharField(max_length=MAX_LENGTH, help_text=HELP)
     kind = serializers.CharField()
     params = serializers.DictField(required=False)
     priority = serializers.IntegerField(required=False, min_value=-100, max_value=100)

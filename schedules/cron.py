@@ -8,6 +8,8 @@ from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
 HELP = "minute hour day-of-month month day-of-week, in UTC: 0 3 * * * is 03:00 every day"
+# The `cron` column's width (schedules.models.Schedule.cron).
+MAX_LENGTH = 100
 
 
 def cron_errors(expression) -> list[str]:
@@ -16,6 +18,8 @@ def cron_errors(expression) -> list[str]:
         return ["must be a string"]
     if not expression.strip():
         return ["is required"]
+    if len(expression) > MAX_LENGTH:
+        return [f"must be at most {MAX_LENGTH} characters, not {len(expression)}"]
     fields = expression.split()
     if len(fields) != 5:
         return [f"must have 5 fields (minute hour day-of-month month day-of-week), not "

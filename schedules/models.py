@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from schedules.cron import HELP, validate_cron
+from schedules.cron import HELP, MAX_LENGTH, validate_cron
 
 
 class Schedule(models.Model):
@@ -14,7 +14,7 @@ class Schedule(models.Model):
     # again at every run, so a schedule stops submitting when its owner loses them.
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                               related_name="schedules")
-    cron = models.CharField(max_length=100, validators=[validate_cron], help_text=HELP)
+    cron = models.CharField(max_length=MAX_LENGTH, validators=[validate_cron], help_text=HELP)
     kind = models.CharField(max_length=100)
     params = models.JSONField(default=dict, blank=True)
     priority = models.SmallIntegerField(default=0)

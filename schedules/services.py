@@ -1,7 +1,9 @@
 """Writes for schedules, and the reconciler's `tick` that submits what is due.
 
 Every job a schedule makes goes the way any other job does: `jobs.services.validate_spec`
-with the schedule's owner, then `jobs.services.submit_jobs`. Its rights are checked again at
+with the schedule's owner, then `jobs.services.submit_jobs` (audited as the owner's
+"job.submit" via "system", beside the system's "schedule.run", or "schedule.run_now" by who
+ran it, naming the schedule and the job). Its rights are checked again at
 every run, so a schedule whose kind was removed or whose owner lost the right records why in
 `last_error` and submits nothing, and the others go on.
 
@@ -21,6 +23,7 @@ from django.utils import timezone
 
 from accounts.models import Membership, Team
 from accounts.teams import can_act, default_team
+from audit.log import record
 from jobs import services as jobs
 from schedules.cron import cron_errors, next_after
 from schedules.models import Schedule
@@ -30,6 +33,8 @@ BATCH = 100
 FIELDS = ("name", "team", "cron", "kind", "params", "priority", "enabled")
 # What the submitted job is made of: who changes one of these becomes the schedule's owner.
 JOB_FIELDS = ("name", "team", "kind", "params", "priority")
+# What the last run left: another team's job, once the schedule moves to a new team.
+LAST_RUN_FIELDS = ("last_run_at", "last_job", "last_error")
 
 
 class InvalidSchedule(Exception):
@@ -169,6 +174,8 @@ def update_schedule(*, schedule: Schedule, user, data: dict) -> Schedule:
     if changed & set(JOB_FIELDS):
         schedule.owner = user
         fields.append("owner")
+    if "team" in changed:
+        fields.extend(forget_last_run(schedule))
     if not schedule.enabled:
         schedule.next_run_at = None
         fields.append("next_run_at")
@@ -182,23 +189,38 @@ def update_schedule(*, schedule: Schedule, user, data: dict) -> Schedule:
     return schedule
 
 
+def forget_last_run(schedule: Schedule) -> list[str]:
+    """A schedule moved to another team: its last run was the old team's, whose job (its id,
+    its state) the new team must not see. Returns the fields to save."""
+    schedule.last_run_at, schedule.last_job, schedule.last_error = None, None, ""
+    return list(LAST_RUN_FIELDS)
+
+
 def delete_schedule(*, schedule: Schedule, user) -> None:
     if not can_act(user, schedule.team_id):
         raise PermissionDenied("you may only view this team's schedules")
     schedule.delete()
 
 
-def set_enabled(schedule: Schedule, enabled: bool, now=None) -> Schedule:
-    """Enable (the next run is the first cron time from now) or disable a schedule."""
-    schedule.enabled = enabled
-    schedule.next_run_at = next_after(schedule.cron, now or timezone.now()) if enabled else None
-    schedule.save(update_fields=["enabled", "next_run_at"])
-    return schedule
+def set_enabled(schedule: Schedule, enabled: bool, now=None) -> bool:
+    """Enable (the next run is the first cron time from now) or disable a schedule. One that
+    already is as asked is left alone: enabling an enabled schedule does not skip a run that
+    is due. Returns whether it changed."""
+    if enabled:
+        # Conditional, so a schedule enabled meanwhile (or claimed by a run) keeps its next run.
+        changed = Schedule.objects.filter(pk=schedule.pk, enabled=False).update(
+            enabled=True, next_run_at=next_after(schedule.cron, now or timezone.now()))
+    else:
+        changed = Schedule.objects.filter(pk=schedule.pk).exclude(
+            enabled=False, next_run_at=None).update(enabled=False, next_run_at=None)
+    schedule.refresh_from_db(fields=["enabled", "next_run_at"])
+    return bool(changed)
 
 
-def run_now(schedule: Schedule, now=None):
-    """Submit the schedule's job at once (its next run stays when it was); raise InvalidJob,
-    recorded in `last_error`, if it cannot be submitted."""
+def run_now(schedule: Schedule, now=None, *, actor=None, via: str = "system"):
+    """Submit the schedule's job at once (its next run stays when it was), audited as
+    "schedule.run_now" by `actor` via `via`; raise InvalidJob, recorded in `last_error`, if it
+    cannot be submitted."""
     now = now or timezone.now()
     with transaction.atomic():
         schedule = (Schedule.objects.select_for_update().select_related("team", "owner")
@@ -211,6 +233,7 @@ def run_now(schedule: Schedule, now=None):
         else:
             Schedule.objects.filter(pk=schedule.pk).update(last_run_at=now, last_job=job,
                                                            last_error="")
+            record(actor, "schedule.run_now", schedule, via=via, job=job.pk)
             return job
     raise refused
 
@@ -218,11 +241,12 @@ def run_now(schedule: Schedule, now=None):
 # The reconciler's pass.
 
 def _submit(schedule: Schedule):
-    """One job, through the one path every job takes; inside a savepoint, so a refusal leaves
-    the caller's transaction (and its claim) as it was."""
+    """One job, through the one path every job takes (its "job.submit" entry the owner's, via
+    "system": the schedule submitted it, not the owner); inside a savepoint, so a refusal
+    leaves the caller's transaction (and its claim) as it was."""
     with transaction.atomic():
         spec = job_spec(schedule)
-        [job] = jobs.submit_jobs(owner=schedule.owner, specs=[spec])
+        [job] = jobs.submit_jobs(owner=schedule.owner, specs=[spec], via="system")
     return job
 
 
@@ -249,6 +273,7 @@ def run_due(pk: int, due_at, cron: str, now) -> bool:
             Schedule.objects.filter(pk=pk).update(last_error=error)
             return False
         Schedule.objects.filter(pk=pk).update(last_run_at=now, last_job=job, last_error="")
+        record(None, "schedule.run", schedule, via="system", job=job.pk)
         log.info("schedule %s (%s) submitted job %s", pk, schedule.name, job.pk)
         return True
 

@@ -496,3 +496,185 @@ def test_the_admin_form_checks_cron_and_job_and_computes_the_next_run(teams):
     assert response.status_code == 302
     schedule = Schedule.objects.get()
     assert schedule.next_run_at == next_after("0 3 * * *", timezone.now())
+
+
+# Review fixes: the admin's owner, a schedule moved to another team, the audit trail of runs,
+# enabling an enabled schedule, cron expressions too long for their column.
+
+LONG_CRON = ",".join(map(str, range(60))) + " * * * *"  # valid, but 178 characters
+
+
+@pytest.fixture
+def staffer(teams):
+    """A staff member who may manage schedules in the admin but not run shell commands."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("staffer", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(
+        content_type__app_label="schedules", codename__endswith="_schedule"))
+    return user
+
+
+SHELL = {"kind": "shell", "params": '{"argv": ["/usr/bin/printf", "hi"]}'}
+
+
+def admin_form(teams, **changes):
+    return {"name": "from admin", "team": teams.ml.pk, "cron": "0 3 * * *",
+            "kind": "diag.sleep", "params": '{"seconds": 1}', "priority": "0",
+            "enabled": "on", **changes}
+
+
+def test_the_admin_checks_the_job_with_the_rights_of_who_makes_it_not_a_chosen_owner(
+        teams, staffer):
+    staff = client_for(staffer)
+    html = staff.get("/admin/schedules/schedule/add/").content.decode()
+    assert 'name="owner"' not in html  # nobody picks another owner
+    response = staff.post("/admin/schedules/schedule/add/",
+                          admin_form(teams, owner=teams.admin.pk, **SHELL))
+    assert response.status_code == 200 and "kind" in response.context["adminform"].form.errors
+    assert not Schedule.objects.exists()
+
+    response = staff.post("/admin/schedules/schedule/add/", admin_form(teams,
+                                                                     owner=teams.admin.pk))
+    assert response.status_code == 302
+    assert Schedule.objects.get().owner == staffer
+
+
+def test_changing_the_job_in_the_admin_makes_it_yours_checked_with_your_rights(
+        teams, staffer):
+    shell = services.create_schedule(user=teams.admin, data={
+        "name": "shell", "team": "ml", "cron": EVERY_5, "kind": "shell",
+        "params": {"argv": ["/usr/bin/printf", "hi"]}})
+    url = f"/admin/schedules/schedule/{shell.pk}/change/"
+    staff = client_for(staffer)
+    assert 'name="owner"' not in staff.get(url).content.decode()
+    form = admin_form(teams, name="shell", cron=EVERY_5, kind="shell",
+                      params='{"argv": ["/usr/bin/env"]}')
+    response = staff.post(url, form)  # another command, run as the superuser's: refused
+    assert response.status_code == 200 and "kind" in response.context["adminform"].form.errors
+    # Not either when the form's hidden initial value claims the params were so already.
+    response = staff.post(url, {**form, "initial-params": form["params"]})
+    assert response.status_code == 200 and "kind" in response.context["adminform"].form.errors
+    shell.refresh_from_db()
+    assert shell.params["argv"] == ["/usr/bin/printf", "hi"] and shell.owner == teams.admin
+
+    # Only the cron (or enabled) changed: the job is not, the owner stays.
+    response = staff.post(url, {**form, "params": '{"argv": ["/usr/bin/printf", "hi"]}',
+                                "cron": "0 4 * * *"})
+    assert response.status_code == 302
+    shell.refresh_from_db()
+    assert shell.cron == "0 4 * * *" and shell.owner == teams.admin
+
+    mine = make(teams.alice)
+    response = client_for(teams.admin).post(
+        f"/admin/schedules/schedule/{mine.pk}/change/",
+        admin_form(teams, name="nightly", cron=EVERY_5, params='{"seconds": 9}',
+                   owner=teams.alice.pk))
+    assert response.status_code == 302
+    mine.refresh_from_db()
+    assert mine.owner == teams.admin and mine.params == {"seconds": 9}
+
+
+def test_a_schedule_moved_to_another_team_forgets_the_old_teams_last_run(teams):
+    Membership.objects.create(team=teams.etl, user=teams.alice, role="member")
+    schedule = make(teams.alice)
+    overdue(schedule, 6)
+    assert services.tick(timezone.now()) == 1
+    Schedule.objects.filter(pk=schedule.pk).update(last_error="team: once refused")
+    schedule.refresh_from_db()
+    assert schedule.last_job is not None
+
+    services.update_schedule(schedule=schedule, user=teams.alice, data={"team": "etl"})
+    schedule.refresh_from_db()
+    assert schedule.team == teams.etl
+    assert (schedule.last_job, schedule.last_run_at, schedule.last_error) == (None, None, "")
+    body = api_for(teams.bob).get(f"/api/v1/schedules/{schedule.pk}/").json()
+    assert body["last_job"] is None and body["last_run_at"] is None
+
+    # Other changes keep the last run.
+    overdue(schedule, 6)
+    assert services.tick(timezone.now()) == 1
+    services.update_schedule(schedule=schedule, user=teams.alice, data={"name": "renamed"})
+    schedule.refresh_from_db()
+    assert schedule.last_job is not None and schedule.last_run_at is not None
+
+
+def test_a_schedule_moved_to_another_team_in_the_admin_forgets_its_last_run(teams):
+    schedule = make(teams.alice)
+    overdue(schedule, 6)
+    assert services.tick(timezone.now()) == 1
+    response = client_for(teams.admin).post(
+        f"/admin/schedules/schedule/{schedule.pk}/change/",
+        admin_form(teams, name="nightly", team=teams.etl.pk, cron=EVERY_5))
+    assert response.status_code == 302
+    schedule.refresh_from_db()
+    assert schedule.team == teams.etl and schedule.last_job is None
+    assert schedule.last_run_at is None
+
+
+def test_scheduled_runs_are_audited_as_the_systems_and_run_now_as_the_admins(teams):
+    from audit.models import AuditEntry
+
+    schedule = make(teams.alice)
+    overdue(schedule, 6)
+    assert services.tick(timezone.now()) == 1
+    job = Job.objects.get()
+    submit = AuditEntry.objects.get(action="job.submit")
+    assert (submit.actor, submit.via, submit.target_id) == (teams.alice, "system", str(job.pk))
+    run = AuditEntry.objects.get(action="schedule.run")
+    assert (run.actor, run.via, run.target_type, run.target_id, run.detail) == (
+        None, "system", "schedule", str(schedule.pk), {"job": job.pk})
+
+    response = client_for(teams.admin).post("/admin/schedules/schedule/", {
+        "action": "run_now", "_selected_action": [schedule.pk]})
+    assert response.status_code == 302
+    second = Job.objects.latest("pk")
+    assert second != job
+    run_now = AuditEntry.objects.get(action="schedule.run_now")
+    assert (run_now.actor, run_now.via, run_now.target_id, run_now.detail) == (
+        teams.admin, "admin", str(schedule.pk), {"job": second.pk})
+    assert AuditEntry.objects.get(action="job.submit", target_id=str(second.pk)).via == "system"
+    assert AuditEntry.objects.filter(action="schedule.run").count() == 1
+
+
+def test_enabling_an_enabled_schedule_in_the_admin_does_not_skip_its_due_run(teams):
+    from audit.models import AuditEntry
+
+    schedule = make(teams.alice)
+    due_at = overdue(schedule, 3)
+    admin = client_for(teams.admin)
+    admin.post("/admin/schedules/schedule/", {"action": "enable",
+                                             "_selected_action": [schedule.pk]})
+    schedule.refresh_from_db()
+    assert schedule.next_run_at == due_at
+    assert not AuditEntry.objects.filter(action="schedule.change").exists()
+    assert services.tick(timezone.now()) == 1
+
+    admin.post("/admin/schedules/schedule/", {"action": "disable",
+                                             "_selected_action": [schedule.pk]})
+    admin.post("/admin/schedules/schedule/", {"action": "enable",
+                                             "_selected_action": [schedule.pk]})
+    schedule.refresh_from_db()
+    assert schedule.enabled and schedule.next_run_at == next_after(EVERY_5, timezone.now())
+    assert AuditEntry.objects.filter(action="schedule.change", via="admin").count() == 2
+
+
+def test_a_cron_expression_longer_than_its_column_gets_400_not_a_server_error(teams):
+    assert cron_errors(LONG_CRON) == [f"must be at most 100 characters, not {len(LONG_CRON)}"]
+    assert cron_errors(("* " * 50).strip()) != []  # 99 characters: too many fields, not long
+    response = api_for(teams.alice).post("/api/v1/schedules/", {
+        "name": "long", "team": "ml", "cron": LONG_CRON, "kind": "diag.noop"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"cron": [f"must be at most 100 characters, not "
+                                        f"{len(LONG_CRON)}"]}
+    schedule = make(teams.alice)
+    response = api_for(teams.alice).patch(f"/api/v1/schedules/{schedule.pk}/",
+                                          {"cron": LONG_CRON}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["cron"]
+    response = client_for(teams.alice).post("/schedules/new/", {
+        "name": "long", "team": "ml", "cron": LONG_CRON, "kind": "diag.noop",
+        "params": "{}", "priority": "0", "enabled": "on"})
+    assert response.status_code == 400
+    assert 'data-error="cron">must be at most 100 characters' in response.content.decode()
+    assert list(Schedule.objects.values_list("cron", flat=True)) == [EVERY_5]
