@@ -129,25 +129,26 @@ def team_member_add(request, name: str):
     return _back_to(team)
 
 
-@login_required
-@require_POST
-def team_member_role(request, name: str, username: str):
+def _change_member(request, name: str, username: str, change):
+    """A team admin's change to one member; refused (the team's last admin) with the reason."""
     team = _managed_team(request, name)
     membership = _membership_or_404(team, username)
     try:
-        teams.set_role(request.user, membership, request.POST.get("role", ""), via="page")
+        change(membership)
     except teams.MembershipRefused as exc:
         return _teams_page(request, status=400, error=str(exc), error_team=team.pk)
     return _back_to(team)
+
+
+@login_required
+@require_POST
+def team_member_role(request, name: str, username: str):
+    return _change_member(request, name, username, lambda membership: teams.set_role(
+        request.user, membership, request.POST.get("role", ""), via="page"))
 
 
 @login_required
 @require_POST
 def team_member_remove(request, name: str, username: str):
-    team = _managed_team(request, name)
-    membership = _membership_or_404(team, username)
-    try:
-        teams.remove_member(request.user, membership, via="page")
-    except teams.MembershipRefused as exc:
-        return _teams_page(request, status=400, error=str(exc), error_team=team.pk)
-    return _back_to(team)
+    return _change_member(request, name, username, lambda membership: teams.remove_member(
+        request.user, membership, via="page"))

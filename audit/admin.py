@@ -5,8 +5,22 @@ from audit.log import entry, record
 from audit.models import AuditEntry
 
 
+class ReadOnlyAdmin:
+    """An admin mixin for what only the system writes (the trail, attempts): shown, never
+    added, changed or deleted by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     """The trail is written by the code that makes changes; here it is only read."""
 
     list_display = ["at", "who", "action", "target_type", "target_id", "target_repr", "via"]
@@ -19,15 +33,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
     @admin.display(description="actor", ordering="actor__username")
     def who(self, entry):
         return entry.actor.get_username() if entry.actor else "system"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def inline_changes(formsets) -> list[dict]:

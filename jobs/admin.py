@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from audit.admin import AuditedAdmin
+from audit.admin import AuditedAdmin, ReadOnlyAdmin
 from jobs import services
 from jobs.models import Attempt, Job, Node
 from jobs.states import TransitionRefused
@@ -54,7 +54,7 @@ class JobAdmin(AuditedAdmin, admin.ModelAdmin):
 
 
 @admin.register(Attempt)
-class AttemptAdmin(admin.ModelAdmin):
+class AttemptAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     """Every attempt of every job, where and how it ran: read-only (the state machine owns it)."""
 
     list_display = ["job", "number", "state", "node", "worker", "created_at", "started_at",
@@ -64,15 +64,6 @@ class AttemptAdmin(admin.ModelAdmin):
     search_fields = ["=job__id", "node", "worker", "error"]
     exclude = ["token"]
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Node)
