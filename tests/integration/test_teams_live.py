@@ -110,13 +110,14 @@ def test_a_member_taken_out_of_a_team_stops_receiving_its_jobs(live):
     from accounts.models import Membership
 
     session, key = member("leaver", "leaving")
-    ws = connect(live.ws_url("/ws/cluster/"), additional_headers={"Authorization": f"Token {key}"})
-    hello = json.loads(ws.recv(timeout=10))
-    team_stream = next(s for s in hello["streams"] if s.startswith("jobs-team-"))
-    Membership.objects.filter(user__username="leaver").delete()
-    with pytest.raises(ConnectionClosed):
-        while True:  # frames until the server closes it (it checks every second here)
-            ws.recv(timeout=10)
+    with connect(live.ws_url("/ws/cluster/"),
+                 additional_headers={"Authorization": f"Token {key}"}) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        team_stream = next(s for s in hello["streams"] if s.startswith("jobs-team-"))
+        Membership.objects.filter(user__username="leaver").delete()
+        with pytest.raises(ConnectionClosed):
+            while True:  # frames until the server closes it (it checks every second here)
+                ws.recv(timeout=10)
     assert ws.close_code == 4409
     # Connected again, the user is in a team of their own now, not in the one they left.
     with connect(live.ws_url("/ws/cluster/"),
