@@ -152,17 +152,22 @@ def _clean(data, *, user, schedule: Schedule | None) -> tuple[dict, set[str]]:
     return values, changed
 
 
-def create_schedule(*, user, data: dict) -> Schedule:
+def create_schedule(*, user, data: dict, via: str = "api") -> Schedule:
     """A new schedule of the user's (they own its jobs); its first run is the first cron time
     from now."""
     values, _ = _clean(data, user=user, schedule=None)
     now = timezone.now()
-    return Schedule.objects.create(
-        owner=user, created_at=now,
-        next_run_at=next_after(values["cron"], now) if values["enabled"] else None, **values)
+    with transaction.atomic():
+        schedule = Schedule.objects.create(
+            owner=user, created_at=now,
+            next_run_at=next_after(values["cron"], now) if values["enabled"] else None,
+            **values)
+        record(user, "schedule.change", schedule, via=via, created=True,
+               fields=sorted(values))
+    return schedule
 
 
-def update_schedule(*, schedule: Schedule, user, data: dict) -> Schedule:
+def update_schedule(*, schedule: Schedule, user, data: dict, via: str = "api") -> Schedule:
     """Change some fields. Who changes what the job is becomes the owner of its jobs; a new
     cron, or enabling again, counts from now (runs missed while disabled are not made up)."""
     if not can_act(user, schedule.team_id):
@@ -185,7 +190,9 @@ def update_schedule(*, schedule: Schedule, user, data: dict) -> Schedule:
     # Only what changed: a run the reconciler claims meanwhile (it moves next_run_at on) is not
     # put back to be run twice.
     if fields:
-        schedule.save(update_fields=fields)
+        with transaction.atomic():
+            schedule.save(update_fields=fields)
+            record(user, "schedule.change", schedule, via=via, fields=sorted(changed))
     return schedule
 
 
@@ -196,10 +203,12 @@ def forget_last_run(schedule: Schedule) -> list[str]:
     return list(LAST_RUN_FIELDS)
 
 
-def delete_schedule(*, schedule: Schedule, user) -> None:
+def delete_schedule(*, schedule: Schedule, user, via: str = "api") -> None:
     if not can_act(user, schedule.team_id):
         raise PermissionDenied("you may only view this team's schedules")
-    schedule.delete()
+    with transaction.atomic():
+        record(user, "schedule.delete", schedule, via=via)
+        schedule.delete()
 
 
 def set_enabled(schedule: Schedule, enabled: bool, now=None) -> bool:

@@ -63,9 +63,10 @@ def _submitted(request, schedule):
     if not errors:
         try:
             if schedule is None:
-                services.create_schedule(user=request.user, data=data)
+                services.create_schedule(user=request.user, data=data, via="page")
             else:
-                services.update_schedule(schedule=schedule, user=request.user, data=data)
+                services.update_schedule(schedule=schedule, user=request.user, data=data,
+                                          via="page")
         except services.InvalidSchedule as exc:
             errors, status = forms.flat_errors(exc.errors), exc.status
         else:
@@ -102,5 +103,5 @@ def schedule_detail(request, schedule_id):
 @require_POST
 def schedule_delete(request, schedule_id):
     schedule = _visible_or_404(request, schedule_id)
-    services.delete_schedule(schedule=schedule, user=request.user)
+    services.delete_schedule(schedule=schedule, user=request.user, via="page")
     return redirect("schedule-list")

@@ -648,7 +648,7 @@ def test_enabling_an_enabled_schedule_in_the_admin_does_not_skip_its_due_run(tea
                                              "_selected_action": [schedule.pk]})
     schedule.refresh_from_db()
     assert schedule.next_run_at == due_at
-    assert not AuditEntry.objects.filter(action="schedule.change").exists()
+    assert not AuditEntry.objects.filter(action="schedule.change", via="admin").exists()
     assert services.tick(timezone.now()) == 1
 
     admin.post("/admin/schedules/schedule/", {"action": "disable",
@@ -678,3 +678,21 @@ def test_a_cron_expression_longer_than_its_column_gets_400_not_a_server_error(te
     assert response.status_code == 400
     assert 'data-error="cron">must be at most 100 characters' in response.content.decode()
     assert list(Schedule.objects.values_list("cron", flat=True)) == [EVERY_5]
+
+
+def test_schedules_made_changed_and_deleted_over_the_api_are_audited(teams):
+    from audit.models import AuditEntry
+
+    api = api_for(teams.alice)
+    made = api.post("/api/v1/schedules/", {
+        "name": "audited", "team": "ml", "cron": EVERY_5, "kind": "diag.sleep",
+        "params": {"seconds": 1}}, format="json").json()
+    assert api.patch(f"/api/v1/schedules/{made['id']}/", {"cron": "0 * * * *"},
+                     format="json").status_code == 200
+    assert api.delete(f"/api/v1/schedules/{made['id']}/").status_code == 204
+    trail = list(AuditEntry.objects.filter(target_type="schedule", target_id=made["id"])
+                 .order_by("id").values_list("action", "via", "actor__username", "detail"))
+    assert [(action, via, who) for action, via, who, _ in trail] == [
+        ("schedule.change", "api", "alice"), ("schedule.change", "api", "alice"),
+        ("schedule.delete", "api", "alice")]
+    assert trail[0][3]["created"] is True and trail[1][3] == {"fields": ["cron"]}

@@ -87,7 +87,7 @@ def test_the_page_lists_only_my_teams_with_quota_usage_and_members(client, cast)
     assert 'data-team="ml"' in text and 'data-team="etl"' not in text
     assert "Machine learning" in text
     said = visible_text(text)
-    assert "jobs 2 of 4 · CPU slots 5 of 16 · GPUs 0 of — · share 1" in said
+    assert "jobs 2 of 4 · CPU slots 5 of 16 · GPUs 0 (no limit) · share 1" in said
     assert "2 jobs waiting for admission" in said
     assert 'data-member="alice"' in text and 'data-member="bob"' not in text
     # A member sees the members but no forms to change them.
