@@ -55,8 +55,9 @@ def personal_team(user) -> Team:
 def default_team(user) -> Team | None:
     """Where the user's jobs go when they name no team: their only (or first) team in which
     they may submit; a user in no team at all gets their own. None for a viewer only."""
-    team = acting_teams(user).filter(memberships__user=user).first() if user.is_staff \
-        else acting_teams(user).first()
+    # One filter() call: the role must be that of the user's own membership (staff act in any).
+    roles = {} if user.is_staff else {"memberships__role__in": ACTING_ROLES}
+    team = Team.objects.filter(memberships__user=user, **roles).order_by("name").first()
     if team is None and not Membership.objects.filter(user=user).exists():
         team = personal_team(user)
     return team

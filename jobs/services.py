@@ -323,25 +323,27 @@ def submit_job(*, owner, spec: JobSpec, idempotency_key: str | None = None,
                via: str = "api") -> tuple[Job, bool]:
     """Submit one job; with an idempotency key, a repeat returns the first job (created=False)."""
     authorize(owner, [spec])
-    from jobs.selectors import visible_jobs
-
-    if idempotency_key:  # a repeat: the first job, while its submitter may still see it
-        existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing and visible_jobs(owner).filter(pk=existing.pk).exists():
-            return existing, False
     if not idempotency_key:
         return submit_jobs(owner=owner, specs=[spec], via=via)[0], True
+    if existing := _first_with_key(owner, idempotency_key):
+        return existing, False
     _check_after(owner, [spec])
     try:
         with transaction.atomic():
             [job] = _create(owner, [spec], timezone.now(), idempotency_key)
             record(owner, "job.submit", job, via=via)
-    except IntegrityError:
-        existing = Job.objects.get(owner=owner, idempotency_key=idempotency_key)
-        if not visible_jobs(owner).filter(pk=existing.pk).exists():
-            raise InvalidJob({"Idempotency-Key": ["already used"]}) from None
-        return existing, False
+    except IntegrityError:  # a repeat raced this one, or the first is no longer visible
+        if existing := _first_with_key(owner, idempotency_key):
+            return existing, False
+        raise InvalidJob({"Idempotency-Key": ["already used"]}) from None
     return moved_on([job])[0], True
+
+
+def _first_with_key(owner, key: str) -> Job | None:
+    """The job first submitted with this key, while its submitter may still see it."""
+    from jobs.selectors import visible_jobs
+
+    return visible_jobs(owner).filter(owner=owner, idempotency_key=key).first()
 
 
 STATE_EVENT_FIELDS = ("state", "attempt", "node", "message", "progress", "error", "kind",

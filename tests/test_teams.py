@@ -340,3 +340,19 @@ def test_a_fan_outs_partitions_hold_what_their_parent_asked_for(cast):
                                             "parts": [{}, {}]}, Outbox(), [], parent.created_at)
     assert [(c.team_id, c.gpus, c.labels) for c in children] == [
         (cast.ml.pk, 2, {"gpu": "a100"})] * 2
+
+
+def test_an_idempotent_repeat_returns_the_first_job_only_while_it_is_visible(api, cast):
+    def send():
+        return api.post("/api/v1/jobs/", data=json.dumps(SLEEP), content_type="application/json",
+                        HTTP_IDEMPOTENCY_KEY="nightly-1")
+
+    first = send()
+    assert first.status_code == 201
+    again = send()
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    Membership.objects.filter(user=cast.alice, team=cast.ml).delete()  # she left ml
+    gone = send()
+    assert gone.status_code == 400 and gone.json() == {"Idempotency-Key": ["already used"]}
+    assert Job.objects.count() == 1
