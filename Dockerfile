@@ -11,7 +11,9 @@ ENV PYTHONUNBUFFERED=1 \
     DATA_DIR=/app/data
 
 RUN groupadd --system --gid 10001 portal \
-    && useradd --system --uid 10001 --gid portal --create-home --home-dir /home/portal portal
+    && useradd --system --uid 10001 --gid portal --create-home --home-dir /home/portal portal \
+    && useradd --system --uid 10002 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin portal-shell
 
 WORKDIR /app
 

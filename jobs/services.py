@@ -17,6 +17,8 @@ from audit.log import record, record_many
 from jobs import admission, states
 from jobs.broadcast import Outbox
 from jobs.models import TERMINAL, Attempt, Job, JobState
+from spaces.selectors import space_for
+from workers import data as workers_data
 from workers import protocol
 from workers.kinds import get_kind
 
@@ -121,12 +123,16 @@ def validate_spec(data, *, owner=None) -> JobSpec:
             and not owner.has_perm(kind.permission):
         raise NotPermitted({"kind": [f"you may not submit {kind.name} jobs: ask an admin for "
                                      "the permission"]})
+    # The team first: its paths and tables are checked inside its data space.
+    team = _team_field(data.get("team"), owner, errors) if owner is not None else None
     params = data.get("params", {})
     if not isinstance(params, dict):
         errors["params"] = {"non_field_errors": ["must be a JSON object"]}
-    elif kind is not None:
+    elif kind is not None and (owner is None or team is not None):
         try:
-            params = kind.params.model_validate(params, strict=True).model_dump(mode="json")
+            with workers_data.team_space(space_for(team) if team is not None else None):
+                params = kind.params.model_validate(params, strict=True).model_dump(
+                    mode="json")
         except ValidationError as exc:
             errors["params"] = params_errors(exc)
     name = data.get("name", "")
@@ -146,7 +152,6 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     gpus = _int_field(data, "gpus", errors, default=int(queue == "gpu"),
                       low=int(queue == "gpu"), high=64)
     labels = _labels_field(data.get("labels", {}), queue, errors)
-    team = _team_field(data.get("team"), owner, errors) if owner is not None else None
     if team is not None and not errors:
         _fits_quota(team, cpus, gpus, errors)
     if errors:

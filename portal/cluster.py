@@ -154,8 +154,16 @@ def local_env() -> dict[str, str]:
     return env
 
 
+def ensure_shell_user(env: dict[str, str]) -> None:
+    """Shell jobs' programs run as SHELL_USER: a worker running as root makes it first."""
+    name = env.get("SHELL_USER", "portal-shell")
+    if name and os.geteuid() == 0:
+        subprocess.run([str(ROOT / "scripts" / "shell-user.sh"), name], check=True)
+
+
 def main() -> None:
     env = local_env()
+    ensure_shell_user(env)
     port = int(env.get("PORT", "8000"))
     cluster = Cluster(env)
     stopping = threading.Event()

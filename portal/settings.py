@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "alerts",
     "schedules",
     "audit",
+    "spaces",
 ]
 
 MIDDLEWARE = [

@@ -516,7 +516,7 @@ def test_the_examples_are_valid_jobs():
 def test_demo_data_writes_the_tables_once():
     out = io.StringIO()
     call_command("demo_data", "--force", stdout=out)
-    folder = ROOT / "nycflights13"
+    folder = ROOT / "shared" / "nycflights13"
     assert sorted(p.name for p in folder.iterdir()) == [
         "airlines.csv", "airports.csv", "flights.csv", "planes.csv", "weather.csv"]
     assert "flights.csv: wrote 336,776 rows" in out.getvalue()
@@ -592,7 +592,7 @@ def test_the_browser_form_submits_both_kinds(cast):
 
     from jobs.models import Job
 
-    write("form/a.csv", "a,b\n1,x\n")
+    write("teams/ml/form/a.csv", "a,b\n1,x\n")  # alice's team's space
     client = Client()
     client.force_login(cast.alice)
     html = client.get("/jobs/new/?kind=etl.ingest").content.decode()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import redis
 
@@ -97,6 +97,10 @@ class AttemptSpec:
     timeout_s: int | None = None
     parent: int | None = None  # for a partition of a fan-out: the job that fanned out
     partition: int | None = None
+    # The job's team, whose data space it works in, and the reads other teams granted it:
+    # {"paths": ["@u/prefix", ...], "tables": ["u.table", ...]}.
+    team: str | None = None
+    grants: dict = field(default_factory=dict)
 
     def to_message(self) -> dict:
         return asdict(self)

@@ -10,7 +10,7 @@ import traceback
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from workers import protocol
+from workers import data, protocol
 from workers.context import Cancelled, JobContext
 from workers.events import EventSink
 from workers.kinds import get_kind
@@ -58,7 +58,8 @@ def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
         kind = get_kind(spec.kind)
         if kind is None:
             raise LookupError(f"job kind {spec.kind!r} is not installed on node {node}")
-        result = kind.run(ctx, kind.params.model_validate(spec.params))
+        with data.team_space(data.space_of(spec.team, spec.grants)):
+            result = kind.run(ctx, kind.params.model_validate(spec.params))
         json.dumps(result)
     except Cancelled:
         outcome = "cancelled"

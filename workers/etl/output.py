@@ -2,8 +2,12 @@
 
 - Parquet: each partition writes `part-NNNNN.parquet` under a temporary name in the target
   folder and renames it into place (os.replace), so a file is whole or absent and a second run
-  replaces the first.
-- Warehouse: one transaction per partition deletes the rows of (_job, _part), then COPYs.
+  replaces the first. The rename is fenced: under a flock'ed fence file beside it that keeps
+  the highest attempt of the job that renamed it, an attempt older than that one (superseded
+  while it ran) renames nothing.
+- Warehouse: one transaction per partition claims its fence (the warehouse's _portal_fence row
+  of (job, partition) holds the highest attempt that wrote; a lower one is refused and rolled
+  back), deletes the rows of (_job, _part), then COPYs.
 - Quarantine: the rows that failed, one JSON object per line (`file`, `line`, `reason`,
   `values`), in `part-NNNNN.jsonl` of the quarantine folder, renamed into place the same way
   (and removed when a rerun of the partition finds no bad rows).
@@ -51,8 +55,9 @@ def remove_parts_from(folder: Path, first: int, suffix: str) -> list[str]:
 class Quarantine:
     """One partition's rejected rows, each with its file, line number and reason."""
 
-    def __init__(self, folder: Path, part: int):
+    def __init__(self, folder: Path, part: int, fence: tuple[int, int] | None = None):
         self.folder = folder
+        self.fence = fence  # (job, attempt): renamed into place only by the current attempt
         self.path = folder / part_name(part, ".jsonl")
         self.partial = folder / f".{self.path.name}.partial"
         self.count = 0
@@ -74,9 +79,13 @@ class Quarantine:
         if self._file is not None:
             self._file.close()
             self._file = None
-            os.replace(self.partial, self.path)
-        else:
-            self.path.unlink(missing_ok=True)  # an earlier run's rejects are not this run's
+        elif not self.path.exists():
+            return
+        with _fenced(self.path, self.fence):
+            if self.partial.exists():
+                os.replace(self.partial, self.path)
+            else:
+                self.path.unlink(missing_ok=True)  # an earlier run's rejects are not this run's
 
     def abort(self) -> None:
         if self._file is not None:
@@ -94,8 +103,20 @@ def read_quarantine(folder: Path) -> list[dict]:
 
 
 @contextmanager
-def parquet_part(folder: Path, name: str, schema: pa.Schema) -> Iterator[Callable]:
-    """Yields write(table); the file appears under its name only if the block succeeds."""
+def _fenced(target: Path, fence: tuple[int, int] | None) -> Iterator[None]:
+    if fence is None:
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with data.file_fence(target, *fence):
+        yield
+
+
+@contextmanager
+def parquet_part(folder: Path, name: str, schema: pa.Schema,
+                 fence: tuple[int, int] | None = None) -> Iterator[Callable]:
+    """Yields write(table); the file appears under its name only if the block succeeds (and,
+    with fence=(job, attempt), only if no later attempt of the job has renamed it)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     partial = folder / f".{name}.partial"
@@ -103,7 +124,8 @@ def parquet_part(folder: Path, name: str, schema: pa.Schema) -> Iterator[Callabl
     try:
         yield writer.write_table
         writer.close()
-        os.replace(partial, target)
+        with _fenced(target, fence):
+            os.replace(partial, target)
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
@@ -186,10 +208,13 @@ def ingest_columns(columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def warehouse_part(table: str, names: list[str], job: int, part: int) -> Iterator[Callable]:
-    """Yields write(table) for one partition, in one transaction that first deletes what an
-    earlier run of the same partition committed; nothing is visible unless the block ends."""
+def warehouse_part(table: str, names: list[str], job: int, part: int,
+                   attempt: int) -> Iterator[Callable]:
+    """Yields write(table) for one partition, in one transaction that claims the partition's
+    fence for this attempt (data.Superseded if a later one wrote) and deletes what an earlier
+    run of the same partition committed; nothing is visible unless the block ends."""
     with data.connect_warehouse() as conn, conn.cursor() as cursor:
+        data.claim_fence(conn, job, part, attempt)
         cursor.execute(sql.SQL("DELETE FROM {} WHERE _job = %s AND _part = %s").format(
             table_ident(table)), (job, part))
         with cursor.copy(copy_statement(table, names)) as copy:

@@ -33,7 +33,8 @@ CHUNK_ROWS = 250_000  # rows per COPY statement and per progress report
 
 class ClickstreamParams(Params):
     input: data.DataGlob | None = Field(
-        None, description="CSV or Parquet files under DATA_ROOT with user_id, ts, page; "
+        None, description="CSV or Parquet files (in your team's space, @shared/... or a "
+        "granted @team/...) with user_id, ts, page; "
         "empty: generate the events.")
     events: int = Field(1_000_000, ge=1, le=2_000_000_000,
                         description="Events to generate (without an input).")
@@ -49,14 +50,15 @@ class ClickstreamParams(Params):
         "warehouse", description="Load into the warehouse (WAREHOUSE_URL) or write Parquet.")
     table: data.TableName = Field("clickstream", description="Tables <table>_events, "
                                   "<table>_sessions, <table>_hourly (warehouse).")
-    output: data.DataPath = Field("clickstream", description="Folder under DATA_ROOT (parquet).")
+    output: data.OutputPath = Field("clickstream", description="Folder in your team's space "
+                                    "(parquet).")
 
     @model_validator(mode="after")
     def _target_ready(self):
         if self.target == "warehouse" and not data.warehouse_url():
             raise ValueError("target 'warehouse' needs WAREHOUSE_URL; use target 'parquet'")
         if self.input is not None and not data.expand(self.input):
-            raise ValueError(f"input {self.input!r} matches no file under DATA_ROOT")
+            raise ValueError(f"input {self.input!r} matches no file")
         return self
 
 
@@ -225,11 +227,13 @@ def ensure_tables(conn, table: str) -> None:
 
 
 def load_partition(params: PartParams, events: pa.Table, sessions: pa.Table, *,
-                   retry: bool, progress) -> None:
-    """One transaction: a retried partition first removes what an earlier attempt of it may
-    have committed, so the output holds each row once."""
+                   retry: bool, progress, attempt: int = 1) -> None:
+    """One transaction, fenced for this attempt: a retried partition first removes what an
+    earlier attempt of it may have committed, so the output holds each row once, and an
+    attempt that a later one superseded writes nothing."""
     with data.connect_warehouse() as conn:
         ensure_tables(conn, params.table)
+        data.claim_fence(conn, params.job, params.partition, attempt)
         with conn.cursor() as cursor:
             if retry:
                 for suffix in ("events", "sessions"):
@@ -249,8 +253,9 @@ def load_partition(params: PartParams, events: pa.Table, sessions: pa.Table, *,
                                                      np.int32))))
 
 
-def write_parquet(folder: Path, name: str, table: pa.Table) -> None:
-    with parquet_part(folder, name, table.schema) as write:  # whole, or not there at all
+def write_parquet(folder: Path, name: str, table: pa.Table,
+                  fence: tuple[int, int] | None = None) -> None:
+    with parquet_part(folder, name, table.schema, fence) as write:  # whole, or not at all
         write(table)
 
 
@@ -266,12 +271,13 @@ def run_partition(ctx, params: PartParams):
     ctx.check()
     if params.target == "warehouse":
         load_partition(params, events, sessions, retry=ctx.attempt > 1,
-                       progress=lambda done: ctx.progress(done, total, unit="rows"))
+                       progress=lambda done: ctx.progress(done, total, unit="rows"),
+                       attempt=ctx.attempt)
     else:
-        folder = data.resolve(params.output)
+        folder = data.resolve(params.output, write=True)
         name = f"part-{params.partition:05d}.parquet"
-        write_parquet(folder / "events", name, events)
-        write_parquet(folder / "sessions", name, sessions)
+        write_parquet(folder / "events", name, events, (params.job, ctx.attempt))
+        write_parquet(folder / "sessions", name, sessions, (params.job, ctx.attempt))
     figures = hourly(events, sessions)
     seconds = time.monotonic() - started
     ctx.progress(total, total, unit="rows")
@@ -300,7 +306,8 @@ def run(ctx, params: ClickstreamParams):
                        hours.append_column("_job", pa.array(np.full(hours.num_rows,
                                                                     ctx.job_id))))
     else:
-        write_parquet(data.resolve(params.output), "hourly.parquet", hours)
+        write_parquet(data.resolve(params.output, write=True), "hourly.parquet", hours,
+                      (ctx.job_id, ctx.attempt))
     rows = sum(part["rows"] for part in parts)
     seconds = time.monotonic() - started
     slowest = max(parts, key=lambda part: part["seconds"])

