@@ -65,7 +65,7 @@ def give(actor, team: Team, grantee_name, kind, target, *, via: str) -> DataGran
             grant = DataGrant.objects.create(team=team, grantee=grantee, kind=kind,
                                              target=target, created_by=actor)
             record(actor, "data_grant.give", grant, via=via, team=team.name,
-                   grantee=grantee.name, kind=kind, target=target)
+                   grantee=grantee.name, kind=kind, granted=target)
     except IntegrityError:
         raise GrantRefused({"target": [f"team {grantee.name} may already read it"]}) from None
     return grant
@@ -76,6 +76,6 @@ def take_back(actor, grant: DataGrant, *, via: str) -> None:
         raise NotAdmin()
     with transaction.atomic():
         item = entry(actor, "data_grant.take_back", grant, via=via, team=grant.team.name,
-                     grantee=grant.grantee.name, kind=grant.kind, target=grant.target)
+                     grantee=grant.grantee.name, kind=grant.kind, granted=grant.target)
         grant.delete()
         item.save()

@@ -85,6 +85,9 @@ def pytest_configure(config):
         **GENEROUS_RATES,
     })
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    from portal.cluster import ensure_shell_user
+
+    ensure_shell_user(dict(os.environ))  # the user shell programs run as, as `make run` makes it
     import django
 
     django.setup()

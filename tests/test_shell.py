@@ -4,9 +4,12 @@ log, arguments passed literally, a minimal environment, exit codes, time and mem
 cancel, and nothing of the program left running afterwards."""
 
 import json
+import os
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -23,6 +26,10 @@ from workers.kinds.shell import Lines, ShellParams
 
 ALLOWED = "/usr/bin/printf,/usr/bin/env,/bin/sleep"
 PYTHON = sys.executable
+# The programs run as SHELL_USER, who may not reach this test run's own interpreter: the
+# system's, where there is one.
+PROGRAM = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PYTHON
+TEAM = "ml"  # the team whose space the programs run in
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +39,7 @@ def allow(monkeypatch):
 
 @pytest.fixture
 def allow_python(monkeypatch):
-    monkeypatch.setenv("SHELL_COMMANDS", f"{ALLOWED},{PYTHON}")
+    monkeypatch.setenv("SHELL_COMMANDS", f"{ALLOWED},{PROGRAM}")
 
 
 def post_json(client, body):
@@ -206,7 +213,7 @@ def settled_events(client, job_id):
 class Run:
     def __init__(self, client, job_id, params, *, cancel_after=None):
         spec = protocol.AttemptSpec(job=job_id, attempt=1, token="tok", kind="shell",
-                                    params=params)
+                                    params=params, team=TEAM)
         if cancel_after is not None:
             threading.Timer(cancel_after, client.set,
                             (protocol.cancel_key(job_id), 1)).start()
@@ -271,7 +278,7 @@ def test_the_program_gets_a_minimal_environment_and_no_secrets_of_the_worker(red
     run = Run(redis_client, 703, {"argv": ["/usr/bin/env"]})
     assert run.outcome == "succeeded", run.error
     assert sorted(run.lines()) == sorted(["PATH=/usr/bin:/bin", "LANG=C.UTF-8",
-                                          f"HOME={data.data_root()}"])
+                                          f"HOME={data.team_root(TEAM)}"])
 
 
 def test_stderr_lines_are_warnings_and_a_non_zero_exit_fails_the_job(redis_client):
@@ -283,7 +290,7 @@ def test_stderr_lines_are_warnings_and_a_non_zero_exit_fails_the_job(redis_clien
 
 
 def test_the_exit_code_is_the_jobs_error(redis_client, allow_python):
-    run = Run(redis_client, 705, {"argv": [PYTHON, "-c", "import sys; print('bye'); "
+    run = Run(redis_client, 705, {"argv": [PROGRAM, "-c", "import sys; print('bye'); "
                                            "sys.exit(3)"]})
     assert run.outcome == "failed" and run.error == "CommandFailed: exited with 3"
     assert run.lines("info") == ["bye"]
@@ -307,17 +314,17 @@ def test_a_cancel_stops_the_program_within_seconds(redis_client):
 def test_a_program_that_ignores_sigterm_is_killed_after_the_grace(redis_client, allow_python):
     code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('stubborn', flush=True); time.sleep(60.708)")
-    run = Run(redis_client, 708, {"argv": [PYTHON, "-c", code]}, cancel_after=1.0)
+    run = Run(redis_client, 708, {"argv": [PROGRAM, "-c", code]}, cancel_after=1.0)
     assert run.outcome == "cancelled" and run.seconds < 8
     assert run.lines("info") == ["stubborn"]
-    assert gone(PYTHON, "-c", code)
+    assert gone(PROGRAM, "-c", code)
 
 
 def test_what_the_program_left_running_in_its_group_is_killed_with_it(redis_client,
                                                                      allow_python):
     code = ("import subprocess; subprocess.Popen(['/bin/sleep', '97.709'], "
             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('left one')")
-    run = Run(redis_client, 709, {"argv": [PYTHON, "-c", code]})
+    run = Run(redis_client, 709, {"argv": [PROGRAM, "-c", code]})
     assert run.outcome == "succeeded", run.error
     assert run.lines() == ["left one"]
     assert gone("/bin/sleep", "97.709")
@@ -325,10 +332,10 @@ def test_what_the_program_left_running_in_its_group_is_killed_with_it(redis_clie
 
 def test_the_memory_limit_stops_an_allocation_beyond_it(redis_client, allow_python):
     grab = "x = bytearray(200 * 1024 * 1024); print('got', len(x) >> 20, 'MiB')"
-    small = Run(redis_client, 710, {"argv": [PYTHON, "-c", grab], "memory_mb": 64})
+    small = Run(redis_client, 710, {"argv": [PROGRAM, "-c", grab], "memory_mb": 64})
     assert small.outcome == "failed" and small.error == "CommandFailed: exited with 1"
     assert small.lines("warning")[-1] == "MemoryError"
-    big = Run(redis_client, 711, {"argv": [PYTHON, "-c", grab], "memory_mb": 1024})
+    big = Run(redis_client, 711, {"argv": [PROGRAM, "-c", grab], "memory_mb": 1024})
     assert big.outcome == "succeeded", big.error
     assert big.lines("info") == ["got 200 MiB"]
 
@@ -343,15 +350,15 @@ def test_the_limiter_sets_the_address_space_and_cpu_limits_of_the_child():
     assert [int(n) for n in out] == [96 << 20, 96 << 20, 30, 35, 0, 0]
 
 
-def test_the_working_folder_is_under_data_root(redis_client, allow_python):
-    folder = data.data_root() / "shell-cwd"
+def test_the_working_folder_is_in_the_teams_space(redis_client, allow_python):
+    folder = data.team_root(TEAM) / "shell-cwd"
     folder.mkdir(parents=True, exist_ok=True)
     code = "import os; print(os.getcwd()); print(os.environ['HOME'])"
-    run = Run(redis_client, 712, {"argv": [PYTHON, "-c", code], "cwd": "shell-cwd"})
+    run = Run(redis_client, 712, {"argv": [PROGRAM, "-c", code], "cwd": "shell-cwd"})
     assert run.outcome == "succeeded", run.error
     assert run.lines() == [str(folder), str(folder)]
     missing = Run(redis_client, 713, {"argv": ["/usr/bin/env"], "cwd": "no-such-folder"})
-    assert missing.outcome == "failed" and "is not a folder under DATA_ROOT" in missing.error
+    assert missing.outcome == "failed" and "no-such-folder': no such folder" in missing.error
 
 
 def test_the_worker_checks_its_own_allow_list_again_before_it_runs_anything(
@@ -363,7 +370,8 @@ def test_the_worker_checks_its_own_allow_list_again_before_it_runs_anything(
     assert not [text for _, text in run.logs if text.startswith("$ ")]
 
     # run() itself refuses, even handed parameters that were never validated.
-    spec = protocol.AttemptSpec(job=715, attempt=1, token="tok", kind="shell", params={})
+    spec = protocol.AttemptSpec(job=715, attempt=1, token="tok", kind="shell", params={},
+                                team=TEAM)
     ctx = JobContext(spec, EventSink(redis_client), redis_client)
     marker = tmp_path / "ran"
     unchecked = ShellParams.model_construct(argv=["/usr/bin/touch", str(marker)], timeout_s=5,
@@ -400,7 +408,8 @@ def test_lines_are_split_across_reads_and_a_too_long_one_is_cut():
 
 
 def test_cancelled_is_raised_from_run_itself(redis_client):
-    spec = protocol.AttemptSpec(job=717, attempt=1, token="tok", kind="shell", params={})
+    spec = protocol.AttemptSpec(job=717, attempt=1, token="tok", kind="shell", params={},
+                                team=TEAM)
     sink = EventSink(redis_client)
     ctx = JobContext(spec, sink, redis_client)
     redis_client.set(protocol.cancel_key(717), 1)
@@ -449,3 +458,43 @@ def test_the_program_dies_with_the_process_that_started_it():
         pool.wait()
         pool.stdout.close()
     assert gone("/bin/sleep", "90.718")
+
+
+def test_programs_run_as_the_shell_user_who_cannot_read_the_workers_secrets(
+        redis_client, monkeypatch):
+    """The worker here is this process: its environment holds the warehouse URL and the Redis
+    URL, as a real worker's does."""
+    monkeypatch.setenv("SHELL_COMMANDS", "/usr/bin/head,/usr/bin/id")
+    whoami = Run(redis_client, 730, {"argv": ["/usr/bin/id", "-un"]})
+    assert whoami.outcome == "succeeded", whoami.error
+    assert whoami.lines() == [shell.shell_user()] and shell.shell_user() == "portal-shell"
+    environ = f"/proc/{os.getpid()}/environ"
+    run = Run(redis_client, 731, {"argv": ["/usr/bin/head", "-c", "1000", environ]})
+    assert run.outcome == "failed" and run.error == "CommandFailed: exited with 1"
+    assert run.lines("warning") == [f"/usr/bin/head: cannot open '{environ}' for reading: "
+                                    "Permission denied"]
+    assert not any("WAREHOUSE_URL" in text or "REDIS_URL" in text for _, text in run.logs)
+    folder = Path(tempfile.mkdtemp())  # a folder anyone may enter, holding the key file
+    folder.chmod(0o755)
+    key = folder / "secret_key"  # as portal/cluster.py writes data/secret_key
+    key.write_text("the-portal-secret")
+    key.chmod(0o600)
+    readable = folder / "readable"
+    readable.write_text("open\n")
+    readable.chmod(0o644)
+    assert Run(redis_client, 733, {"argv": ["/usr/bin/head", str(readable)]}).lines() == ["open"]
+    secret = Run(redis_client, 732, {"argv": ["/usr/bin/head", str(key)]})
+    assert secret.outcome == "failed"
+    assert "Permission denied" in " ".join(secret.lines("warning"))
+    assert not any("the-portal-secret" in text for _, text in secret.logs)
+
+
+def test_a_worker_that_cannot_switch_users_says_so(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 12345)
+    with pytest.raises(shell.CommandFailed, match="not root"):
+        shell.identity()
+    monkeypatch.setenv("SHELL_USER", "")
+    assert shell.identity() is None  # the operator's choice: the worker's own user
+    monkeypatch.setenv("SHELL_USER", "no-such-user-here")
+    with pytest.raises(shell.CommandFailed, match="is not a user on this node"):
+        shell.identity()

@@ -275,6 +275,30 @@ def connect_warehouse(**kwargs):
     return conn
 
 
+def ensure_team(conn, team: str) -> None:
+    """In the caller's transaction: the team's role (the login a member of it) and its
+    schema, owned by the role, with the fence table; made if missing."""
+    from psycopg import sql
+
+    role, schema = sql.Identifier(role_name(team)), sql.Identifier(schema_name(team))
+    # One worker at a time makes a role: CREATE ROLE has no IF NOT EXISTS.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (role_name(team),))
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                    (role_name(team),)).fetchone() is None:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    if conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')",
+                    (role_name(team),)).fetchone()[0] is False:
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+        schema, role))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (job bigint NOT NULL, "
+                         "part integer NOT NULL, attempt integer NOT NULL, "
+                         "PRIMARY KEY (job, part))").format(
+        schema, sql.Identifier(FENCE_TABLE)))
+    conn.execute(sql.SQL("ALTER TABLE {}.{} OWNER TO {}").format(
+        schema, sql.Identifier(FENCE_TABLE), role))
+
+
 def enter_team(conn, space: Space) -> None:
     """Make the team's role and schema if missing, keep the table grants it holds in step
     with the portal's, then act as that role."""
@@ -284,22 +308,7 @@ def enter_team(conn, space: Space) -> None:
     autocommit = conn.autocommit
     conn.autocommit = False
     with conn.transaction():
-        # One worker at a time makes a role: CREATE ROLE has no IF NOT EXISTS.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (role_name(space.team),))
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                        (role_name(space.team),)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
-        if conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')",
-                        (role_name(space.team),)).fetchone()[0] is False:
-            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
-            schema, role))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (job bigint NOT NULL, "
-                             "part integer NOT NULL, attempt integer NOT NULL, "
-                             "PRIMARY KEY (job, part))").format(
-            schema, sql.Identifier(FENCE_TABLE)))
-        conn.execute(sql.SQL("ALTER TABLE {}.{} OWNER TO {}").format(
-            schema, sql.Identifier(FENCE_TABLE), role))
+        ensure_team(conn, space.team)
         _sync_table_grants(conn, space)
     conn.autocommit = autocommit
     conn.execute(sql.SQL("SET ROLE {}").format(role))

@@ -488,7 +488,8 @@ class SqlParams(Params):
     @field_validator("inputs", mode="before")
     @classmethod
     def _inputs_text(cls, value):
-        return _json_text(value, "object like {\"flights\": \"@shared/nycflights13/flights.csv\"}")
+        return _json_text(value,
+                          "object like {\"flights\": \"@shared/nycflights13/flights.csv\"}")
 
     @field_validator("inputs")
     @classmethod
@@ -669,7 +670,8 @@ ORDER BY origin, precipitation, visibility
 
 EXAMPLES = [
     {"title": "Load the 2013 NYC flights",
-     "description": "The 336,776 flights from New York in 2013 (@shared/nycflights13/flights.csv; "
+     "description": "The 336,776 flights from New York in 2013 "
+                    "(@shared/nycflights13/flights.csv; "
                     "write it with `python manage.py demo_data`) into a Parquet dataset, "
                     "in partitions of 50,000 rows spread over the workers, schema inferred. "
                     "With WAREHOUSE_URL set, pick target 'warehouse' and a table instead.",
@@ -678,7 +680,8 @@ EXAMPLES = [
                 "output": "warehouse/flights", "chunk_rows": 50_000}},
     {"title": "Load the 2013 NYC weather",
      "description": "Hourly weather at the three New York airports in 2013 "
-                    "(@shared/nycflights13/weather.csv) into a Parquet dataset, with a declared schema.",
+                    "(@shared/nycflights13/weather.csv) into a Parquet dataset, with a declared "
+                    "schema.",
      "kind": "etl.ingest", "name": "load nycflights13 weather",
      "params": {"input": "@shared/nycflights13/weather.csv", "target": "parquet",
                 "output": "warehouse/weather",
