@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -52,7 +53,22 @@ def env_rate(name: str, default: str) -> str | None:
     return value
 
 
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+def with_redis_tls(url: str, ca_file: str | None) -> str:
+    """A rediss:// URL that checks the server: its certificate must be signed by the CA in
+    ca_file (else one the system trusts). Every Redis client of the portal (Celery's broker,
+    the event stream, the channel layer, the cache) reads these from the URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("ssl_cert_reqs", "required")
+    if ca_file:
+        query.setdefault("ssl_ca_certs", ca_file)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+REDIS_CA_FILE = env_str("REDIS_CA_FILE")
+REDIS_URL = with_redis_tls(env_str("REDIS_URL", "redis://127.0.0.1:6379/0"), REDIS_CA_FILE)
 # Seconds between node-agent heartbeats, and how long an attempt's lease lasts without one.
 HEARTBEAT_S = env_float("HEARTBEAT_S", 2.0)
 LEASE_S = env_float("LEASE_S", 15.0)

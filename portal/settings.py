@@ -78,7 +78,9 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("DB_POOL", True):
     # A connection pool per process: opening a PostgreSQL connection per request costs ~4 ms.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Kept beside what the URL's query says (sslmode=verify-full, sslrootcert=...).
     DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
         "pool": {"min_size": 1, "max_size": env_int("DB_POOL_MAX", 10), "timeout": 30},
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

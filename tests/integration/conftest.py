@@ -17,6 +17,8 @@ from django.test import TransactionTestCase
 from portal.cluster import Cluster, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# The `http` fixture's user, whose personal team its jobs (and their files and tables) are in.
+LIVE_TEAM = "runner"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 

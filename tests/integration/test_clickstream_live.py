@@ -8,9 +8,10 @@ import psycopg
 import pytest
 
 from jobs.models import Job
-from tests.integration.conftest import wait_for_job
+from tests.integration.conftest import LIVE_TEAM, wait_for_job
 from tests.integration.test_fanout_live import wait_for_children
 from tests.integration.test_jobs_live import submit
+from workers import data
 from workers.kinds.clickstream import ClickstreamParams, generate
 
 pytestmark = pytest.mark.integration
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 def warehouse(query, *args):
     with psycopg.connect(os.environ["WAREHOUSE_URL"]) as conn:
+        conn.execute(f"SET search_path = {data.schema_name(LIVE_TEAM)}")
         return conn.execute(query, args).fetchone()
 
 

@@ -3,6 +3,7 @@ warehouse PostgreSQL loaded with COPY, Parquet datasets and quarantine files und
 submitted over REST and checked against the input."""
 
 import os
+import shutil
 
 import pandas as pd
 import psycopg
@@ -10,17 +11,31 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.models import Job
-from tests.integration.conftest import wait_for_job
+from tests.integration.conftest import LIVE_TEAM, wait_for_job
 from tests.integration.test_jobs_live import submit
-from tests.test_etl import ROOT, SCHEMA, delays_by_weather, demo_subset, planted_csvs
+from tests.test_etl import ROOT as DATA_ROOT
+from tests.test_etl import SCHEMA, delays_by_weather, demo_subset, planted_csvs
+from workers import data
 from workers.etl.output import read_quarantine
 from workers.kinds.etl import DELAYS_BY_WEATHER, EXAMPLES
+
+ROOT = data.team_root(LIVE_TEAM)  # the jobs' paths are in their team's space
+
+
+def into_team(folder: str) -> None:
+    """Move what the unit tests' helpers wrote under DATA_ROOT into the team's space."""
+    target = ROOT / folder
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(DATA_ROOT / folder), str(target))
+
 
 pytestmark = pytest.mark.integration
 
 
 def warehouse(query, *args):
     with psycopg.connect(os.environ["WAREHOUSE_URL"]) as conn:
+        conn.execute(f"SET search_path = {data.schema_name(LIVE_TEAM)}")
         return conn.execute(query, args).fetchall()
 
 
@@ -34,6 +49,7 @@ def run(live, http, kind, params, name, timeout=240):
 def test_csv_files_load_into_the_warehouse_counted_summed_and_quarantined(live, http):
     count, id_sum, amount_sum, bad = planted_csvs("live_wh", files_rows=(1500, 1100, 900),
                                                   bad_every=89)
+    into_team("live_wh")
     done = run(live, http, "etl.ingest", {
         "input": "live_wh/*.csv", "columns": SCHEMA, "target": "warehouse",
         "table": "live_load", "chunk_rows": 600}, "load live_wh")
@@ -70,6 +86,7 @@ def test_csv_files_load_into_the_warehouse_counted_summed_and_quarantined(live, 
 
 def test_demo_flights_load_to_parquet_and_delays_by_weather_match_pandas(live, http):
     flights, weather = demo_subset("live_demo", month=1, days=range(10, 21))
+    into_team("live_demo")
     loaded = run(live, http, "etl.ingest", {
         "input": "live_demo/flights.csv", "output": "live_demo/flights", "chunk_rows": 2500},
         "load flights")

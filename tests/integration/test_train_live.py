@@ -5,9 +5,7 @@ and a target the file lacks fails the job."""
 
 import io
 import json
-import os
 import time
-from pathlib import Path
 
 import joblib
 import numpy as np
@@ -15,8 +13,9 @@ import pandas as pd
 import pytest
 
 from jobs.models import Job, LogLine, MetricPoint
-from tests.integration.conftest import wait_for_job
+from tests.integration.conftest import LIVE_TEAM, wait_for_job
 from tests.integration.test_jobs_live import submit
+from workers import data
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +30,7 @@ def table():
     delay = 30 * x1 + 25 * (color == "red") + 8 * rng.normal(size=rows)
     frame = pd.DataFrame({"x1": x1, "x2": np.where(rng.random(rows) < 0.05, np.nan, x2),
                           "color": color, "delay": delay})
-    folder = Path(os.environ["DATA_ROOT"]) / "train-live"
+    folder = data.team_root(LIVE_TEAM) / "train-live"
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "late.csv", index=False)
     return "train-live/late.csv", frame
@@ -149,7 +148,7 @@ def test_bad_training_params_are_a_400_and_a_missing_target_fails_the_job(live, 
     refused = submit(live, http, train_job(name, model="xgboost"), expect=400)
     assert "model" in refused["params"]
     refused = submit(live, http, train_job("../elsewhere/late.csv"), expect=400)
-    assert "relative to DATA_ROOT" in refused["params"]["input"][0]
+    assert "relative to your team's space" in refused["params"]["input"][0]
     refused = submit(live, http, train_job(name, task="regression"), expect=400)
     assert "needs task 'classification'" in json.dumps(refused["params"])
     sweep = train_job(name)
