@@ -59,6 +59,7 @@ from bench.run import (
 from portal.cluster import Cluster, free_port
 from tests.conftest import fresh_database
 from tests.services import PostgresServer, RedisServer
+from workers import data
 
 ROWS_TARGET = 370_000  # rows/s: ten times the seed's example
 SEED_NEED = 800_000_000 / (6 * 3600)  # 800 M events in 6 hours: 37,037 rows/s
@@ -432,10 +433,12 @@ class Bench:
             seen_list.append(seen - t0)
         # The last repeat is the one shown in detail.
         result = job.get("result") or {}
-        (loaded,), = self.sql(f"SELECT count(*) FROM {table}_events WHERE _job = %s", job_id,
-                              conn=self.wh)
-        (sessions,), = self.sql(f"SELECT count(*) FROM {table}_sessions WHERE _job = %s",
-                                job_id, conn=self.wh)
+        # The job's tables are in its team's schema.
+        schema = f'"{data.schema_name(job["team"])}"'
+        (loaded,), = self.sql(f"SELECT count(*) FROM {schema}.{table}_events WHERE _job = %s",
+                              job_id, conn=self.wh)
+        (sessions,), = self.sql(f"SELECT count(*) FROM {schema}.{table}_sessions "
+                                "WHERE _job = %s", job_id, conn=self.wh)
         if loaded != self.args.events:
             raise JobFailed(f"job {job_id} succeeded but {table}_events holds {loaded} rows "
                             f"for it, not {self.args.events}")
