@@ -498,3 +498,14 @@ def test_a_worker_that_cannot_switch_users_says_so(monkeypatch):
     monkeypatch.setenv("SHELL_USER", "no-such-user-here")
     with pytest.raises(shell.CommandFailed, match="is not a user on this node"):
         shell.identity()
+
+
+def test_a_program_writes_nothing_in_its_own_or_another_teams_space(redis_client, monkeypatch):
+    monkeypatch.setenv("SHELL_COMMANDS", "/usr/bin/touch")
+    other = data.team_root("etl")
+    other.mkdir(parents=True, exist_ok=True)
+    for job_id, target in ((740, "here.txt"), (741, str(other / "planted.txt"))):
+        run = Run(redis_client, job_id, {"argv": ["/usr/bin/touch", target]})
+        assert run.outcome == "failed" and "Permission denied" in " ".join(run.lines("warning"))
+    assert not (data.team_root(TEAM) / "here.txt").exists()
+    assert not (other / "planted.txt").exists()

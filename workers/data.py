@@ -291,12 +291,15 @@ def ensure_team(conn, team: str) -> None:
         conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
         schema, role))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (job bigint NOT NULL, "
-                         "part integer NOT NULL, attempt integer NOT NULL, "
-                         "PRIMARY KEY (job, part))").format(
-        schema, sql.Identifier(FENCE_TABLE)))
-    conn.execute(sql.SQL("ALTER TABLE {}.{} OWNER TO {}").format(
-        schema, sql.Identifier(FENCE_TABLE), role))
+    fence = sql.SQL("{}.{}").format(schema, sql.Identifier(FENCE_TABLE))
+    if conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                    (schema_name(team), FENCE_TABLE)).fetchone()[0] is None:
+        conn.execute(sql.SQL("CREATE TABLE {} (job bigint NOT NULL, part integer NOT NULL, "
+                             "attempt integer NOT NULL, PRIMARY KEY (job, part))").format(fence))
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(fence, role))
+
+
+_made: set[str] = set()  # teams whose role and schema this process has seen made
 
 
 def enter_team(conn, space: Space) -> None:
@@ -308,7 +311,9 @@ def enter_team(conn, space: Space) -> None:
     autocommit = conn.autocommit
     conn.autocommit = False
     with conn.transaction():
-        ensure_team(conn, space.team)
+        if space.team not in _made:
+            ensure_team(conn, space.team)
+            _made.add(space.team)
         _sync_table_grants(conn, space)
     conn.autocommit = autocommit
     conn.execute(sql.SQL("SET ROLE {}").format(role))

@@ -9,8 +9,8 @@ needs the `jobs.run_shell` permission.
 
 The program runs as SHELL_USER (default portal-shell), an unprivileged user of its own that the
 worker (running as root) switches to: it cannot read the worker's /proc/<pid>/environ, its
-memory or the portal's secret files. Its working folder is in the job's team space (made the
-shell user's own). A worker that is not root cannot switch users: shell jobs then fail, unless
+memory or the portal's secret files, nor write in any team's space. Its working folder is in
+the job's team space. A worker that is not root cannot switch users: shell jobs then fail, unless
 SHELL_USER is set empty (the program then runs as the worker's own user, with its rights).
 
 The program runs in its own session with an almost empty environment, its address space
@@ -204,8 +204,9 @@ def identity() -> pwd.struct_passwd | None:
 
 
 def working_folder(params) -> os.PathLike:
-    """The job's working folder in its team's space, the shell user's own (not recursively:
-    what other kinds wrote below it stays theirs)."""
+    """The job's working folder in its team's space. It stays the worker's: the shell user is
+    one for every team, so a folder it could write in would be writable by every team's
+    programs."""
     if params.cwd:
         cwd = data.resolve(params.cwd, write=True)
         if not cwd.is_dir():
@@ -367,7 +368,6 @@ def run(ctx, params: ShellParams):
     env = {"PATH": ENV_PATH, "LANG": "C.UTF-8", "HOME": str(cwd)}
     as_user = {}
     if account is not None:
-        os.chown(cwd, account.pw_uid, account.pw_gid)
         as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     ctx.log(f"$ {shlex.join(argv)}")
