@@ -374,3 +374,20 @@ def test_the_migration_moves_files_and_tables_into_a_team(cast):
     with data.team_space(ML), data.connect_warehouse() as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql.SQL("SELECT * FROM team_etl.legacy_sales"))
+
+
+def test_clickstream_tables_land_in_the_teams_schema_and_a_stale_attempt_writes_nothing():
+    from workers.kinds import clickstream
+
+    params = {"events": 2000, "users": 50, "partitions": 2, "table": "clicks"}
+    with data.team_space(ML):
+        p = clickstream.ClickstreamParams.model_validate(params)
+        result = clickstream.run(InlineContext(job_id=81), p)
+        part = clickstream.PartParams.model_validate({**params, "partition": 0, "job": 81})
+        clickstream.run_partition(InlineContext(job_id=8100, attempt=2), part)
+        with pytest.raises(data.Superseded):
+            clickstream.run_partition(InlineContext(job_id=8100, attempt=1), part)
+    with as_login() as conn:
+        assert conn.execute("SELECT count(*) FROM team_ml.clicks_events WHERE _job = 81"
+                            ).fetchone() == (result["rows"],) == (2000,)
+        assert conn.execute("SELECT to_regclass('public.clicks_events')").fetchone() == (None,)

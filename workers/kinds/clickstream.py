@@ -29,6 +29,7 @@ from workers.kinds import JobKind, Params
 
 EPOCH = np.datetime64("2026-01-01T00:00:00", "s")
 CHUNK_ROWS = 250_000  # rows per COPY statement and per progress report
+PARENT_PART = -1  # the fence of the parent's own write (the hourly table), beside its parts'
 
 
 class ClickstreamParams(Params):
@@ -301,6 +302,7 @@ def run(ctx, params: ClickstreamParams):
     hours = hour_table(add_hourly([part["hourly"] for part in parts]))
     if params.target == "warehouse":
         with data.connect_warehouse() as conn, conn.cursor() as cursor:
+            data.claim_fence(conn, ctx.job_id, PARENT_PART, ctx.attempt)
             cursor.execute(f"DELETE FROM {params.table}_hourly WHERE _job = %s", (ctx.job_id,))
             copy_table(cursor, f"{params.table}_hourly", [*hours.column_names, "_job"],
                        hours.append_column("_job", pa.array(np.full(hours.num_rows,
