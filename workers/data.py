@@ -237,6 +237,30 @@ def check_table(value: str) -> str:
     return value
 
 
+def check_table_input(value: str) -> str:
+    """A table a job reads: its team's own ("flights"), or one another team granted it
+    ("@etl.flights"); any other is said not to exist."""
+    if value.startswith("@"):
+        owner, _, table = value[1:].partition(".")
+        space = _space.get()
+        if not owner or not _IDENT.match(table):
+            raise ValueError("must be a table name like 'flights' or '@team.flights'")
+        if space is not None and f"{owner}.{table}" not in space.tables:
+            raise NotFound(f"table {value!r}: no such table")
+        return value
+    return check_table(value)
+
+
+def table_input_ident(value: str):
+    """The qualified name of a table a job reads (check_table_input's)."""
+    from psycopg import sql
+
+    if value.startswith("@"):
+        owner, _, table = value[1:].partition(".")
+        return sql.Identifier(schema_name(owner), table)
+    return sql.Identifier(*value.split("."))
+
+
 DataPath = Annotated[str, AfterValidator(check_path)]
 OutputPath = Annotated[str, AfterValidator(check_output)]
 DataGlob = Annotated[str, AfterValidator(check_glob)]

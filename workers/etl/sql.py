@@ -68,21 +68,26 @@ def source(paths: list[Path], nulls: list[str], whole: bool = False) -> str:
             f"nullstr = {nullstr}{', sample_size = -1' if whole else ''})")
 
 
-def sampled(inputs: dict[str, list[Path]]) -> bool:
+def sampled(inputs: dict[str, list[Path] | pa.Table]) -> bool:
     """Whether some input's column types are guessed from a sample (CSV, JSON lines)."""
-    return any(format_of(p) != "parquet" for paths in inputs.values() for p in paths)
+    return any(format_of(p) != "parquet" for paths in inputs.values()
+               if not isinstance(paths, pa.Table) for p in paths)
 
 
-def connect(inputs: dict[str, list[Path]], nulls: list[str],
+def connect(inputs: dict[str, list[Path] | pa.Table], nulls: list[str],
             whole: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with a view per input, that may read those files and nothing else
-    (no other file, no network, no extension to install, no setting to change back)."""
+    """An in-memory DuckDB with a view per input (its files, or a table already read), that
+    may read those files and nothing else (no other file, no network, no extension to
+    install, no setting to change back)."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     allowed = []
     for alias, paths in inputs.items():
         if not ALIAS.match(alias):
             raise ValueError(f"input name {alias!r}: lower-case letters, digits and underscores")
+        if isinstance(paths, pa.Table):
+            con.register(alias, paths)
+            continue
         con.execute(f'CREATE VIEW "{alias}" AS SELECT * FROM {source(paths, nulls, whole)}')
         allowed.extend(str(p) for p in paths)
     con.execute(f"SET allowed_paths = {_list(allowed)}")

@@ -22,13 +22,14 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import duckdb
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql as pgsql
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from workers import data
 from workers.etl import files as etl_files
@@ -38,6 +39,7 @@ from workers.etl.types import DEFAULT_NULLS, ColumnType
 from workers.kinds import JobKind, Params
 
 MAX_PARTITIONS = 1000
+TABLE_INPUT = "table:"  # an etl.sql input that names a warehouse table, not files
 INFER_ROWS = 1_000_000  # records of the first file that inference reads, at most
 LOGGED_REJECTS = 3  # per partition; all of them are in the quarantine file
 RESERVED = ("_job", "_part")
@@ -465,11 +467,22 @@ def run_ingest(ctx, p: IngestParams):
 # --- etl.sql ---------------------------------------------------------------------------------
 
 
+def _check_sql_input(value: str) -> str:
+    if value.startswith(TABLE_INPUT):
+        data.check_table_input(value[len(TABLE_INPUT):])
+        return value
+    return data.check_glob(value)
+
+
+SqlInput = Annotated[str, AfterValidator(_check_sql_input)]
+
+
 class SqlParams(Params):
-    inputs: dict[str, data.DataGlob] = Field(
+    inputs: dict[str, SqlInput] = Field(
         description="The inputs, {name: glob} (Parquet, CSV or JSON lines; paths as etl.ingest "
-        "reads them): each name is a view over its files in the SQL.", min_length=1,
-        max_length=20)
+        "reads them) or {name: \"table:flights\"} (a warehouse table of your team's, or "
+        "\"table:@team.flights\", one another team granted you): each name is a view over "
+        "its files or table in the SQL.", min_length=1, max_length=20)
     sql: str = Field(min_length=1, max_length=100_000, description="One SELECT (or WITH ... "
                      "SELECT) over the inputs' names, in DuckDB's SQL.")
     target: Literal["parquet", "warehouse"] = Field(
@@ -498,6 +511,8 @@ class SqlParams(Params):
             if not etl_sql.ALIAS.match(alias):
                 raise ValueError(f"input name {alias!r}: lower-case letters, digits and "
                                  "underscores, not starting with a digit")
+            if pattern.startswith(TABLE_INPUT):
+                continue  # read by the workers, as the team's role
             try:
                 found = _matching(pattern)
                 formats = {etl_files.format_of(path) for path in found}
@@ -531,12 +546,40 @@ class SqlParams(Params):
         return _nulls_text(value)
 
 
+def read_tables(names: dict[str, str]) -> dict[str, pa.Table]:
+    """The warehouse tables an etl.sql job reads, as the team's role sees them: one it may
+    not read is as missing as one that does not exist."""
+    if not names:
+        return {}
+    tables = {}
+    with data.connect_warehouse() as conn:
+        for alias, name in names.items():
+            try:
+                cursor = conn.execute(pgsql.SQL("SELECT * FROM {}").format(
+                    data.table_input_ident(name)))
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+                conn.rollback()
+                raise data.NotFound(f"{alias}: table {name!r}: no such table") from None
+            columns = [column.name for column in cursor.description]
+            rows = cursor.fetchall()
+            tables[alias] = pa.table({column: [row[i] for row in rows]
+                                      for i, column in enumerate(columns)})
+    return tables
+
+
 def run_sql(ctx, p: SqlParams):
     started = time.monotonic()
-    inputs = {alias: _matching(pattern) for alias, pattern in p.inputs.items()}
+    inputs = {alias: _matching(pattern) for alias, pattern in p.inputs.items()
+              if not pattern.startswith(TABLE_INPUT)}
+    tables = read_tables({alias: pattern[len(TABLE_INPUT):]
+                          for alias, pattern in p.inputs.items()
+                          if pattern.startswith(TABLE_INPUT)})
     for alias, paths in inputs.items():
         ctx.log(f"{alias}: {len(paths)} file{'s' if len(paths) != 1 else ''} "
                 f"({p.inputs[alias]})")
+    for alias, table in tables.items():
+        ctx.log(f"{alias}: {table.num_rows:,} rows ({p.inputs[alias]})")
+    inputs = {**inputs, **tables}
     ctx.progress(0, None, unit="rows", message="running the query")
     try:
         schema, rows = _run_query(ctx, p, inputs, whole=False)
@@ -563,7 +606,7 @@ def run_sql(ctx, p: SqlParams):
             "seconds": round(seconds, 3)}
 
 
-def _run_query(ctx, p: SqlParams, inputs: dict[str, list[Path]],
+def _run_query(ctx, p: SqlParams, inputs: dict[str, list[Path] | pa.Table],
                whole: bool) -> tuple[pa.Schema, int]:
     con = etl_sql.connect(inputs, p.nulls, whole)
     rows = 0
