@@ -200,6 +200,17 @@ def test_tables_live_in_the_teams_schema_and_a_replace_touches_only_its_own(bobs
     with as_login() as conn:
         assert conn.execute("SELECT code FROM team_etl.accounts").fetchall() == [(SECRET,)]
         assert conn.execute("SELECT count(*) FROM team_ml.accounts").fetchone() == (1,)
+    # So does etl.ingest's replace (it deletes the rows of earlier loads of its own table).
+    with data.team_space(ML):
+        p = etl.IngestParams.model_validate({"input": "mine/t.csv", "target": "warehouse",
+                                             "table": "ledger_copy", "replace": True})
+        etl.run_ingest(InlineContext(job_id=34), p)
+    ingest_into(ETL, "ledger_copy", "private/secret.csv", job=35)
+    with data.team_space(ML):
+        etl.run_ingest(InlineContext(job_id=36), p)
+    with as_login() as conn:
+        assert conn.execute("SELECT code FROM team_etl.ledger_copy").fetchall() == [(SECRET,)]
+        assert conn.execute("SELECT _job FROM team_ml.ledger_copy").fetchall() == [(36,)]
 
 
 def test_postgresql_itself_refuses_another_teams_schema_until_a_grant(bobs_files):
