@@ -18,12 +18,13 @@ PART_SPEC_TTL_S = 7 * 24 * 3600
 
 
 def attempt_spec(job) -> protocol.AttemptSpec:
-    from spaces.selectors import grants_held  # spaces reads jobs' teams
+    from spaces.selectors import team_for_dispatch  # spaces reads jobs' teams
 
+    team, grants = team_for_dispatch(job.team_id)
     return protocol.AttemptSpec(job=job.pk, attempt=job.attempt, token=job.token, kind=job.kind,
                                 params=job.params, timeout_s=job.timeout_s,
                                 parent=job.parent_id, partition=job.partition,
-                                team=job.team.name, grants=grants_held(job.team_id))
+                                team=team, grants=grants)
 
 
 def route(job) -> str:

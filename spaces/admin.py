@@ -3,6 +3,7 @@ from django.contrib import admin
 
 from audit.admin import AuditedAdmin
 from spaces.models import DataGrant
+from spaces.selectors import forget_dispatch_cache
 from spaces.services import GrantRefused, clean_target
 
 
@@ -38,3 +39,12 @@ class DataGrantAdmin(AuditedAdmin, admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        forget_dispatch_cache()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        forget_dispatch_cache()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        forget_dispatch_cache()

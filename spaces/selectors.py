@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.db.models import QuerySet
 
 from accounts.models import Team
@@ -20,6 +22,29 @@ def grants_held(team_id: int) -> dict:
         else:
             tables.append(f"{owner}.{target}")
     return {"paths": paths, "tables": tables}
+
+
+# A fan-out dispatches hundreds of partitions of one team at once: its name and grants are read
+# once a second per process, not once per attempt (two queries each, ~1.3 s per 1000).
+DISPATCH_CACHE_S = 1.0
+_dispatch_cache: dict[int, tuple[float, str, dict]] = {}
+
+
+def team_for_dispatch(team_id: int) -> tuple[str, dict]:
+    """The team's name and grants as an attempt message carries them, at most
+    DISPATCH_CACHE_S old (a grant taken back stops reaching new attempts within that)."""
+    now = time.monotonic()
+    cached = _dispatch_cache.get(team_id)
+    if cached is not None and now - cached[0] < DISPATCH_CACHE_S:
+        return cached[1], cached[2]
+    name = Team.objects.filter(pk=team_id).values_list("name", flat=True).get()
+    grants = grants_held(team_id)
+    _dispatch_cache[team_id] = (now, name, grants)
+    return name, grants
+
+
+def forget_dispatch_cache() -> None:
+    _dispatch_cache.clear()
 
 
 def space_for(team: Team) -> data.Space:

@@ -11,6 +11,7 @@ from accounts import teams
 from accounts.models import Role, Team
 from audit.log import entry, record
 from spaces.models import DataGrant, GrantKind
+from spaces.selectors import forget_dispatch_cache
 from workers import data
 
 
@@ -66,6 +67,8 @@ def give(actor, team: Team, grantee_name, kind, target, *, via: str) -> DataGran
                                              target=target, created_by=actor)
             record(actor, "data_grant.give", grant, via=via, team=team.name,
                    grantee=grantee.name, kind=kind, granted=target)
+            forget_dispatch_cache()
+            transaction.on_commit(forget_dispatch_cache)
     except IntegrityError:
         raise GrantRefused({"target": [f"team {grantee.name} may already read it"]}) from None
     return grant
@@ -79,3 +82,5 @@ def take_back(actor, grant: DataGrant, *, via: str) -> None:
                      grantee=grant.grantee.name, kind=grant.kind, granted=grant.target)
         grant.delete()
         item.save()
+        forget_dispatch_cache()
+        transaction.on_commit(forget_dispatch_cache)

@@ -277,6 +277,9 @@ def test_a_team_admin_grants_a_prefix_and_the_grantees_jobs_read_it(api, cast, b
     gone = bob_admin.delete(f"/api/v1/teams/etl/grants/{grant['id']}/")
     assert gone.status_code == 204
     assert AuditEntry.objects.filter(action="data_grant.take_back").count() == 1
+    # The next attempt sent carries it no more (the dispatch cache forgets it at once).
+    assert attempt_spec(Job.objects.get(pk=ok.json()["id"])).grants == {"paths": [],
+                                                                        "tables": []}
     assert refused(submit(api, "etl.ingest", {"input": "@etl/sales/a.csv", "output": "o"}),
                    "input")
 
