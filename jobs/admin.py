@@ -2,8 +2,8 @@ from django.contrib import admin, messages
 
 from audit.admin import AuditedAdmin, ReadOnlyAdmin
 from jobs import services
+from jobs.lifecycle import TransitionRefused
 from jobs.models import Attempt, Job, Node
-from jobs.states import TransitionRefused
 
 
 class AttemptInline(admin.TabularInline):

@@ -11,21 +11,21 @@ Each repair is a guarded claim, so two reconcilers, or a late worker, cannot bot
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import admission, dependencies, fanout, history, selectors, states
+from jobs import admission, dependencies, dispatch, fanout, history, lifecycle, selectors
 from jobs.broadcast import Outbox
-from jobs.dispatch import attempt_spec, dispatch_on_commit, route, send
 from jobs.ingest import ALIVE_KEY, node_event
-from jobs.models import Attempt, Job, JobState, Node, NodeState
-from jobs.services import new_token, signal_cancel, signal_drain, state_event
+from jobs.models import Job, JobState, Node, NodeState
+from jobs.services import signal_cancel, signal_drain
+from portal.celery import app
 from schedules.services import tick as tick_schedules
 from workers import protocol
 
@@ -56,54 +56,7 @@ def recover_lost(now) -> int:
 
 
 def recover_one(job: Job, now) -> bool:
-    number = job.attempt
-    guard = {"attempt": number, "token": job.token, "lease_expires_at__lt": now}
-    node = job.node or "its node"
-    lost = f"node {node} lost"
-    timed_out = job.started_at and job.started_at + timedelta(seconds=job.timeout_s) < now
-    with transaction.atomic():
-        if job.cancel_requested_at:
-            won = states.claim(job.pk, JobState.CANCELLED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message=f"cancelled ({lost})")
-            attempt_state = "cancelled"
-        elif timed_out:
-            won = states.claim(job.pk, JobState.FAILED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message="failed",
-                               error=f"timed out after {job.timeout_s} s ({lost})")
-            attempt_state = "failed"
-        elif job.attempt < job.max_attempts:
-            token = new_token()
-            message = (f"{lost}; moved back to the queue as attempt {job.attempt + 1} "
-                       f"of {job.max_attempts}")
-            won = states.claim(job.pk, JobState.QUEUED, guard=guard, attempt=job.attempt + 1,
-                               token=token, node="", lease_expires_at=None, dispatched_at=now,
-                               progress=None, message=message)
-            if won:
-                Attempt.objects.create(job=job, number=job.attempt + 1, token=token,
-                                       created_at=now)
-                job.refresh_from_db()
-                dispatch_on_commit([job])
-            attempt_state = "lost"
-        else:
-            won = states.claim(job.pk, JobState.FAILED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message="failed",
-                               error=f"{lost} during attempt {job.attempt} of "
-                                     f"{job.max_attempts}")
-            attempt_state = "lost"
-        if not won:
-            return False
-        Attempt.objects.filter(job=job, number=number).update(
-            state=attempt_state, finished_at=now, error=lost)
-        job.refresh_from_db()
-        log.warning("job %s: %s", job.pk, job.message or job.error)
-        outbox = Outbox()
-        outbox.job(job.pk, job.team_id, state_event(job))
-        if job.state in (JobState.FAILED, JobState.CANCELLED):
-            transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
-        what = f"failed: {job.error}" if job.state == JobState.FAILED else job.message
-        outbox.job(job.pk, job.team_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
-        outbox.publish_on_commit()
-    return True
+    return lifecycle.lose(job, now)
 
 
 def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> int:
@@ -120,18 +73,52 @@ def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> in
     scores = client.zmscore(protocol.DISPATCHED,
                             [protocol.dispatch_member(job.pk, job.attempt) for job in queued])
     resend = []
+    stale = now - timedelta(seconds=VISIBILITY_TIMEOUT_S + settings.DISPATCH_GRACE_S)
+    in_broker = None
     for job, score in zip(queued, scores, strict=True):
         if score is not None:
+            # Marked, but a message can still vanish: one a node popped as its link was cut
+            # never reached it. Past the broker's visibility timeout, a message that is in no
+            # queue and that no worker holds is sent again.
+            if job.dispatched_at < stale:
+                in_broker = broker_task_ids(client) if in_broker is None else in_broker
+                if task_id(job) not in in_broker:
+                    resend.append(job)
             continue
         if seen_before.get(job.pk) != job.attempt:
             suspects[job.pk] = job.attempt
-        elif Job.objects.filter(pk=job.pk, state=JobState.QUEUED, attempt=job.attempt,
-                                dispatched_at=job.dispatched_at).update(dispatched_at=now):
-            resend.append((attempt_spec(job), route(job)))
+        else:
+            resend.append(job)
     if resend:
         log.warning("sending %d queued jobs again: their messages were lost", len(resend))
-        send(resend)
-    return len(resend)
+    return lifecycle.resend(resend, now)
+
+
+VISIBILITY_TIMEOUT_S = app.conf.broker_transport_options["visibility_timeout"]
+SCAN_LIMIT = 20_000
+
+
+def task_id(job: Job) -> str:
+    return dispatch.task_id(job.pk, job.attempt, job.token)
+
+
+def broker_task_ids(client: redis.Redis) -> set[str]:
+    """The task ids of every attempt message in the broker: waiting in a queue, or taken by a
+    worker and not yet acknowledged (kombu's `unacked` hash). At most SCAN_LIMIT of each."""
+    ids: set[bytes] = set()
+    names = {dispatch.route(job) for job in Job.objects.filter(state=JobState.QUEUED)
+             .only("queue", "labels")[:SCAN_LIMIT]}
+    pipe = client.pipeline(transaction=False)
+    for name in sorted(names):
+        pipe.lrange(name, 0, SCAN_LIMIT)
+    pipe.hvals("unacked")
+    for reply in pipe.execute():
+        for raw in reply or []:
+            ids.update(TASK_ID.findall(raw if isinstance(raw, bytes) else raw.encode()))
+    return {item.decode() for item in ids}
+
+
+TASK_ID = re.compile(rb'"id": ?"(\d+-\d+-[^"]{1,8})"')
 
 
 def reraise_cancels() -> None:
@@ -168,16 +155,13 @@ def resend_reserved(node: Node, now) -> int:
     waiting = {(job, attempt) for job, attempt in node.reserved or []}
     if not waiting:
         return 0
-    resend = []
-    for job in Job.objects.filter(pk__in={job for job, _ in waiting}, state=JobState.QUEUED):
-        if (job.pk, job.attempt) in waiting and Job.objects.filter(
-                pk=job.pk, state=JobState.QUEUED, attempt=job.attempt).update(dispatched_at=now):
-            resend.append((attempt_spec(job), route(job)))
+    resend = [job for job in Job.objects.filter(pk__in={job for job, _ in waiting},
+                                                state=JobState.QUEUED)
+              if (job.pk, job.attempt) in waiting]
     if resend:
         log.warning("node %s lost with %d unstarted jobs: sending them again", node.name,
                     len(resend))
-        send(resend)
-    return len(resend)
+    return lifecycle.resend(resend, now)
 
 
 def publish_summary(now) -> None:

@@ -75,25 +75,37 @@ class Agent:
                        now=True)
 
     def enforce_cancels(self, client: redis.Redis) -> None:
+        """Attempts whose job was cancelled, or that the portal no longer gives this node (it
+        declared them lost and moved on, or ended them), are asked to stop at once (the job's
+        context sees the flag) and, if still running after CANCEL_GRACE_S, killed, so that
+        their slots come free."""
         running = active_attempts()
         if not running:
             self._cancel_seen.clear()
             return
-        flags = client.mget([protocol.cancel_key(spec.job) for spec, _ in running])
+        flags = client.mget([key for spec, _ in running for key in (
+            protocol.cancel_key(spec.job), protocol.stop_key(spec.job, spec.attempt))])
         now = time.monotonic()
         live = set()
-        for (spec, pid), flag in zip(running, flags, strict=True):
-            if not flag:
+        for (spec, pid), cancel, stop in zip(running, flags[::2], flags[1::2], strict=True):
+            if not (cancel or stop):
                 continue
             key = (spec.job, spec.attempt)
             live.add(key)
+            if key not in self._cancel_seen and stop:
+                log.warning("node %s: job %s attempt %s is no longer this node's: stopping it",
+                            self.node, spec.job, spec.attempt)
+                self.sink.emit({"t": protocol.STOPPED, "node": self.node, "job": spec.job,
+                                "a": spec.attempt, "reason": "superseded: its slot is freed"},
+                               now=True)
             first = self._cancel_seen.setdefault(key, now)
             if now - first >= CANCEL_GRACE_S and pid:
-                log.warning("job %s ignored its cancel for %.0f s: stopping process %s",
-                            spec.job, CANCEL_GRACE_S, pid)
-                self.sink.emit(finished_event(spec, "cancelled",
-                                              error="stopped by force after the cancel"))
-                self.sink.flush(retry_for=5)
+                log.warning("job %s attempt %s still running %.0f s after it was told to stop: "
+                            "killing process %s", spec.job, spec.attempt, CANCEL_GRACE_S, pid)
+                if cancel and not stop:
+                    self.sink.emit(finished_event(spec, "cancelled",
+                                                  error="stopped by force after the cancel"))
+                    self.sink.flush(retry_for=5)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -182,14 +182,17 @@ class JobContext:
         return False
 
     def cancelled(self) -> bool:
-        """True once a cancel was requested; asks Redis at most every CANCEL_POLL_S."""
+        """True once a cancel was requested, or the portal gave this attempt up (it was lost
+        and moved on): asks Redis at most every CANCEL_POLL_S."""
         if self._cancelled:
             return True
         now = time.monotonic()
         if now - self._cancel_checked >= CANCEL_POLL_S:
             self._cancel_checked = now
             try:
-                self._cancelled = bool(self._redis.exists(protocol.cancel_key(self.job_id)))
+                self._cancelled = bool(self._redis.exists(
+                    protocol.cancel_key(self.job_id),
+                    protocol.stop_key(self.job_id, self.attempt)))
             except redis.RedisError:
                 pass  # the agent's hard stop still applies; keep working meanwhile
         return self._cancelled

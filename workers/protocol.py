@@ -31,6 +31,16 @@ def cancel_key(job_id: int) -> str:
     return f"{PREFIX}:cancel:{job_id}"
 
 
+def stop_key(job_id: int, attempt: int) -> str:
+    """Set when the portal no longer gives this attempt to anyone (it was lost, moved or ended
+    elsewhere): the node that still runs it stops it, and a copy not yet started never starts."""
+    return f"{PREFIX}:stop:{job_id}:{attempt}"
+
+
+# How long a cancel or stop flag lives: longer than any attempt may run.
+FLAG_TTL_S = 8 * 24 * 3600
+
+
 def parts_key(parent: int) -> str:
     """Hash of a fan-out's finished partitions: index -> {"state", "result", "error"}, written by
     the portal after each partition's end is committed; the parent's attempt waits on it."""
@@ -116,6 +126,7 @@ HEARTBEAT = "heartbeat"
 ARTIFACT = "artifact"
 FANOUT = "fanout"
 LEASE = "lease"  # renews one attempt's lease (a partition its parent runs inline)
+STOPPED = "stopped"  # a node stopped an attempt the portal no longer gave it
 
 
 def node_name(hostname: str) -> str:

@@ -17,11 +17,12 @@ from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
-# Atomically: forget the dispatch marker, refuse a cancelled job or a second copy of the same
-# attempt, and put the "started" event on the stream.
+# Atomically: forget the dispatch marker, refuse a cancelled job, an attempt the portal no
+# longer gives out, or a second copy of the same attempt, and put the "started" event on the
+# stream.
 _CLAIM_START = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3], KEYS[5]) > 0 then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
 redis.call('XADD', KEYS[4], '*', 'b', ARGV[3])
 return 1
@@ -34,7 +35,8 @@ def claim_start(client: redis.Redis, spec: protocol.AttemptSpec, node: str, work
     event = {"t": protocol.STARTED, "job": spec.job, "a": spec.attempt, "k": spec.token,
              "node": node, "worker": worker, "ts": time.time()}
     keys = [protocol.start_key(spec.job, spec.attempt), protocol.DISPATCHED,
-            protocol.cancel_key(spec.job), protocol.EVENTS_STREAM]
+            protocol.cancel_key(spec.job), protocol.EVENTS_STREAM,
+            protocol.stop_key(spec.job, spec.attempt)]
     args = [protocol.dispatch_member(spec.job, spec.attempt), node, json.dumps([event]),
             START_KEY_TTL_S]
     return int(client.eval(_CLAIM_START, len(keys), *keys, *args))
@@ -50,7 +52,7 @@ def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
     claimed = claim_start(client, spec, node, worker)
     if claimed != 1:
         log.info("attempt %s/%s not started (%s)", spec.job, spec.attempt,
-                 "cancelled" if claimed < 0 else "already started elsewhere")
+                 "cancelled or superseded" if claimed < 0 else "already started elsewhere")
         return "skipped"
     ctx = JobContext(spec, sink, client, node=node, worker=worker)
     outcome, result, error = "succeeded", None, ""

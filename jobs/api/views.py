@@ -32,8 +32,8 @@ from jobs.api.serializers import (
     NodeSerializer,
 )
 from jobs.broadcast import current_seq
+from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
-from jobs.states import TransitionRefused
 from portal.pagination import NewestFirst
 from portal.throttling import SubmitThrottle
 from workers.context import artifacts_dir
