@@ -334,7 +334,9 @@ def cancel(job: Job, *, actor=None, via: str = "api") -> Job:
         transaction.on_commit(lambda: signal_cancel(job.pk))
         if ended:
             _ended([job.pk])
-        cancel_children(job.pk)
+        # Each partition in a transaction of its own, after this one: the ingester locks
+        # partitions before their parent, so taking them under the parent's lock could deadlock.
+        transaction.on_commit(lambda: cancel_children(job.pk))
         job.refresh_from_db()
         _publish_state(job)
     return job
@@ -342,11 +344,22 @@ def cancel(job: Job, *, actor=None, via: str = "api") -> Job:
 
 def cancel_children(*parent_ids: int) -> None:
     """A fan-out's partitions that have not ended are cancelled with their parent."""
+    if not parent_ids:
+        return
     for child in Job.objects.filter(parent_id__in=parent_ids).exclude(state__in=TERMINAL):
         try:
             cancel(child)
         except TransitionRefused:
             pass  # it ended meanwhile
+
+
+def orphans() -> list[int]:
+    """Parents cancelled, or ended without success, whose partitions still go on (the process
+    that ended them died before it cancelled them): the reconciler cancels those."""
+    return list(Job.objects.filter(children__state__in=[S.PENDING, S.QUEUED, S.RUNNING],
+                                   children__cancel_requested_at__isnull=True)
+                .filter(state__in=[S.FAILED, S.CANCELLED]).values_list("pk", flat=True)
+                .distinct()[:100])
 
 
 def lose(job: Job, now) -> bool:
