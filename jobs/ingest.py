@@ -39,7 +39,7 @@ from jobs.models import (
     NodeState,
 )
 from portal.env import LEASE_S
-from workers import protocol
+from workers import protocol, wire
 
 log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
@@ -88,7 +88,7 @@ class Batch:
                 .values(*JOB_FIELDS))
         self.plans = {row["id"]: Plan(row, self.now) for row in rows}
         for event in self.events:
-            kind = event.get("t")
+            kind = event.get("type")
             if kind == protocol.HEARTBEAT:
                 self.heartbeat(event)
             elif kind == protocol.STOPPED:
@@ -121,29 +121,31 @@ class Batch:
         if plan is None:
             return False
         row = plan.row
-        ok = row["attempt"] == event.get("a") and row["token"] == event.get("k")
-        if event.get("t") == protocol.STARTED and (not ok or plan.state in TERMINAL):
-            self.to_stop.add((event["job"], event.get("a")))  # a stray copy: stop it
+        ok = row["attempt"] == event.get("attempt") and row["token"] == event.get("token")
+        if event.get("type") == protocol.STARTED and (not ok or plan.state in TERMINAL):
+            self.to_stop.add((event["job"], event.get("attempt")))  # a stray copy: stop it
         return ok
 
     def started(self, plan: Plan, e) -> None:
         plan.start(at=at(e["ts"]), node=e.get("node", ""), worker=e.get("worker", ""))
 
     def progress(self, plan: Plan, e) -> None:
-        plan.report(progress=e.get("p"), message=(e.get("msg") or _progress_text(e))[:500],
+        plan.report(progress=e.get("fraction"),
+                    message=(e.get("message") or _progress_text(e))[:500],
                     done=e.get("done"), total=e.get("total"), unit=(e.get("unit") or "")[:20])
         if plan.row["parent_id"]:
             self.parents.add(plan.row["parent_id"])
 
     def log(self, plan: Plan, e) -> None:
-        self.logs.append(LogLine(job_id=e["job"], attempt=e["a"], seq=e["seq"], ts=at(e["ts"]),
+        self.logs.append(LogLine(job_id=e["job"], attempt=e["attempt"], seq=e["seq"],
+                                 ts=at(e["ts"]),
                                  level=e.get("level", "info")[:10], text=e.get("text", "")))
-        plan.events.append({"type": "job.log", "attempt": e["a"], "seq": e["seq"],
+        plan.events.append({"type": "job.log", "attempt": e["attempt"], "seq": e["seq"],
                             "level": e.get("level", "info"), "text": e.get("text", ""),
                             "ts": at(e["ts"]).isoformat()})
 
     def metric(self, plan: Plan, e) -> None:
-        self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["a"], name=e["name"],
+        self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["attempt"], name=e["name"],
                                         step=e["step"], value=e["value"], ts=at(e["ts"])))
         plan.events.append({"type": "job.metric", "name": e["name"], "step": e["step"],
                             "value": e["value"]})
@@ -153,7 +155,8 @@ class Batch:
                     error=e.get("error", ""))
 
     def artifact(self, plan: Plan, e) -> None:
-        self.artifacts.append(Artifact(job_id=e["job"], attempt=e["a"], name=e["name"][:200],
+        self.artifacts.append(Artifact(job_id=e["job"], attempt=e["attempt"],
+                                       name=e["name"][:200],
                                        path=e["path"][:500], size=e.get("size") or 0,
                                        sha256=(e.get("sha256") or "")[:64], created_at=self.now))
         plan.events.append({"type": "job.artifact", "name": e["name"], "size": e.get("size")})
@@ -169,8 +172,8 @@ class Batch:
     def stopped(self, e) -> None:
         """A node stopped an attempt the portal no longer gave it: the feed says so."""
         text = (f"node {e.get('node') or '?'} stopped job {e.get('job')} attempt "
-                f"{e.get('a')}: {e.get('reason') or 'superseded'}")
-        self.outbox.add(["cluster"], {"type": "job.notice", "job": str(e.get("job")),
+                f"{e.get('attempt')}: {e.get('reason') or 'superseded'}")
+        self.outbox.add([wire.CLUSTER], {"type": "job.notice", "job": str(e.get("job")),
                                       "text": text})
 
     def publish(self, job_id: int, plan: Plan, *, moved: bool) -> None:
@@ -208,7 +211,7 @@ class Batch:
         node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
                                  "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
-        self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
+        self.outbox.add([wire.CLUSTER], node_event(node, changed=created or was != node.state))
 
 
 def superseded(held) -> set[tuple[int, int]]:
@@ -254,18 +257,24 @@ def _progress_text(e) -> str:
 
 
 def decode(fields: dict) -> list[dict]:
+    """A stream entry's events; one written before version 2 has one-letter names."""
     raw = fields.get(b"b") or fields.get("b")
     try:
         events = json.loads(raw)
     except (TypeError, ValueError):
         return []
-    return [e for e in events if isinstance(e, dict) and "t" in e and "ts" in e]
+    return normalized(events)
+
+
+def normalized(events) -> list[dict]:
+    events = [e if "type" in e else wire.from_v1(e) for e in events if isinstance(e, dict)]
+    return [e for e in events if "type" in e and "ts" in e]
 
 
 def apply_events(events: list[dict]) -> None:
     """Write a batch in one transaction and broadcast it after the commit."""
     with transaction.atomic():
-        outbox = Batch(events).apply()
+        outbox = Batch(normalized(events)).apply()
         outbox.publish_on_commit()
 
 

@@ -480,8 +480,7 @@ class Plan:
                    lease_expires_at=self.now + timedelta(seconds=LEASE_S))
         self.attempt.update(state=A.RUNNING, started_at=at, node=node, worker=worker[:200])
         number = self.row["attempt"]
-        self.events.append({"type": "job.state", "state": S.RUNNING, "attempt": number,
-                            "node": node, "message": "", "started_at": at.isoformat()})
+        self.events.append({**state_event(self.row), "started_at": at.isoformat()})
         if number > 1:
             self.events.append({"type": "job.notice", "text": (
                 f"job {self.row['id']} moved to {node or 'a node'}, attempt {number} "

@@ -30,7 +30,7 @@ from jobs.models import Job, JobState, Node, NodeState
 from jobs.services import signal_cancel, signal_drain
 from portal.celery import app
 from schedules.services import tick as tick_schedules
-from workers import protocol
+from workers import protocol, wire
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -145,7 +145,7 @@ def mark_offline(now) -> int:
         if Node.objects.filter(pk=node.pk, last_heartbeat=node.last_heartbeat).update(
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
-            outbox.add(["cluster"], node_event(node, changed=True))
+            outbox.add([wire.CLUSTER], node_event(node, changed=True))
             resend_reserved(node, now)
     outbox.publish()
     return len(silent)
@@ -171,7 +171,7 @@ def publish_summary(now) -> None:
     """Every dashboard's jobs-by-state, queue and throughput charts, computed once a pass here
     rather than once per open dashboard."""
     outbox = Outbox()
-    outbox.add(["cluster"], {"type": "cluster.summary", **selectors.cluster_summary(now)})
+    outbox.add([wire.CLUSTER], {"type": "cluster.summary", **selectors.cluster_summary(now)})
     outbox.publish()
 
 

@@ -23,7 +23,7 @@ from jobs.lifecycle import (  # noqa: F401  (their long-standing home for caller
     state_event,
 )
 from jobs.models import Job, JobState
-from workers import protocol
+from workers import protocol, wire
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
@@ -377,7 +377,7 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
             record(actor, "node.drain" if draining else "node.undrain", node, via=via)
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         outbox = Outbox()
-        outbox.add(["cluster"], node_event(node, changed=True))
+        outbox.add([wire.CLUSTER], node_event(node, changed=True))
         outbox.publish_on_commit()
     return node
 

@@ -67,7 +67,7 @@ class Agent:
 
     def heartbeat(self) -> None:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
-        self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
+        self.sink.emit({"type": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "reserved": waiting_attempts(),
                         "queues": self.pools, "labels": self.labels,
                         "consuming": sorted(q for q in self.consuming() if "@" not in q),
@@ -95,8 +95,9 @@ class Agent:
             if key not in self._cancel_seen and stop:
                 log.warning("node %s: job %s attempt %s is no longer this node's: stopping it",
                             self.node, spec.job, spec.attempt)
-                self.sink.emit({"t": protocol.STOPPED, "node": self.node, "job": spec.job,
-                                "a": spec.attempt, "reason": "superseded: its slot is freed"},
+                self.sink.emit({"type": protocol.STOPPED, "node": self.node, "job": spec.job,
+                                "attempt": spec.attempt,
+                                "reason": "superseded: its slot is freed"},
                                now=True)
             first = self._cancel_seen.setdefault(key, now)
             if now - first >= CANCEL_GRACE_S and pid:

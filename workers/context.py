@@ -48,8 +48,8 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         while not self.done.wait(HEARTBEAT_S):
-            self.sink.emit({"t": protocol.LEASE, "job": self.spec.job, "a": self.spec.attempt,
-                            "k": self.spec.token}, now=True)
+            self.sink.emit({"type": protocol.LEASE, "job": self.spec.job,
+                            "attempt": self.spec.attempt, "token": self.spec.token}, now=True)
 
 
 class PartitionFailed(Exception):
@@ -74,7 +74,8 @@ class JobContext:
         self._cancel_checked = 0.0
 
     def _event(self, event_type: str, /, **fields) -> dict:
-        return {"t": event_type, "job": self.job_id, "a": self.attempt, "k": self._spec.token,
+        return {"type": event_type, "job": self.job_id, "attempt": self.attempt,
+                "token": self._spec.token,
                 **fields}
 
     def progress(self, done: float, total: float | None = None, *, unit: str = "",
@@ -84,8 +85,8 @@ class JobContext:
         fraction = None
         if total:
             fraction = max(0.0, min(1.0, done / total))
-        self._sink.emit(self._event(protocol.PROGRESS, p=fraction, done=done, total=total,
-                                    unit=unit, msg=message[:500]))
+        self._sink.emit(self._event(protocol.PROGRESS, fraction=fraction, done=done,
+                                    total=total, unit=unit, message=message[:500]))
 
     def log(self, text: str, level: str = "info") -> None:
         self._log_seq += 1

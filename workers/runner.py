@@ -10,7 +10,7 @@ import traceback
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from workers import protocol
+from workers import protocol, wire
 from workers.context import Cancelled, JobContext
 from workers.events import EventSink
 from workers.kinds import get_kind
@@ -24,7 +24,7 @@ _CLAIM_START = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3], KEYS[5]) > 0 then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
-redis.call('XADD', KEYS[4], '*', 'b', ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'v', ARGV[5], 'b', ARGV[3])
 return 1
 """
 START_KEY_TTL_S = 7 * 24 * 3600
@@ -32,18 +32,21 @@ FINISH_RETRY_S = 60.0
 
 
 def claim_start(client: redis.Redis, spec: protocol.AttemptSpec, node: str, worker: str) -> int:
-    event = {"t": protocol.STARTED, "job": spec.job, "a": spec.attempt, "k": spec.token,
-             "node": node, "worker": worker, "ts": time.time()}
+    event = {"type": protocol.STARTED, "job": spec.job, "attempt": spec.attempt,
+             "token": spec.token, "node": node, "worker": worker, "ts": time.time()}
+    if wire.checking():
+        wire.check_stream(event)
     keys = [protocol.start_key(spec.job, spec.attempt), protocol.DISPATCHED,
             protocol.cancel_key(spec.job), protocol.EVENTS_STREAM,
             protocol.stop_key(spec.job, spec.attempt)]
     args = [protocol.dispatch_member(spec.job, spec.attempt), node, json.dumps([event]),
-            START_KEY_TTL_S]
+            START_KEY_TTL_S, wire.STREAM_VERSION]
     return int(client.eval(_CLAIM_START, len(keys), *keys, *args))
 
 
 def finished_event(spec: protocol.AttemptSpec, outcome: str, *, result=None, error: str = ""):
-    return {"t": protocol.FINISHED, "job": spec.job, "a": spec.attempt, "k": spec.token,
+    return {"type": protocol.FINISHED, "job": spec.job, "attempt": spec.attempt,
+            "token": spec.token,
             "outcome": outcome, "result": result, "error": error[:5000]}
 
 
