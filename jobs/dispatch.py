@@ -8,8 +8,8 @@ import time
 
 from django.db import transaction
 
-from portal.celery import app
 from workers import protocol
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 # The hard limit leaves the soft one (which the job sees as "timed out") time to be reported.

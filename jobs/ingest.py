@@ -38,8 +38,8 @@ from jobs.models import (
     NodeSample,
     NodeState,
 )
-from portal.env import LEASE_S
 from workers import protocol, wire
+from workers.config import LEASE_S
 
 log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"

@@ -29,8 +29,8 @@ from audit.log import record
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit, send_again
 from jobs.models import TERMINAL, Attempt, AttemptState, Job, JobState
-from portal.env import LEASE_S
 from workers import protocol
+from workers.config import LEASE_S
 
 log = logging.getLogger(__name__)
 S, A = JobState, AttemptState

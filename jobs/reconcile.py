@@ -1,4 +1,5 @@
-"""The periodic loop on the portal side: it repairs what dying parts leave behind.
+"""Recovery on the portal side: it repairs what dying parts leave behind (portal.reconciler
+runs it in a loop of its own).
 
 - A running attempt whose lease expired (its node stopped heartbeating) is lost: the job goes
   back to queued as a new attempt while attempts remain, else it fails saying the node was lost.
@@ -12,25 +13,19 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from datetime import timedelta
 
 import redis
-from django import db
 from django.conf import settings
-from django.utils import timezone
 
-from alerts import notify
-from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import admission, dependencies, dispatch, fanout, history, lifecycle, selectors
+from jobs import admission, dependencies, dispatch, fanout, lifecycle, selectors
 from jobs.broadcast import Outbox
 from jobs.ingest import ALIVE_KEY, node_event
 from jobs.models import Job, JobState, Node, NodeState
 from jobs.services import signal_cancel, signal_drain
-from portal.celery import app
-from schedules.services import tick as tick_schedules
 from workers import protocol, wire
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -175,69 +170,21 @@ def publish_summary(now) -> None:
     outbox.publish()
 
 
-class Reconciler:
-    """Two loops. Recovery (lost leases, lost messages, forgotten cancels and drains, silent
-    nodes, admission) waits on nothing slow; housekeeping (cron schedules, alerts, the cluster
-    summary, history roll-ups) runs beside it, and alert mail and webhooks go out from a
-    bounded pool of their own, so a slow receiver delays neither. Every repair is a guarded
-    claim: two reconcilers at once do each repair once."""
-
-    def __init__(self, client: redis.Redis | None = None):
-        self.client = client or protocol.redis_client()
-        self.suspects: dict[int, int] = {}  # queued jobs seen without a marker: id -> attempt
-        self.rolled_minute = None
-
-    def once(self) -> dict:
-        """Both passes, one after the other (`reconcile --once`, and the tests)."""
-        done = self.recover(timezone.now())
-        done.update(self.housekeep(timezone.now(), deliver=notify.deliver_pending))
-        return done
-
-    def recover(self, now) -> dict:
-        done = {"lost": 0, "resent": 0, "offline": 0}
-        try:
-            caught_up = ingester_caught_up(self.client)
-        except redis.RedisError:
-            caught_up = False
-        if caught_up:
-            done["lost"] = recover_lost(now)
-            done["resent"] = redispatch_missing(self.client, now, self.suspects)
-            reraise_cancels()
-            reassert_drains()
-            fanout.reassert_outcomes(self.client)
-            dependencies.settle_all()
-            lifecycle.cancel_children(*lifecycle.orphans())
-        done["admitted"] = len(admission.admit().admitted)
-        done["offline"] = mark_offline(now)
-        return done
-
-    def housekeep(self, now, *, deliver=None) -> dict:
-        done = {"scheduled": tick_schedules(now)}  # cron schedules that are due
-        done.update(evaluate_alerts(now, deliver=deliver or notify.deliver_in_background))
-        publish_summary(now)
-        if self.rolled_minute != history.minute_of(now):  # once a minute
-            done["rolled_up"] = history.roll_up(now)
-            done["pruned"] = sum(history.prune(now))
-            self.rolled_minute = history.minute_of(now)
-        return done
-
-    def run(self, stop: threading.Event) -> None:
-        """Recovery here, housekeeping in a thread beside it, until `stop` is set."""
-        side = threading.Thread(target=self._loop, args=(self.housekeep, stop),
-                                name="housekeeping", daemon=True)
-        side.start()
-        self._loop(self.recover, stop)
-        side.join(timeout=30)
-
-    @staticmethod
-    def _loop(step, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                done = step(timezone.now())
-                if any(done.values()):
-                    log.info("reconciled: %s", done)
-            except Exception:  # keep looping: the next pass may find Redis or the database back
-                log.exception("%s pass failed", step.__name__)
-                db.connection.close()
-            stop.wait(settings.RECONCILE_EVERY_S)
-        db.connection.close()
+def recover(client: redis.Redis, now, suspects: dict[int, int]) -> dict:
+    """One recovery pass: what dead nodes, a restarted Redis or a crashed process left."""
+    done = {"lost": 0, "resent": 0, "offline": 0}
+    try:
+        caught_up = ingester_caught_up(client)
+    except redis.RedisError:
+        caught_up = False
+    if caught_up:
+        done["lost"] = recover_lost(now)
+        done["resent"] = redispatch_missing(client, now, suspects)
+        reraise_cancels()
+        reassert_drains()
+        fanout.reassert_outcomes(client)
+        dependencies.settle_all()
+        lifecycle.cancel_children(*lifecycle.orphans())
+    done["admitted"] = len(admission.admit().admitted)
+    done["offline"] = mark_offline(now)
+    return done

@@ -145,3 +145,16 @@ def cluster_summary(now=None) -> dict:
         "finished_per_minute": {"t": [m.isoformat() for m in minutes],
                                 **{str(state): counts for state, counts in per_minute.items()}},
     }
+
+
+def team_load(team_ids: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+    """What each team's queued and running jobs hold, and how many of its jobs wait for
+    admission (the teams page and GET /api/v1/teams/ show them; accounts asks through
+    accounts.teams.provide_job_load)."""
+    from jobs import admission
+
+    usage, *_ = admission.held()
+    waiting = dict(Job.objects.filter(admission.waiting(), team_id__in=team_ids)
+                   .values_list("team_id").annotate(n=Count("id")).order_by())
+    return {team_id: usage[team_id] for team_id in team_ids if team_id in usage}, waiting
+

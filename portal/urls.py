@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import TeamList
+from alerts.api import AlertList
 from audit.api import AuditList
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("schedules.api_urls")),
     path("api/v1/audit/", AuditList.as_view(), name="api-audit"),
+    path("api/v1/alerts/", AlertList.as_view(), name="api-alerts"),
     path("api/v1/teams/", TeamList.as_view(), name="api-teams"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -19,7 +19,7 @@ from alerts.evaluate import evaluate, open_alert
 from alerts.models import Alert, AlertRule
 from jobs import broadcast
 from jobs.models import Job, JobState, Node, NodeState
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts.teams import default_team
 from jobs.ingest import ALIVE_KEY
 from jobs.models import Attempt, Job, JobState, Node
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 from workers import protocol
 
 

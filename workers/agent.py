@@ -18,8 +18,8 @@ import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from portal.env import CANCEL_GRACE_S, HEARTBEAT_S
 from workers import protocol
+from workers.config import CANCEL_GRACE_S, HEARTBEAT_S, node_labels
 from workers.events import EventSink
 from workers.protocol import redis_client
 from workers.runner import finished_event
@@ -168,7 +168,7 @@ class NodeAgentStep(bootsteps.StartStopStep):
         queues = [q.name for q in worker.app.amqp.queues.consume_from.values()] \
             if worker.app.amqp.queues.consume_from else []
         self.agent = Agent(worker.hostname, queues, worker.concurrency, worker=worker,
-                           labels=protocol.parse_labels(os.environ.get("NODE_LABELS", "")))
+                           labels=protocol.parse_labels(node_labels()))
         self.thread = threading.Thread(target=self.agent.run, name="node-agent", daemon=True)
         self.thread.start()
 

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import redis
 
-from portal.env import HEARTBEAT_S, env_float, env_str
 from workers import protocol
+from workers.config import CANCEL_POLL_S, HEARTBEAT_S
+from workers.config import artifacts_dir as artifacts_dir
 from workers.events import EventSink
 
-CANCEL_POLL_S = env_float("CANCEL_POLL_S", 0.5)
 FAN_OUT_POLL_S = 0.25
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-def artifacts_dir() -> Path:
-    """Where workers put what jobs produce and the portal serves it from (a shared volume)."""
-    return Path(env_str("ARTIFACTS_DIR") or Path(env_str("DATA_DIR") or "data") / "artifacts")
 
 
 class Cancelled(Exception):

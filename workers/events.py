@@ -15,14 +15,14 @@ import time
 
 import redis
 
-from portal.env import env_float, env_int
 from workers import protocol, wire
+from workers.config import EVENT_FLUSH_S, EVENT_MAX_BUFFER
 from workers.protocol import redis_client
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = env_float("EVENT_FLUSH_S", 0.1)
-MAX_BUFFER = env_int("EVENT_MAX_BUFFER", 200_000)
+FLUSH_S = EVENT_FLUSH_S
+MAX_BUFFER = EVENT_MAX_BUFFER
 BATCH = 500
 
 class EventSink:

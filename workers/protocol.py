@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from portal.env import REDIS_URL, env_str
+from workers.config import REDIS_PREFIX, REDIS_URL
 
-PREFIX = env_str("PORTAL_REDIS_PREFIX", "portal") or "portal"
+PREFIX = REDIS_PREFIX
 EVENTS_STREAM = f"{PREFIX}:events"
 INGEST_GROUP = "ingest"
 # Sorted set of "job:attempt" members whose task message is in the broker and not yet started.

@@ -22,6 +22,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from common.pagination import NewestFirst
+from common.throttling import SubmitThrottle
 from jobs import history, selectors, services
 from jobs.api.serializers import (
     ArtifactSerializer,
@@ -34,8 +36,6 @@ from jobs.api.serializers import (
 from jobs.broadcast import current_seq
 from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
-from portal.pagination import NewestFirst
-from portal.throttling import SubmitThrottle
 from workers.context import artifacts_dir
 from workers.kinds import all_kinds
 

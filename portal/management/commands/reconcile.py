@@ -7,7 +7,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
