@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -70,23 +72,27 @@ def visible_teams(user):
     return Team.objects.filter(memberships__user=user).order_by("name")
 
 
+# What each team's jobs hold and how many wait for admission, {team_id: {"jobs", "cpus",
+# "gpus"}} and {team_id: count}, for team ids: the jobs app provides it when it is ready
+# (jobs.apps), so that accounts, which jobs builds on, never imports jobs.
+_job_load: Callable[[list[int]], tuple[dict, dict]] | None = None
+
+
+def provide_job_load(load: Callable[[list[int]], tuple[dict, dict]]) -> None:
+    global _job_load
+    _job_load = load
+
+
 def overview(user, *, members_of_all: bool = False) -> list[dict]:
     """Each of the user's teams (staff: all) as the teams page and GET /api/v1/teams/ show it:
     the team, the user's role in it (None if not in it), what its queued and running jobs hold
     now, how many of its jobs wait for admission, and its members (role, user) for the user's
     own teams, or for every team with `members_of_all` (None where not shown). Five queries."""
-    from django.db.models import Count
-
-    from jobs import admission
-    from jobs.models import Job
-
     teams = list(visible_teams(user))
     ids = [team.pk for team in teams]
     roles = dict(Membership.objects.filter(user=user, team_id__in=ids)
                  .values_list("team_id", "role"))
-    usage, *_ = admission.held()
-    waiting = dict(Job.objects.filter(admission.waiting(), team_id__in=ids)
-                   .values_list("team_id").annotate(n=Count("id")).order_by())
+    usage, waiting = _job_load(ids) if _job_load else ({}, {})
     shown = ids if members_of_all else list(roles)
     members: dict[int, list[Membership]] = {team_id: [] for team_id in shown}
     for membership in (Membership.objects.filter(team_id__in=shown).select_related("user")

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from django import db
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -109,3 +112,38 @@ def deliver_pending() -> None:
             deliver(alert_id, down)
         except Exception:  # the database went away: the next pass tries again
             log.exception("alert %s: delivery failed", alert_id)
+
+
+SENDERS = 4  # deliveries at once: a slow receiver holds one of them, not the reconciler
+_pool = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="alert-sender")
+_sweeping = threading.Lock()
+
+
+def deliver_in_background() -> None:
+    """Deliver what is pending from the bounded pool, off the caller's loop (as healthchecks'
+    sendalerts does). A sweep still going when the next pass asks is left to finish."""
+    if not _sweeping.acquire(blocking=False):
+        return
+    threading.Thread(target=_sweep, name="alert-sweep", daemon=True).start()
+
+
+def _sweep() -> None:
+    down: set[str] = set()
+    try:
+        ids = pending()
+        list(_pool.map(lambda alert_id: _deliver_closing(alert_id, down), ids))
+    except Exception:
+        log.exception("alert delivery sweep failed")
+    finally:
+        db.connection.close()
+        _sweeping.release()
+
+
+def _deliver_closing(alert_id: int, down: set[str]) -> None:
+    try:
+        deliver(alert_id, down)
+    except Exception:  # the database went away: the next pass tries again
+        log.exception("alert %s: delivery failed", alert_id)
+    finally:
+        db.connection.close()
+

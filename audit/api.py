@@ -6,7 +6,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAdminUser
 
 from audit.models import AuditEntry
-from portal.pagination import NewestFirst
+from common.pagination import NewestFirst
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):

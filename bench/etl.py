@@ -188,7 +188,7 @@ class Bench:
                                    "(run with --verbose to see its output)")
 
     def start_node(self, name: str) -> None:
-        from portal.celery import app
+        from workers.celery import app
 
         self.app = app
         t0 = time.monotonic()

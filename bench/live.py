@@ -384,9 +384,10 @@ class SimNode:
 
     def heartbeat(self) -> dict:
         # As workers/agent.Agent.heartbeat, with the "ts" EventSink.emit adds.
-        return {"t": "heartbeat", "node": self.name, "worker": f"{self.name}@bench-sim",
-                "attempts": self.attempts, "queues": QUEUES, "consuming": sorted(QUEUES),
-                "concurrency": 8, "util": self.util(), "ts": time.time()}
+        return {"type": "heartbeat", "node": self.name, "worker": f"{self.name}@bench-sim",
+                "attempts": self.attempts, "reserved": [], "queues": QUEUES, "labels": {},
+                "consuming": sorted(QUEUES), "concurrency": 8, "util": self.util(),
+                "ts": time.time()}
 
 
 class Loop(threading.Thread):
@@ -463,7 +464,7 @@ class Worker(Loop):
         self.lock = threading.Lock()
 
     def body(self) -> None:
-        from workers import protocol
+        from workers import protocol, wire
 
         next_at = time.monotonic()
         while not self.halt.is_set():
@@ -477,10 +478,11 @@ class Worker(Loop):
             job_id, token = self.jobs[seq % len(self.jobs)]
             done = seq // len(self.jobs) % 1000
             now = time.time()
-            event = {"t": "progress", "job": job_id, "a": 1, "k": token, "p": done / 1000,
-                     "done": done, "total": 1000, "unit": "steps",
-                     "msg": f"bench {seq} {now:.6f}", "ts": now}
-            self.client.xadd(protocol.EVENTS_STREAM, {"b": json.dumps([event])})
+            event = {"type": "progress", "job": job_id, "attempt": 1, "token": token,
+                     "fraction": done / 1000, "done": done, "total": 1000, "unit": "steps",
+                     "message": f"bench {seq} {now:.6f}", "ts": now}
+            self.client.xadd(protocol.EVENTS_STREAM, {"v": wire.STREAM_VERSION,
+                                                      "b": json.dumps([event])})
             self.sent[seq] = (now, job_id)
 
 

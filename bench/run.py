@@ -120,7 +120,7 @@ def start_portal(bench, extra_env=None, where: str = "") -> dict[str, str]:
     `bench.redis_server`, `bench.cluster`: set as they start, so a failure half-way still
     stops what started), with the database migrated and a token for the user `bench`
     (`bench.token`). `extra_env(pg)` adds to the processes' environment. The environment is
-    set in this process too: portal.env and workers.protocol read it when first imported."""
+    set in this process too: workers.config and workers.protocol read it when first imported."""
     bench.pg = PostgresServer()
     bench.pg.start()
     bench.redis_server = RedisServer()
@@ -248,7 +248,7 @@ class Bench:
         import psycopg
         import redis
 
-        from portal.celery import app
+        from workers.celery import app
 
         self.app = app
         self.redis = redis.Redis.from_url(self.redis_server.url)

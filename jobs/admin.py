@@ -1,9 +1,11 @@
 from django.contrib import admin, messages
+from django.db.models import Count
 
+from accounts.models import Membership, Team
 from audit.admin import AuditedAdmin, ReadOnlyAdmin
-from jobs import services
+from jobs import admission, services
+from jobs.lifecycle import TransitionRefused
 from jobs.models import Attempt, Job, Node
-from jobs.states import TransitionRefused
 
 
 class AttemptInline(admin.TabularInline):
@@ -90,3 +92,44 @@ class NodeAdmin(AuditedAdmin, admin.ModelAdmin):
             services.drain_node(node=node, draining=False, actor=request.user, via="admin")
         self.message_user(request, f"{queryset.count()} nodes take jobs again.",
                           messages.SUCCESS)
+
+
+# Teams are registered here, beside the jobs they hold: their page counts those jobs, and a
+# quota saved lets waiting jobs in at once.
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Teams and their quotas: a change takes effect on the next admission pass."""
+
+    list_display = ["name", "title", "max_running_jobs", "max_cpus", "max_gpus", "share",
+                    "members_count", "pending", "running"]
+    search_fields = ["name", "title", "members__username"]
+    fieldsets = [(None, {"fields": ["name", "title"]}),
+                 ("Quota and fair share", {"fields": ["max_running_jobs", "max_cpus",
+                                                      "max_gpus", "share"]})]
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_members=Count("memberships"))
+
+    @admin.display(description="members", ordering="n_members")
+    def members_count(self, team):
+        return team.n_members
+
+    # Per team on the page (few), each an indexed count, not a join over every job.
+    @admin.display(description="waiting for admission")
+    def pending(self, team):
+        return Job.objects.filter(admission.waiting(), team=team).count()
+
+    @admin.display(description="queued or running")
+    def running(self, team):
+        return Job.objects.filter(team=team, state__in=admission.HELD).count()
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        admission.admit_on_commit()  # a larger quota lets waiting jobs in at once

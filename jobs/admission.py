@@ -26,8 +26,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from accounts.models import Team
-from jobs.broadcast import Outbox
-from jobs.dispatch import dispatch_on_commit
+from jobs import lifecycle
 from jobs.models import Job, JobState, Node, NodeState
 
 LOCK_KEY = 0x706F7274  # "port"
@@ -186,8 +185,6 @@ class Pass:
 
 def admit() -> Pass:
     """One admission pass, in the caller's transaction (or its own)."""
-    from jobs.services import state_event
-
     with transaction.atomic(savepoint=False):
         _lock()
         waiting_lines = lines()
@@ -223,37 +220,14 @@ def admit() -> Pass:
                 used[what] += wants(job, what)
             chosen.append(job)
         now = timezone.now()
-        admitted = queue_jobs(chosen, now)
+        admitted = lifecycle.admit(chosen, now)
         by_reason = defaultdict(list)
         for job_id, reason in reasons.items():
             by_reason[reason].append(job_id)
         for reason, ids in by_reason.items():
             Job.objects.filter(pk__in=ids, state=JobState.PENDING).exclude(
                 message=reason).update(message=reason)
-        dispatch_on_commit(admitted)
-        outbox = Outbox()
-        for job in admitted:
-            outbox.job(job.pk, job.team_id, state_event(job))
-        outbox.publish_on_commit()
     return Pass([job.pk for job in admitted], reasons, now)
-
-
-def queue_jobs(jobs: list[Job], now) -> list[Job]:
-    """Move the chosen jobs to queued, those still pending: one cancelled while the pass ran
-    stays cancelled and is not sent."""
-    if not jobs:
-        return []
-    table = Job._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET state = %s, dispatched_at = %s, message = '' WHERE state = %s "
-            f"AND id IN ({', '.join(['%s'] * len(jobs))}) RETURNING id",
-            [JobState.QUEUED.value, now, JobState.PENDING.value, *[job.pk for job in jobs]])
-        moved = {row[0] for row in cursor.fetchall()}
-    admitted = [job for job in jobs if job.pk in moved]
-    for job in admitted:  # as the row now is
-        job.state, job.dispatched_at, job.message = JobState.QUEUED, now, ""
-    return admitted
 
 
 def admit_on_commit() -> None:

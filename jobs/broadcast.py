@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
+from workers import wire
 from workers.protocol import PREFIX, redis_client
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,7 @@ def current_seq(group: str) -> int:
     return int(value) if value else 0
 
 
-def team_group(team_id: int) -> str:
-    """The stream of a team's job updates (its members' job lists and dashboards)."""
-    return f"jobs-team-{team_id}"
+team_group = wire.team_group
 
 
 class Outbox:
@@ -43,6 +42,8 @@ class Outbox:
         self.groups: dict[str, list[dict]] = defaultdict(list)
 
     def add(self, groups: list[str], event: dict) -> None:
+        if wire.checking():
+            wire.check_live(event)
         for group in groups:
             self.groups[group].append(event)
 
@@ -50,11 +51,11 @@ class Outbox:
             parent: int | None = None) -> None:
         """A job's update, to its own stream, and with `lists` to the job lists of its team
         and of staff; a partition's also to its parent's stream (the parent's page shows it)."""
-        groups = [f"job-{job_id}"]
+        groups = [wire.job_group(job_id)]
         if lists:
-            groups += [team_group(team_id), "jobs-staff"]
+            groups += [team_group(team_id), wire.STAFF_JOBS]
         if parent:
-            groups.append(f"job-{parent}")
+            groups.append(wire.job_group(parent))
         self.add(groups, {**event, "job": str(job_id)})
 
     def __bool__(self):

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from jobs import selectors
+from workers import wire
 
 log = logging.getLogger(__name__)
 NOT_AUTHENTICATED = 4401
@@ -155,4 +156,5 @@ class JobConsumer(LiveConsumer):
 
 class ClusterConsumer(LiveConsumer):
     def allowed_streams(self, user):
-        return selectors.job_groups(user) + ["cluster"] + (["alerts"] if user.is_staff else [])
+        staff = [wire.ALERTS] if user.is_staff else []
+        return [*selectors.job_groups(user), wire.CLUSTER, *staff]

@@ -12,9 +12,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import admission, states
-from jobs.broadcast import Outbox
-from jobs.models import TERMINAL, Attempt, Job, JobState
+from jobs import admission, lifecycle
+from jobs.models import TERMINAL, Job, JobState
 
 BATCH = 500
 
@@ -28,12 +27,9 @@ def after_ended(job_ids) -> None:
 
 
 def settle(job_ids) -> None:
-    from jobs.services import WAITING_FOR_ADMISSION, state_event
-
-    ended, unblocked = [], False
+    unblocked = False
     now = timezone.now()
     with transaction.atomic():
-        outbox = Outbox()
         for job in Job.objects.filter(pk__in=list(job_ids), state=JobState.PENDING, blocked=True,
                                       after__isnull=False).distinct():
             others = dict(job.after.values_list("pk", "state"))
@@ -41,26 +37,11 @@ def settle(job_ids) -> None:
                             if state in (JobState.FAILED, JobState.CANCELLED))
             if broken:
                 pk, state = broken[0]
-                won = states.claim(job.pk, JobState.CANCELLED, source={JobState.PENDING},
-                                   finished_at=now, message=f"cancelled: job {pk} {state}")
-                if won:
-                    Attempt.objects.filter(job=job, number=job.attempt).update(
-                        state="cancelled", finished_at=now)
-                    ended.append(job.pk)
+                lifecycle.skip(job, f"cancelled: job {pk} {state}", now)
             elif all(state == JobState.SUCCEEDED for state in others.values()):
-                won = bool(Job.objects.filter(pk=job.pk, state=JobState.PENDING, blocked=True)
-                           .update(blocked=False, message=WAITING_FOR_ADMISSION))
-                unblocked = unblocked or won
-            else:
-                continue
-            if won:
-                job.refresh_from_db()
-                outbox.job(job.pk, job.team_id, state_event(job))
-        outbox.publish_on_commit()
-        if unblocked:  # after the outbox, so their "pending" goes out before their "queued"
+                unblocked = lifecycle.unblock(job) or unblocked
+        if unblocked:  # after their "pending" went out, so it goes before their "queued"
             admission.admit()
-    if ended:  # those that waited for these are cancelled in turn
-        after_ended(ended)
 
 
 def settle_all() -> None:

@@ -8,8 +8,8 @@ import time
 
 from django.db import transaction
 
-from portal.celery import app
 from workers import protocol
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 # The hard limit leaves the soft one (which the job sees as "timed out") time to be reported.
@@ -33,10 +33,20 @@ def route(job) -> str:
     return protocol.label_queue(job.queue, job.labels)
 
 
+def task_id(job_id: int, attempt: int, token: str) -> str:
+    """The Celery task id of an attempt's message: found again in the broker by it."""
+    return f"{job_id}-{attempt}-{token[:8]}"
+
+
 def dispatch_on_commit(jobs) -> None:
     """After the current transaction commits, send each job's current attempt."""
     sends = [(attempt_spec(job), route(job)) for job in jobs]
     transaction.on_commit(lambda: send(sends))
+
+
+def send_again(jobs) -> int:
+    """Send these jobs' current attempts now (their messages were lost)."""
+    return send([(attempt_spec(job), route(job)) for job in jobs])
 
 
 def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:
@@ -67,7 +77,7 @@ def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:
                     argsrepr=f"job {spec.job} attempt {spec.attempt}",
                     kwargsrepr="{}",
                     queue=queue,
-                    task_id=f"{spec.job}-{spec.attempt}-{spec.token[:8]}",
+                    task_id=task_id(spec.job, spec.attempt, spec.token),
                     soft_time_limit=spec.timeout_s,
                     time_limit=(spec.timeout_s + HARD_LIMIT_MARGIN_S) if spec.timeout_s else None,
                     producer=producer,

@@ -17,9 +17,9 @@ import redis
 from django.db.models import Case, Count, F, FloatField, Q, Sum, Value, When
 from django.db.models.functions import Coalesce
 
+from jobs import lifecycle
 from jobs.broadcast import Outbox
-from jobs.dispatch import dispatch_on_commit
-from jobs.models import TERMINAL, Attempt, Job, JobState
+from jobs.models import TERMINAL, Job, JobState
 from workers import protocol
 from workers.kinds import get_kind
 
@@ -34,8 +34,6 @@ def outcome_of(job: dict) -> dict:
 def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, now) -> list[Job]:
     """The parent's partitions that do not exist yet, queued and dispatched after the commit;
     those that already ended are reported again (to a parent's new attempt)."""
-    from jobs.services import new_token, state_event
-
     parts = event.get("parts") or []
     kind = get_kind(event.get("kind") or "")
     existing = {row["partition"]: row for row in Job.objects.filter(parent_id=parent["id"])
@@ -50,25 +48,7 @@ def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, n
                         for i in missing)
         return []
     queue = event.get("queue") or kind.queue
-    label = parent["name"] or parent["kind"]
-    # Partitions hold what their parent asked for, on the same kind of node when they run in
-    # its queue (a label means nothing in another pool).
-    labels = (parent["labels"] or {}) if queue == parent["queue"] else {}
-    children = Job.objects.bulk_create([
-        Job(owner_id=parent["owner_id"], team_id=parent["team_id"], kind=kind.name,
-            name=f"{label} · part {i}"[:200], labels=labels, cpus=parent["cpus"],
-            gpus=parent["gpus"],
-            params=parts[i], queue=queue, max_attempts=parent["max_attempts"],
-            timeout_s=parent["timeout_s"], state=JobState.QUEUED, attempt=1,
-            token=new_token(), created_at=now, dispatched_at=now, parent_id=parent["id"],
-            partition=i)
-        for i in missing])
-    Attempt.objects.bulk_create([Attempt(job=child, number=1, token=child.token, created_at=now)
-                                 for child in children])
-    dispatch_on_commit(children)
-    for child in children:
-        outbox.job(child.pk, child.team_id, state_event(child), parent=parent["id"])
-    return children
+    return lifecycle.add_partitions(parent, kind, {i: parts[i] for i in missing}, queue, now)
 
 
 def sum_progress(parent_ids, outbox: Outbox) -> None:

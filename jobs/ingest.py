@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
@@ -25,13 +24,12 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import admission, dependencies, fanout, history, states
+from jobs import fanout, history, lifecycle
 from jobs.broadcast import Outbox
-from jobs.dispatch import dispatch_on_commit
+from jobs.lifecycle import Plan
 from jobs.models import (
     TERMINAL,
     Artifact,
-    Attempt,
     Job,
     JobState,
     LogLine,
@@ -40,9 +38,8 @@ from jobs.models import (
     NodeSample,
     NodeState,
 )
-from jobs.services import cancel_children, new_token, signal_cancel, state_event
-from portal.env import LEASE_S
-from workers import protocol
+from workers import protocol, wire
+from workers.config import LEASE_S
 
 log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
@@ -61,34 +58,10 @@ JOB_FIELDS = ("id", "attempt", "token", "owner_id", "team_id", "state", "cancel_
               "cpus", "gpus")
 
 
-class Plan:
-    """What a batch does to one job: simulated in memory on the locked row, then written with
-    the other jobs that move the same way."""
-
-    def __init__(self, row: dict):
-        self.row = row
-        self.token = row["token"]  # the attempt's, before a retry gives the job a new one
-        self.source = row["state"]
-        self.path = [row["state"]]
-        self.fields: dict = {}
-        self.attempt: dict = {}
-        self.events: list[dict] = []  # for its streams, in the order they happened
-        self.progress: dict | None = None
-
-    @property
-    def state(self) -> str:
-        return self.path[-1]
-
-    def move(self, target: str, **fields) -> None:
-        self.path.append(target)
-        self.fields.update(fields)
-        self.row.update(fields, state=target)
-
-
 class Batch:
     """Applies one batch of events inside one transaction, with a few set-based statements:
-    the jobs' rows are locked and read once, each job's events are played on its row in memory,
-    and the results are written grouped by how the jobs moved."""
+    the jobs' rows are locked and read once, each job's events are played on its row in memory
+    (the lifecycle's Plan), and the results are written grouped by how the jobs moved."""
 
     def __init__(self, events: list[dict]):
         self.events = events
@@ -97,199 +70,117 @@ class Batch:
         self.plans: dict[int, Plan] = {}
         self.logs: list[LogLine] = []
         self.metrics: list[MetricPoint] = []
-        self.to_stop: list[int] = []
+        self.to_stop: set[tuple[int, int]] = set()  # attempts the portal no longer gives out
         self.samples: list = []
         self.artifacts: list[Artifact] = []
         self.fanouts: list[tuple[Plan, dict]] = []
-        self.retried: list[int] = []  # partitions that failed and go again
-        self.outcomes: list[tuple[int, int, dict]] = []  # (parent, partition, outcome)
         self.parents: set[int] = set()  # whose progress to sum again
-        self.ended_parents: list[int] = []
-        self.ended: list[int] = []  # jobs this batch ended: others may wait for them
+        self.handlers = {
+            protocol.STARTED: self.started, protocol.PROGRESS: self.progress,
+            protocol.LOG: self.log, protocol.METRIC: self.metric,
+            protocol.FINISHED: self.finished, protocol.ARTIFACT: self.artifact,
+            protocol.LEASE: self.lease, protocol.FANOUT: self.fanout,
+        }
 
     def apply(self) -> Outbox:
         ids = sorted({e["job"] for e in self.events if "job" in e})
         rows = (Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")
                 .values(*JOB_FIELDS))
-        self.plans = {row["id"]: Plan(row) for row in rows}
+        self.plans = {row["id"]: Plan(row, self.now) for row in rows}
         for event in self.events:
-            kind = event.get("t")
+            kind = event.get("type")
             if kind == protocol.HEARTBEAT:
                 self.heartbeat(event)
-            elif "job" in event and self.current(event):
-                getattr(self, kind)(self.plans[event["job"]], event)
-        self.write()
+            elif kind == protocol.STOPPED:
+                self.stopped(event)
+            elif kind in self.handlers and "job" in event and self.current(event):
+                self.handlers[kind](self.plans[event["job"]], event)
+        won = lifecycle.write_plans(self.plans, self.now)
+        for job_id, plan in self.plans.items():
+            self.publish(job_id, plan, moved=job_id in won)
+        outcomes = [(plan.row["parent_id"], plan.row["partition"], plan.outcome)
+                    for job_id, plan in self.plans.items() if plan.outcome and job_id in won]
+        self.parents |= {plan.row["parent_id"] for job_id, plan in self.plans.items()
+                         if job_id in won and plan.row["parent_id"]}
         LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
         NodeSample.objects.bulk_create(self.samples)
         Artifact.objects.bulk_create(self.artifacts, ignore_conflicts=True)
         for plan, event in self.fanouts:
-            fanout.create_children(plan.row, event, self.outbox, self.outcomes, self.now)
+            fanout.create_children(plan.row, event, self.outbox, outcomes, self.now)
         fanout.sum_progress(self.parents, self.outbox)
-        if self.outcomes:
-            outcomes = list(self.outcomes)
+        if outcomes:
             transaction.on_commit(lambda: fanout.publish_outcomes(outcomes))
-        if self.ended:
-            ended_jobs = list(self.ended)
-            transaction.on_commit(lambda: dependencies.after_ended(ended_jobs))
-            admission.admit_on_commit()  # they freed places in quotas and pools
-        if self.ended_parents:
-            ended = list(self.ended_parents)
-            transaction.on_commit(lambda: cancel_children(*ended))
-        if self.to_stop:
-            stop = list(self.to_stop)
-            transaction.on_commit(lambda: signal_cancel(*stop))
+        lifecycle.stop_on_commit(*sorted(self.to_stop))
         return self.outbox
 
     def current(self, event) -> bool:
-        """Fencing: only the job's current attempt, with its token, may change anything."""
+        """Fencing: only the job's current attempt, with its token, may change anything. A
+        lost attempt is fenced off even when it was the job's last (its token changed)."""
         plan = self.plans.get(event["job"])
         if plan is None:
             return False
         row = plan.row
-        ok = row["attempt"] == event.get("a") and row["token"] == event.get("k")
-        if ok and event.get("t") == protocol.STARTED and plan.state in TERMINAL:
-            self.to_stop.append(event["job"])  # a stray copy of an ended job: stop it
+        ok = row["attempt"] == event.get("attempt") and row["token"] == event.get("token")
+        if event.get("type") == protocol.STARTED and (not ok or plan.state in TERMINAL):
+            self.to_stop.add((event["job"], event.get("attempt")))  # a stray copy: stop it
         return ok
 
     def started(self, plan: Plan, e) -> None:
-        if plan.state != JobState.QUEUED:
-            return  # a replayed event
-        when = at(e["ts"])
-        plan.move(JobState.RUNNING, started_at=when, node=e.get("node", ""), message="",
-                  lease_expires_at=self.now + timedelta(seconds=LEASE_S))
-        plan.attempt.update(state="running", started_at=when, node=e.get("node", ""),
-                            worker=e.get("worker", "")[:200])
-        plan.events.append({"type": "job.state", "state": JobState.RUNNING,
-                            "attempt": e["a"], "node": e.get("node", ""), "message": "",
-                            "started_at": when.isoformat()})
-        if e["a"] > 1:
-            plan.events.append({"type": "job.notice", "text": (
-                f"job {e['job']} moved to {e.get('node') or 'a node'}, attempt {e['a']} "
-                f"of {plan.row['max_attempts']}")})
+        plan.start(at=at(e["ts"]), node=e.get("node", ""), worker=e.get("worker", ""))
 
     def progress(self, plan: Plan, e) -> None:
-        if plan.state != JobState.RUNNING:
-            return
-        message = (e.get("msg") or _progress_text(e))[:500]
-        counts = {"done": e.get("done"), "total": e.get("total"),
-                  "unit": (e.get("unit") or "")[:20]}
-        plan.fields.update(progress=e.get("p"), message=message, **counts)
-        plan.row.update(progress=e.get("p"), message=message, **counts)
+        plan.report(progress=e.get("fraction"),
+                    message=(e.get("message") or _progress_text(e))[:500],
+                    done=e.get("done"), total=e.get("total"), unit=(e.get("unit") or "")[:20])
         if plan.row["parent_id"]:
             self.parents.add(plan.row["parent_id"])
-        plan.progress = {"type": "job.progress", "progress": e.get("p"), "message": message,
-                         "done": e.get("done"), "total": e.get("total"),
-                         "unit": e.get("unit", "")}
 
     def log(self, plan: Plan, e) -> None:
-        self.logs.append(LogLine(job_id=e["job"], attempt=e["a"], seq=e["seq"], ts=at(e["ts"]),
+        self.logs.append(LogLine(job_id=e["job"], attempt=e["attempt"], seq=e["seq"],
+                                 ts=at(e["ts"]),
                                  level=e.get("level", "info")[:10], text=e.get("text", "")))
-        plan.events.append({"type": "job.log", "attempt": e["a"], "seq": e["seq"],
+        plan.events.append({"type": "job.log", "attempt": e["attempt"], "seq": e["seq"],
                             "level": e.get("level", "info"), "text": e.get("text", ""),
                             "ts": at(e["ts"]).isoformat()})
 
     def metric(self, plan: Plan, e) -> None:
-        self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["a"], name=e["name"],
+        self.metrics.append(MetricPoint(job_id=e["job"], attempt=e["attempt"], name=e["name"],
                                         step=e["step"], value=e["value"], ts=at(e["ts"])))
         plan.events.append({"type": "job.metric", "name": e["name"], "step": e["step"],
                             "value": e["value"]})
 
     def finished(self, plan: Plan, e) -> None:
-        if plan.state == JobState.QUEUED:
-            # Its "started" was lost with a restarted Redis: it did start, so pass through running.
-            plan.move(JobState.RUNNING, started_at=at(e["ts"]))
-        if plan.state != JobState.RUNNING:
-            return
-        row = plan.row
-        outcome, error = e.get("outcome"), e.get("error", "")
-        ended = {"finished_at": at(e["ts"]), "lease_expires_at": None}
-        plan.attempt.update(state=outcome, finished_at=at(e["ts"]), error=error)
-        if outcome == JobState.SUCCEEDED and not row["cancel_requested_at"]:
-            plan.move(JobState.SUCCEEDED, result=e.get("result"), progress=1.0, message="",
-                      done=row["total"] if row["total"] is not None else row.get("done"),
-                      **ended)
-        elif outcome == JobState.FAILED and not row["cancel_requested_at"]:
-            if row["parent_id"] and row["attempt"] < row["max_attempts"]:
-                self.retry_partition(plan, e, error)
-                return
-            plan.move(JobState.FAILED, error=error, message="failed", **ended)
-        else:
-            # A job whose cancel was asked for never ends as succeeded.
-            outcome = JobState.CANCELLED
-            plan.attempt["state"] = outcome
-            plan.move(JobState.CANCELLED, message="cancelled", **ended)
-        plan.events.append({**state_event(row), "finished_at": at(e["ts"]).isoformat()})
-        if row["parent_id"]:
-            self.parents.add(row["parent_id"])
-            self.outcomes.append((row["parent_id"], row["partition"], {
-                "state": str(plan.state), "result": row.get("result"), "error": error}))
-        elif outcome != JobState.SUCCEEDED:
-            self.ended_parents.append(row["id"])  # its partitions, if any, end with it
-
-    def retry_partition(self, plan: Plan, e, error: str) -> None:
-        """A partition that failed runs again as a new attempt, on any node: one partition's
-        bad luck does not fail the whole fan-out."""
-        row = plan.row
-        number = row["attempt"] + 1
-        message = (f"partition {row['partition']} failed; again as attempt {number} of "
-                   f"{row['max_attempts']}: {error.splitlines()[0] if error else ''}")[:500]
-        plan.move(JobState.QUEUED, attempt=number, token=new_token(), node="",
-                  lease_expires_at=None, dispatched_at=self.now, progress=None, message=message)
-        self.retried.append(row["id"])
-        plan.events.append(state_event(row))
+        plan.finish(e.get("outcome"), at=at(e["ts"]), result=e.get("result"),
+                    error=e.get("error", ""))
 
     def artifact(self, plan: Plan, e) -> None:
-        self.artifacts.append(Artifact(job_id=e["job"], attempt=e["a"], name=e["name"][:200],
+        self.artifacts.append(Artifact(job_id=e["job"], attempt=e["attempt"],
+                                       name=e["name"][:200],
                                        path=e["path"][:500], size=e.get("size") or 0,
                                        sha256=(e.get("sha256") or "")[:64], created_at=self.now))
         plan.events.append({"type": "job.artifact", "name": e["name"], "size": e.get("size")})
 
     def lease(self, plan: Plan, e) -> None:
         """A partition run inside its parent's process: its parent renews its lease."""
-        if plan.state == JobState.RUNNING:
-            plan.fields["lease_expires_at"] = self.now + timedelta(seconds=LEASE_S)
+        plan.renew()
 
     def fanout(self, plan: Plan, e) -> None:
         if plan.state == JobState.RUNNING:
             self.fanouts.append((plan, e))
 
-    def write(self) -> None:
-        groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
-        for job_id, plan in self.plans.items():
-            if plan.fields or len(plan.path) > 1:
-                groups[tuple(_moves(plan.path))][job_id] = plan.fields
-        tokens = {job_id: plan.token for job_id, plan in self.plans.items()}
-        won: set[int] = set()
-        for path, rows in groups.items():
-            if len(path) == 1:  # progress only, no move
-                won |= states.update_rows(Job, rows, where={"state": path[0]})
-            else:
-                won |= states.claim_many(rows, path=list(path), token=tokens)
-        attempts = {plan.token: plan.attempt for job_id, plan in self.plans.items()
-                    if plan.attempt and job_id in won}
-        if attempts:
-            states.update_rows(Attempt, attempts, key="token")
-        retried = [job_id for job_id in self.retried if job_id in won]
-        if retried:
-            jobs = list(Job.objects.filter(pk__in=retried))
-            Attempt.objects.bulk_create([Attempt(job=job, number=job.attempt, token=job.token,
-                                                 created_at=self.now) for job in jobs])
-            dispatch_on_commit(jobs)
-        for job_id, plan in self.plans.items():
-            self.publish(job_id, plan, moved=job_id in won)
-        self.ended = [job_id for job_id in won if self.plans[job_id].state in TERMINAL]
+    def stopped(self, e) -> None:
+        """A node stopped an attempt the portal no longer gave it: the feed says so."""
+        text = (f"node {e.get('node') or '?'} stopped job {e.get('job')} attempt "
+                f"{e.get('attempt')}: {e.get('reason') or 'superseded'}")
+        self.outbox.add([wire.CLUSTER], {"type": "job.notice", "job": str(e.get("job")),
+                                      "text": text})
 
     def publish(self, job_id: int, plan: Plan, *, moved: bool) -> None:
-        """A job's updates in the order they happened: its latest progress goes before its end;
-        state and progress only if its row really moved. Log lines and metric points are for
-        the job's own stream; the lists need only states and progress."""
-        events = [e for e in plan.events if moved or e["type"] in ("job.log", "job.metric")]
-        if plan.progress and moved:
-            ends = [i for i, e in enumerate(events) if e.get("state") in TERMINAL]
-            events.insert(ends[0] if ends else len(events), plan.progress)
+        """Log lines and metric points are for the job's own stream; the lists need only
+        states and progress."""
         team, parent = plan.row["team_id"], plan.row["parent_id"]
-        for event in events:
+        for event in plan.publishable(moved=moved):
             lists = event["type"] not in ("job.log", "job.metric", "job.artifact")
             self.outbox.job(job_id, team, event, lists=lists, parent=parent if lists else None)
 
@@ -304,6 +195,7 @@ class Batch:
                 reduce(or_, (Q(pk=j, attempt=a, token=k) for j, a, k in held)),
                 state__in=[JobState.QUEUED, JobState.RUNNING],
             ).update(lease_expires_at=self.now + timedelta(seconds=LEASE_S))
+            self.to_stop |= superseded(held)
         was = node.state
         node.worker = e.get("worker", "")[:200]
         node.queues = e.get("consuming", e.get("queues")) or []  # what it takes work from now
@@ -319,7 +211,16 @@ class Batch:
         node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
                                  "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
-        self.outbox.add(["cluster"], node_event(node, changed=created or was != node.state))
+        self.outbox.add([wire.CLUSTER], node_event(node, changed=created or was != node.state))
+
+
+def superseded(held) -> set[tuple[int, int]]:
+    """Of the attempts a node says it runs, those the portal no longer gives it: moved to
+    another attempt, ended, or gone. Its node is told to stop them."""
+    current = {(row["pk"], row["attempt"], row["token"]) for row in Job.objects.filter(
+        pk__in={j for j, _, _ in held}, state__in=[JobState.QUEUED, JobState.RUNNING])
+        .values("pk", "attempt", "token")}
+    return {(j, a) for j, a, k in held if (j, a, k) not in current}
 
 
 def node_event(node: Node, *, changed: bool = False) -> dict:
@@ -356,18 +257,24 @@ def _progress_text(e) -> str:
 
 
 def decode(fields: dict) -> list[dict]:
+    """A stream entry's events; one written before version 2 has one-letter names."""
     raw = fields.get(b"b") or fields.get("b")
     try:
         events = json.loads(raw)
     except (TypeError, ValueError):
         return []
-    return [e for e in events if isinstance(e, dict) and "t" in e and "ts" in e]
+    return normalized(events)
+
+
+def normalized(events) -> list[dict]:
+    events = [e if "type" in e else wire.from_v1(e) for e in events if isinstance(e, dict)]
+    return [e for e in events if "type" in e and "ts" in e]
 
 
 def apply_events(events: list[dict]) -> None:
     """Write a batch in one transaction and broadcast it after the commit."""
     with transaction.atomic():
-        outbox = Batch(events).apply()
+        outbox = Batch(normalized(events)).apply()
         outbox.publish_on_commit()
 
 

@@ -1,4 +1,5 @@
-"""The periodic loop on the portal side: it repairs what dying parts leave behind.
+"""Recovery on the portal side: it repairs what dying parts leave behind (portal.reconciler
+runs it in a loop of its own).
 
 - A running attempt whose lease expired (its node stopped heartbeating) is lost: the job goes
   back to queued as a new attempt while attempts remain, else it fails saying the node was lost.
@@ -11,23 +12,20 @@ Each repair is a guarded claim, so two reconcilers, or a late worker, cannot bot
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
 
-from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import admission, dependencies, fanout, history, selectors, states
+from jobs import admission, dependencies, dispatch, fanout, lifecycle, selectors
 from jobs.broadcast import Outbox
-from jobs.dispatch import attempt_spec, dispatch_on_commit, route, send
 from jobs.ingest import ALIVE_KEY, node_event
-from jobs.models import Attempt, Job, JobState, Node, NodeState
-from jobs.services import new_token, signal_cancel, signal_drain, state_event
-from schedules.services import tick as tick_schedules
-from workers import protocol
+from jobs.models import Job, JobState, Node, NodeState
+from jobs.services import signal_cancel, signal_drain
+from workers import protocol, wire
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -56,54 +54,7 @@ def recover_lost(now) -> int:
 
 
 def recover_one(job: Job, now) -> bool:
-    number = job.attempt
-    guard = {"attempt": number, "token": job.token, "lease_expires_at__lt": now}
-    node = job.node or "its node"
-    lost = f"node {node} lost"
-    timed_out = job.started_at and job.started_at + timedelta(seconds=job.timeout_s) < now
-    with transaction.atomic():
-        if job.cancel_requested_at:
-            won = states.claim(job.pk, JobState.CANCELLED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message=f"cancelled ({lost})")
-            attempt_state = "cancelled"
-        elif timed_out:
-            won = states.claim(job.pk, JobState.FAILED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message="failed",
-                               error=f"timed out after {job.timeout_s} s ({lost})")
-            attempt_state = "failed"
-        elif job.attempt < job.max_attempts:
-            token = new_token()
-            message = (f"{lost}; moved back to the queue as attempt {job.attempt + 1} "
-                       f"of {job.max_attempts}")
-            won = states.claim(job.pk, JobState.QUEUED, guard=guard, attempt=job.attempt + 1,
-                               token=token, node="", lease_expires_at=None, dispatched_at=now,
-                               progress=None, message=message)
-            if won:
-                Attempt.objects.create(job=job, number=job.attempt + 1, token=token,
-                                       created_at=now)
-                job.refresh_from_db()
-                dispatch_on_commit([job])
-            attempt_state = "lost"
-        else:
-            won = states.claim(job.pk, JobState.FAILED, guard=guard, finished_at=now,
-                               lease_expires_at=None, message="failed",
-                               error=f"{lost} during attempt {job.attempt} of "
-                                     f"{job.max_attempts}")
-            attempt_state = "lost"
-        if not won:
-            return False
-        Attempt.objects.filter(job=job, number=number).update(
-            state=attempt_state, finished_at=now, error=lost)
-        job.refresh_from_db()
-        log.warning("job %s: %s", job.pk, job.message or job.error)
-        outbox = Outbox()
-        outbox.job(job.pk, job.team_id, state_event(job))
-        if job.state in (JobState.FAILED, JobState.CANCELLED):
-            transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
-        what = f"failed: {job.error}" if job.state == JobState.FAILED else job.message
-        outbox.job(job.pk, job.team_id, {"type": "job.notice", "text": f"job {job.pk}: {what}"})
-        outbox.publish_on_commit()
-    return True
+    return lifecycle.lose(job, now)
 
 
 def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> int:
@@ -120,18 +71,52 @@ def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> in
     scores = client.zmscore(protocol.DISPATCHED,
                             [protocol.dispatch_member(job.pk, job.attempt) for job in queued])
     resend = []
+    stale = now - timedelta(seconds=VISIBILITY_TIMEOUT_S + settings.DISPATCH_GRACE_S)
+    in_broker = None
     for job, score in zip(queued, scores, strict=True):
         if score is not None:
+            # Marked, but a message can still vanish: one a node popped as its link was cut
+            # never reached it. Past the broker's visibility timeout, a message that is in no
+            # queue and that no worker holds is sent again.
+            if job.dispatched_at < stale:
+                in_broker = broker_task_ids(client) if in_broker is None else in_broker
+                if task_id(job) not in in_broker:
+                    resend.append(job)
             continue
         if seen_before.get(job.pk) != job.attempt:
             suspects[job.pk] = job.attempt
-        elif Job.objects.filter(pk=job.pk, state=JobState.QUEUED, attempt=job.attempt,
-                                dispatched_at=job.dispatched_at).update(dispatched_at=now):
-            resend.append((attempt_spec(job), route(job)))
+        else:
+            resend.append(job)
     if resend:
         log.warning("sending %d queued jobs again: their messages were lost", len(resend))
-        send(resend)
-    return len(resend)
+    return lifecycle.resend(resend, now)
+
+
+VISIBILITY_TIMEOUT_S = app.conf.broker_transport_options["visibility_timeout"]
+SCAN_LIMIT = 20_000
+
+
+def task_id(job: Job) -> str:
+    return dispatch.task_id(job.pk, job.attempt, job.token)
+
+
+def broker_task_ids(client: redis.Redis) -> set[str]:
+    """The task ids of every attempt message in the broker: waiting in a queue, or taken by a
+    worker and not yet acknowledged (kombu's `unacked` hash). At most SCAN_LIMIT of each."""
+    ids: set[bytes] = set()
+    names = {dispatch.route(job) for job in Job.objects.filter(state=JobState.QUEUED)
+             .only("queue", "labels")[:SCAN_LIMIT]}
+    pipe = client.pipeline(transaction=False)
+    for name in sorted(names):
+        pipe.lrange(name, 0, SCAN_LIMIT)
+    pipe.hvals("unacked")
+    for reply in pipe.execute():
+        for raw in reply or []:
+            ids.update(TASK_ID.findall(raw if isinstance(raw, bytes) else raw.encode()))
+    return {item.decode() for item in ids}
+
+
+TASK_ID = re.compile(rb'"id": ?"(\d+-\d+-[^"]{1,8})"')
 
 
 def reraise_cancels() -> None:
@@ -155,7 +140,7 @@ def mark_offline(now) -> int:
         if Node.objects.filter(pk=node.pk, last_heartbeat=node.last_heartbeat).update(
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
-            outbox.add(["cluster"], node_event(node, changed=True))
+            outbox.add([wire.CLUSTER], node_event(node, changed=True))
             resend_reserved(node, now)
     outbox.publish()
     return len(silent)
@@ -168,53 +153,38 @@ def resend_reserved(node: Node, now) -> int:
     waiting = {(job, attempt) for job, attempt in node.reserved or []}
     if not waiting:
         return 0
-    resend = []
-    for job in Job.objects.filter(pk__in={job for job, _ in waiting}, state=JobState.QUEUED):
-        if (job.pk, job.attempt) in waiting and Job.objects.filter(
-                pk=job.pk, state=JobState.QUEUED, attempt=job.attempt).update(dispatched_at=now):
-            resend.append((attempt_spec(job), route(job)))
+    resend = [job for job in Job.objects.filter(pk__in={job for job, _ in waiting},
+                                                state=JobState.QUEUED)
+              if (job.pk, job.attempt) in waiting]
     if resend:
         log.warning("node %s lost with %d unstarted jobs: sending them again", node.name,
                     len(resend))
-        send(resend)
-    return len(resend)
+    return lifecycle.resend(resend, now)
 
 
 def publish_summary(now) -> None:
     """Every dashboard's jobs-by-state, queue and throughput charts, computed once a pass here
     rather than once per open dashboard."""
     outbox = Outbox()
-    outbox.add(["cluster"], {"type": "cluster.summary", **selectors.cluster_summary(now)})
+    outbox.add([wire.CLUSTER], {"type": "cluster.summary", **selectors.cluster_summary(now)})
     outbox.publish()
 
 
-class Reconciler:
-    def __init__(self, client: redis.Redis | None = None):
-        self.client = client or protocol.redis_client()
-        self.suspects: dict[int, int] = {}  # queued jobs seen without a marker: id -> attempt
-        self.rolled_minute = None
-
-    def once(self) -> dict:
-        now = timezone.now()
-        done = {"lost": 0, "resent": 0, "offline": 0}
-        try:
-            caught_up = ingester_caught_up(self.client)
-        except redis.RedisError:
-            caught_up = False
-        if caught_up:
-            done["lost"] = recover_lost(now)
-            done["resent"] = redispatch_missing(self.client, now, self.suspects)
-            reraise_cancels()
-            reassert_drains()
-            fanout.reassert_outcomes(self.client)
-            dependencies.settle_all()
-        done["scheduled"] = tick_schedules(now)  # cron schedules that are due
-        done["admitted"] = len(admission.admit().admitted)
-        done["offline"] = mark_offline(now)
-        done.update(evaluate_alerts(now))  # alerts_fired, alerts_resolved
-        publish_summary(now)
-        if self.rolled_minute != history.minute_of(now):  # once a minute
-            done["rolled_up"] = history.roll_up(now)
-            done["pruned"] = sum(history.prune(now))
-            self.rolled_minute = history.minute_of(now)
-        return done
+def recover(client: redis.Redis, now, suspects: dict[int, int]) -> dict:
+    """One recovery pass: what dead nodes, a restarted Redis or a crashed process left."""
+    done = {"lost": 0, "resent": 0, "offline": 0}
+    try:
+        caught_up = ingester_caught_up(client)
+    except redis.RedisError:
+        caught_up = False
+    if caught_up:
+        done["lost"] = recover_lost(now)
+        done["resent"] = redispatch_missing(client, now, suspects)
+        reraise_cancels()
+        reassert_drains()
+        fanout.reassert_outcomes(client)
+        dependencies.settle_all()
+        lifecycle.cancel_children(*lifecycle.orphans())
+    done["admitted"] = len(admission.admit().admitted)
+    done["offline"] = mark_offline(now)
+    return done

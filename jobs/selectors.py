@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts import teams
 from jobs.broadcast import team_group
 from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint, Node
+from workers import wire
 
 LOG_PAGE = 1000
 JOB_COLUMNS = [field.name for field in Job._meta.concrete_fields]
@@ -83,14 +84,14 @@ def job_groups(user) -> list[str]:
     if not user or not user.is_authenticated or not user.is_active:
         return []
     if user.is_staff:
-        return ["jobs-staff"]
+        return [wire.STAFF_JOBS]
     # A user in no team yet gets the team of their own that their first job would go to.
     ids = teams.team_ids(user) or [teams.default_team(user).pk]
     return [team_group(t) for t in ids]
 
 
 def job_group(job_id: int) -> str:
-    return f"job-{job_id}"
+    return wire.job_group(job_id)
 
 
 def nodes() -> QuerySet[Node]:
@@ -144,3 +145,16 @@ def cluster_summary(now=None) -> dict:
         "finished_per_minute": {"t": [m.isoformat() for m in minutes],
                                 **{str(state): counts for state, counts in per_minute.items()}},
     }
+
+
+def team_load(team_ids: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+    """What each team's queued and running jobs hold, and how many of its jobs wait for
+    admission (the teams page and GET /api/v1/teams/ show them; accounts asks through
+    accounts.teams.provide_job_load)."""
+    from jobs import admission
+
+    usage, *_ = admission.held()
+    waiting = dict(Job.objects.filter(admission.waiting(), team_id__in=team_ids)
+                   .values_list("team_id").annotate(n=Count("id")).order_by())
+    return {team_id: usage[team_id] for team_id in team_ids if team_id in usage}, waiting
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -14,12 +13,19 @@ from pydantic import ValidationError
 from accounts import teams
 from accounts.models import Team
 from audit.log import record, record_many
-from jobs import admission, states
+from jobs import admission, lifecycle
 from jobs.broadcast import Outbox
-from jobs.models import TERMINAL, Attempt, Job, JobState
+from jobs.lifecycle import (  # noqa: F401  (their long-standing home for callers)
+    WAITING_FOR_ADMISSION,
+    cancel_children,
+    new_token,
+    signal_cancel,
+    state_event,
+)
+from jobs.models import Job, JobState
 from spaces.selectors import space_for
 from workers import data as workers_data
-from workers import protocol
+from workers import protocol, wire
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
@@ -27,7 +33,6 @@ SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "t
                "after", "team", "cpus", "gpus", "labels"}
 MAX_AFTER = 100
 MAX_LABELS = 10
-WAITING_FOR_ADMISSION = "waiting for admission"
 _PYDANTIC_MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "is not a parameter of this kind",
@@ -76,10 +81,6 @@ class JobSpec:
     cpus: int = 1
     gpus: int = 0
     labels: dict | None = None  # node labels it needs
-
-
-def new_token() -> str:
-    return secrets.token_hex(16)
 
 
 def params_errors(exc: ValidationError) -> dict[str, list[str]]:
@@ -226,8 +227,7 @@ def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
                name=spec.name, params=spec.params, queue=spec.queue, priority=spec.priority,
                cpus=spec.cpus, gpus=spec.gpus, labels=spec.labels or {},
                max_attempts=spec.max_attempts, timeout_s=spec.timeout_s,
-               state=JobState.PENDING, blocked=blocked, attempt=1, token=new_token(),
-               created_at=now, idempotency_key=idempotency_key,
+               blocked=blocked, created_at=now, idempotency_key=idempotency_key,
                message=(f"waiting for {_jobs_text(spec.after)} to succeed" if blocked
                         else WAITING_FOR_ADMISSION))
 
@@ -261,20 +261,11 @@ def _create(owner, specs: list[JobSpec], now, idempotency_key=None) -> list[Job]
     others stay blocked until they move on."""
     from jobs import dependencies
 
-    jobs = [_new_job(owner, spec, now, idempotency_key) for spec in specs]
-    if idempotency_key:
-        jobs[0].save()
-    else:
-        jobs = Job.objects.bulk_create(jobs)
-    Attempt.objects.bulk_create([
-        Attempt(job=job, number=1, token=job.token, created_at=now) for job in jobs])
+    jobs = lifecycle.create([_new_job(owner, spec, now, idempotency_key) for spec in specs],
+                            now, one_by_one=bool(idempotency_key))
     links = [Job.after.through(from_job_id=job.pk, to_job_id=other)
              for job, spec in zip(jobs, specs, strict=True) for other in spec.after]
     Job.after.through.objects.bulk_create(links)
-    outbox = Outbox()
-    for job in jobs:
-        outbox.job(job.pk, job.team_id, state_event(job), lists=True)
-    outbox.publish_on_commit()
     blocked = [job.pk for job in jobs if job.blocked]
     if blocked:  # those whose jobs already ended move on at once
         dependencies.settle(blocked)
@@ -351,16 +342,6 @@ def _first_with_key(owner, key: str) -> Job | None:
     return visible_jobs(owner).filter(owner=owner, idempotency_key=key).first()
 
 
-STATE_EVENT_FIELDS = ("state", "attempt", "node", "message", "progress", "error", "kind",
-                      "name", "result")
-
-
-def state_event(job: Job | dict) -> dict:
-    """The job.state message, from a Job or from a row of its values (the ingester's)."""
-    get = job.get if isinstance(job, dict) else lambda name: getattr(job, name)
-    return {"type": "job.state", **{name: get(name) for name in STATE_EVENT_FIELDS}}
-
-
 def check_acts(actor, job: Job) -> None:
     """A viewer of the team sees its jobs but may not change them."""
     if actor is not None and not teams.can_act(actor, job.team_id):
@@ -368,64 +349,9 @@ def check_acts(actor, job: Job) -> None:
 
 
 def cancel_job(*, job: Job, actor=None, via: str = "api") -> Job:
-    """Cancel a job: at once if it has not started, else by asking its running attempt to stop.
-    The request is durable (in the database) and reaches the worker through Redis."""
-    from jobs import dependencies
-
+    """Cancel a job: at once if it has not started, else by asking its running attempt to stop."""
     check_acts(actor, job)
-    now = timezone.now()
-    with transaction.atomic():
-        ended = states.claim(job.pk, JobState.CANCELLED, source={JobState.PENDING,
-                             JobState.QUEUED}, finished_at=now, cancel_requested_at=now,
-                             message="cancelled before it started", lease_expires_at=None)
-        if ended:
-            Attempt.objects.filter(job=job, number=job.attempt).update(
-                state="cancelled", finished_at=now)
-        else:
-            asked = bool(Job.objects.filter(pk=job.pk, state=JobState.RUNNING,
-                                            cancel_requested_at__isnull=True)
-                         .update(cancel_requested_at=now, message="cancelling…"))
-            if not asked and not Job.objects.filter(pk=job.pk, state=JobState.RUNNING).exists():
-                raise states.TransitionRefused(f"job {job.pk} is already {_state_of(job)}")
-        if actor is not None:
-            record(actor, "job.cancel", job, via=via, at_once=ended)
-        transaction.on_commit(lambda: signal_cancel(job.pk))
-        if ended:
-            transaction.on_commit(lambda: dependencies.after_ended([job.pk]))
-            admission.admit_on_commit()  # a queued job held a place in its team's quota
-        cancel_children(job.pk)
-        job.refresh_from_db()
-        outbox = Outbox()
-        outbox.job(job.pk, job.team_id, state_event(job))
-        outbox.publish_on_commit()
-    return job
-
-
-def cancel_children(*parent_ids: int) -> None:
-    """A fan-out's partitions that have not ended are cancelled with their parent."""
-    for child in Job.objects.filter(parent_id__in=parent_ids).exclude(state__in=TERMINAL):
-        try:
-            cancel_job(job=child)
-        except states.TransitionRefused:
-            pass  # it ended meanwhile
-
-
-def _state_of(job: Job) -> str:
-    return Job.objects.filter(pk=job.pk).values_list("state", flat=True).first() or "gone"
-
-
-def signal_cancel(*job_ids: int) -> None:
-    """Raise the cancel flag that workers poll; the reconciler raises it again after a Redis
-    restart, since the database holds the request."""
-    if not job_ids:
-        return
-    try:
-        pipe = protocol.redis_client().pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.set(protocol.cancel_key(job_id), 1, ex=7 * 24 * 3600)
-        pipe.execute()
-    except Exception as exc:  # the reconciler raises it again from the database
-        log.warning("cancel flag for jobs %s not set: %s", job_ids, exc)
+    return lifecycle.cancel(job, actor=actor, via=via)
 
 
 def retry_job(*, job: Job, owner, via: str = "api") -> Job:
@@ -456,7 +382,7 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
             record(actor, "node.drain" if draining else "node.undrain", node, via=via)
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         outbox = Outbox()
-        outbox.add(["cluster"], node_event(node, changed=True))
+        outbox.add([wire.CLUSTER], node_event(node, changed=True))
         outbox.publish_on_commit()
     return node
 

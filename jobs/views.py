@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from accounts import teams
 from accounts.auth import key_from_header, user_for_key
 from jobs import admission, forms, prometheus, selectors, services
+from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
-from jobs.states import TransitionRefused
 from workers.kinds import all_kinds, examples, get_kind
 
 LIST_PAGE = 50

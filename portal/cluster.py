@@ -99,7 +99,7 @@ class Cluster:
                      queues: str = "cpu,etl,train,gpu", extra: list[str] | None = None,
                      labels: str = ""):
         """A worker node; `labels` ("gpu=a100,zone=b") is its NODE_LABELS."""
-        argv = [str(BIN / "celery"), "-A", "portal.celery", "worker", "-n", f"{node}@%h",
+        argv = [str(BIN / "celery"), "-A", "workers.celery", "worker", "-n", f"{node}@%h",
                 "-Q", queues, "-c", str(concurrency), "-l", "warning", "--without-gossip",
                 "--without-mingle", "--without-heartbeat", *(extra or [])]
         return self.spawn(node, argv, env={**self.worker_env(), "NODE_LABELS": labels})

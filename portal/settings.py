@@ -5,10 +5,19 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.env import REDIS_URL, env_bool, env_float, env_int, env_list, env_rate, env_str
+from workers import config
+from workers.config import (
+    REDIS_URL,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_rate,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data")))
+DATA_DIR = config.data_dir()
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
@@ -31,6 +40,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "portal",
     "accounts",
     "jobs",
     "alerts",
@@ -41,8 +51,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "portal.middleware.BodySizeLimitMiddleware",
-    "portal.middleware.NulCharacterMiddleware",
+    "common.middleware.BodySizeLimitMiddleware",
+    "common.middleware.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -121,7 +131,7 @@ REDIS_URL = REDIS_URL
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("PORTAL_REDIS_PREFIX", "portal")},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": config.REDIS_PREFIX},
     }
 }
 
@@ -131,7 +141,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env_str("PORTAL_REDIS_PREFIX", "portal"),
+        "KEY_PREFIX": config.REDIS_PREFIX,
         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
     }
 }
@@ -143,13 +153,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["portal.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["common.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "portal.errors.exception_handler",
+    "EXCEPTION_HANDLER": "common.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # 429 with Retry-After past these; POST /api/v1/jobs/ (and retry) also counts as `submit`.
-    "DEFAULT_THROTTLE_CLASSES": ["portal.throttling.UserThrottle",
-                                 "portal.throttling.AnonThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["common.throttling.UserThrottle",
+                                 "common.throttling.AnonThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": env_rate("THROTTLE_USER_RATE", "1200/min"),
         "anon": env_rate("THROTTLE_ANON_RATE", "120/min"),

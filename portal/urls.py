@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import TeamList
+from alerts.api import AlertList
 from audit.api import AuditList
 from spaces.api import GrantDetail, GrantList
 
@@ -12,6 +13,7 @@ urlpatterns = [
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("schedules.api_urls")),
     path("api/v1/audit/", AuditList.as_view(), name="api-audit"),
+    path("api/v1/alerts/", AlertList.as_view(), name="api-alerts"),
     path("api/v1/teams/", TeamList.as_view(), name="api-teams"),
     path("api/v1/teams/<slug:team>/grants/", GrantList.as_view(), name="api-team-grants"),
     path("api/v1/teams/<slug:team>/grants/<str:grant_id>/", GrantDetail.as_view(),

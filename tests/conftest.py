@@ -70,6 +70,7 @@ def pytest_configure(config):
     for folder in (data_root, artifacts_dir):
         _cleanups.append(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
     os.environ.update({
+        "PORTAL_WIRE_CHECK": "1",  # every event, in every process, checked against its type
         "DATA_ROOT": data_root,
         "ARTIFACTS_DIR": artifacts_dir,
         "SHELL_COMMANDS": "/usr/bin/printf,/usr/bin/env,/bin/sleep",

@@ -19,7 +19,7 @@ from alerts.evaluate import evaluate, open_alert
 from alerts.models import Alert, AlertRule
 from jobs import broadcast
 from jobs.models import Job, JobState, Node, NodeState
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 
 
 @pytest.fixture(autouse=True)
@@ -351,3 +351,50 @@ def test_an_admin_resolves_an_alert_by_hand(cast, make_rule, run_pass, published
     alert.refresh_from_db()
     assert alert.resolved_at is not None
     assert [e["type"] for e in alert_events(published)] == ["alert.fired", "alert.resolved"]
+
+
+class SlowHook(BaseHTTPRequestHandler):
+    """Holds every request until the test lets it answer."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.arrived.set()
+        self.server.release.wait(30)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_webhook_holds_neither_the_recovery_loop_nor_housekeeping(monkeypatch):
+    """Notifications go out from the bounded pool: the reconciler's passes return while the
+    receiver still holds the request, and the incident is marked told once it answers."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHook)
+    server.arrived, server.release = threading.Event(), threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        AlertRule.objects.all().delete()
+        AlertRule.objects.create(name="offline", kind="node_offline",
+                                 webhook_url=f"http://127.0.0.1:{server.server_address[1]}/h")
+        Node.objects.create(name="w3", state=NodeState.OFFLINE, last_heartbeat=timezone.now())
+        reconciler = Reconciler()
+        assert reconciler.housekeep(timezone.now())["alerts_fired"] == 1
+        assert server.arrived.wait(10), "the webhook was never called"
+        reconciler.recover(timezone.now())  # the pool holds the request, not this loop
+        assert reconciler.housekeep(timezone.now())["alerts_fired"] == 0
+        alert = Alert.objects.get()
+        assert alert.notified_at is None  # not told yet: the receiver has not answered
+        server.release.set()
+        deadline = timezone.now() + timedelta(seconds=20)
+        while alert.notified_at is None and timezone.now() < deadline:
+            server.arrived.wait(0.1)
+            alert.refresh_from_db()
+        assert alert.notified_at is not None
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()

@@ -9,8 +9,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken
+from common.parsers import MAX_DEPTH, TOO_DEEP, nul_errors, too_deep
 from jobs.models import Job
-from portal.parsers import MAX_DEPTH, TOO_DEEP, nul_errors, too_deep
 from schedules.models import Schedule
 
 NUL = ["must not contain NUL characters"]

@@ -245,7 +245,7 @@ def test_web_migrates_the_database_and_then_serves_on_port_8000_with_daphne():
 
 def test_worker_consumes_every_queue_the_portal_dispatches_to():
     (argv,) = argvs("worker")
-    assert argv[:4] == ["celery", "-A", "portal.celery", "worker"]
+    assert argv[:4] == ["celery", "-A", "workers.celery", "worker"]
     result = run_python("from django.conf import settings; print(','.join(settings.JOB_QUEUES))",
                         child_env(DJANGO_SETTINGS_MODULE="portal.settings", **CHECK_ENV))
     assert result.returncode == 0, result.stderr

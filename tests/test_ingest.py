@@ -20,16 +20,17 @@ def job(cast):
 
 
 def ev(job, kind, attempt=1, token="tok1", **fields):
-    return {"t": kind, "job": job.pk, "a": attempt, "k": token, "ts": time.time(), **fields}
+    return {"type": kind, "job": job.pk, "attempt": attempt, "token": token, "ts": time.time(),
+            **fields}
 
 
 def life(job, **finish):
     return [
         ev(job, "started", node="w1", worker="w1@box"),
-        ev(job, "progress", p=0.5, done=1, total=2, unit="s"),
+        ev(job, "progress", fraction=0.5, done=1, total=2, unit="s", message=""),
         ev(job, "log", seq=1, level="info", text="hello"),
         ev(job, "metric", name="loss", value=0.5, step=0),
-        ev(job, "progress", p=1.0, done=2, total=2, unit="s"),
+        ev(job, "progress", fraction=1.0, done=2, total=2, unit="s", message=""),
         ev(job, "finished", outcome=finish.get("outcome", "succeeded"),
            result={"ok": True}, error=finish.get("error", "")),
     ]
@@ -84,7 +85,8 @@ def test_a_failure_is_recorded_with_its_error(job):
 
 def test_progress_is_coalesced_to_the_latest(job):
     apply_events([ev(job, "started", node="w1")] +
-                 [ev(job, "progress", p=i / 10, done=i, total=10) for i in range(11)])
+                 [ev(job, "progress", fraction=i / 10, done=i, total=10, unit="", message="")
+                  for i in range(11)])
     job.refresh_from_db()
     assert job.progress == 1.0 and job.message == "10 / 10"
 
@@ -193,3 +195,33 @@ def test_node_health_goes_out_compact():
             "gpus": [{"util": 55.55, "name": "A100"}], "procs": 301}
     assert compact(util) == {"cpu": 12.3, "cpu_cores": [1.2, 100.0], "mem_used": 123456789,
                              "gpus": [{"util": 55.5, "name": "A100"}], "procs": 301}
+
+
+def test_an_entry_written_before_version_2_is_read_with_its_one_letter_names(job):
+    from jobs.ingest import decode
+
+    old = {"b": json.dumps([{"t": "started", "job": job.pk, "a": 1, "k": "tok1",
+                             "ts": time.time(), "node": "w1", "worker": "w1@box"},
+                            {"t": "progress", "job": job.pk, "a": 1, "k": "tok1",
+                             "ts": time.time(), "p": 0.5, "msg": "half", "done": 1,
+                             "total": 2, "unit": "s"}])}
+    events = decode(old)
+    assert [e["type"] for e in events] == ["started", "progress"]
+    assert events[1]["fraction"] == 0.5 and events[1]["message"] == "half"
+    apply_events(events)
+    job.refresh_from_db()
+    assert (job.state, job.progress, job.message) == ("running", 0.5, "half")
+
+
+def test_events_that_do_not_match_their_type_are_refused_where_they_are_built():
+    from workers import wire
+    from workers.events import EventSink
+
+    assert wire.checking()  # the tests check every event every process builds
+    with pytest.raises(wire.WireError):
+        EventSink().emit({"type": "log", "job": 1, "attempt": 1, "token": "t", "seq": 1})
+    with pytest.raises(wire.WireError):
+        wire.check_live({"type": "job.state", "job": "1", "state": "running"})
+    with pytest.raises(wire.WireError):
+        wire.check_stream({"type": "no.such.event"})
+    wire.check_stream({"type": "lease", "job": 1, "attempt": 1, "token": "t", "ts": 1.0})

@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts.teams import default_team
 from jobs.ingest import ALIVE_KEY
 from jobs.models import Attempt, Job, JobState, Node
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 from workers import protocol
 
 
@@ -101,7 +101,7 @@ def queued_job(owner, *, dispatched_ago):
 
 def test_a_queued_job_whose_message_redis_lost_is_sent_again(cast, caught_up):
     lost = queued_job(cast.alice, dispatched_ago=60)
-    waiting = queued_job(cast.alice, dispatched_ago=60)
+    waiting = queued_job(cast.alice, dispatched_ago=4)  # marked, within the visibility timeout
     fresh = queued_job(cast.alice, dispatched_ago=0)
     caught_up.zadd(protocol.DISPATCHED, {protocol.dispatch_member(waiting.pk, 1): time.time()})
     reconciler = Reconciler()
@@ -113,6 +113,24 @@ def test_a_queued_job_whose_message_redis_lost_is_sent_again(cast, caught_up):
     lost.refresh_from_db()
     assert lost.dispatched_at > fresh.dispatched_at - timedelta(seconds=1)
     assert reconciler.once()["resent"] == 0  # now marked again
+
+
+def test_a_marked_message_that_no_queue_or_worker_holds_is_sent_again_after_the_timeout(
+        cast, caught_up):
+    """A node that popped a message just as its link was cut never got it: its marker stays,
+    but past the broker's visibility timeout it is in no queue and in no worker's hands."""
+    from jobs.dispatch import attempt_spec, send
+
+    gone = queued_job(cast.alice, dispatched_ago=60)
+    there = queued_job(cast.alice, dispatched_ago=60)
+    send([(attempt_spec(there), "cpu")])  # still waiting in its queue
+    caught_up.zadd(protocol.DISPATCHED, {protocol.dispatch_member(gone.pk, 1): time.time()})
+    assert Reconciler().once()["resent"] == 1
+    gone.refresh_from_db()
+    there.refresh_from_db()
+    assert gone.dispatched_at > timezone.now() - timedelta(seconds=5)
+    assert there.dispatched_at < timezone.now() - timedelta(seconds=50)
+    assert caught_up.llen("cpu") == 2  # `there`'s message, and `gone`'s sent again
 
 
 def test_a_queued_job_that_starts_between_two_passes_is_not_sent_again(cast, caught_up):

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Membership
 from jobs.models import Job
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 from schedules import services
 from schedules.cron import cron_errors, next_after
 from schedules.models import Schedule

@@ -203,7 +203,7 @@ def settled_events(client, job_id):
     while time.monotonic() < end:
         time.sleep(0.3)
         again = events_of(client, job_id)
-        seqs = sorted(e["seq"] for e in again if e["t"] == protocol.LOG)
+        seqs = sorted(e["seq"] for e in again if e["type"] == protocol.LOG)
         if len(again) == len(events) and seqs == list(range(1, len(seqs) + 1)):
             break
         events = again
@@ -223,8 +223,8 @@ class Run:
         self.seconds = time.monotonic() - started
         events = settled_events(client, job_id)
         self.logs = [(e["level"], e["text"]) for e in sorted(
-            (e for e in events if e["t"] == protocol.LOG), key=lambda e: e["seq"])]
-        finished = [e for e in events if e["t"] == protocol.FINISHED]
+            (e for e in events if e["type"] == protocol.LOG), key=lambda e: e["seq"])]
+        finished = [e for e in events if e["type"] == protocol.FINISHED]
         assert len(finished) == 1
         self.result, self.error = finished[0]["result"], finished[0]["error"]
 

@@ -9,7 +9,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, Membership, Team
-from jobs import admission, services
+from jobs import admission, lifecycle, services
 from jobs.models import Job, JobState, Node
 from jobs.selectors import job_groups
 
@@ -322,7 +322,7 @@ def test_a_job_cancelled_while_a_pass_runs_is_not_sent(api, cast):
     Team.objects.filter(pk=cast.ml.pk).update(max_running_jobs=0)
     job = Job.objects.get(pk=post_json(api, SLEEP).json()["id"])
     Job.objects.filter(pk=job.pk).update(state=JobState.CANCELLED)  # meanwhile
-    assert admission.queue_jobs([job], job.created_at) == []
+    assert lifecycle.admit([job], job.created_at) == []
     assert Job.objects.get(pk=job.pk).state == JobState.CANCELLED
 
 

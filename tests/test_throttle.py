@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
 from jobs.models import Job
-from portal.env import env_rate
+from workers.config import env_rate
 
 SLEEP = {"kind": "diag.sleep", "params": {"seconds": 1}}
 GENEROUS = "1000000/min"

@@ -332,15 +332,15 @@ def test_train_tabular_streams_metrics_and_keeps_its_model_and_report(root, redi
 
     events = events_of(redis_client, 501)
     metrics = {}
-    for event in (e for e in events if e["t"] == protocol.METRIC):
+    for event in (e for e in events if e["type"] == protocol.METRIC):
         metrics.setdefault(event["name"], []).append((event["step"], event["value"]))
     assert [step for step, _ in metrics["loss"]] == list(range(1, 16))
     assert [step for step, _ in metrics["val_accuracy"]] == list(range(1, 16))
     assert metrics["val_accuracy"][-1][1] == pytest.approx(result["val_score"], abs=1e-6)
-    logs = [e["text"] for e in events if e["t"] == protocol.LOG]
+    logs = [e["text"] for e in events if e["type"] == protocol.LOG]
     assert logs[0] == f"reading {name}" and "validation accuracy" in logs[-1]
 
-    artifacts = {e["name"]: e for e in events if e["t"] == protocol.ARTIFACT}
+    artifacts = {e["name"]: e for e in events if e["type"] == protocol.ARTIFACT}
     assert sorted(artifacts) == ["metrics.json", "model.joblib"]
     folder = root.parent / "artifacts"
     model = joblib.load(folder / artifacts["model.joblib"]["path"])
@@ -368,7 +368,7 @@ def test_a_cancel_stops_the_run_before_it_keeps_anything(root, redis_client):
     with pytest.raises(Cancelled):
         run_with_context(redis_client, 503, kind, base(name))
     events = events_of(redis_client, 503)
-    assert not [e for e in events if e["t"] in (protocol.ARTIFACT, protocol.METRIC)]
+    assert not [e for e in events if e["type"] in (protocol.ARTIFACT, protocol.METRIC)]
 
 
 def test_the_flights_example_validates_and_trains_on_real_flights(root, redis_client):
@@ -390,7 +390,7 @@ def test_the_flights_example_validates_and_trains_on_real_flights(root, redis_cl
     assert "dep_delay" not in result["features"]
     assert {"time_hour_dayofweek", "carrier", "dest"} <= set(result["features"])
     assert 0.6 < result["val_score"] < 0.95  # late arrivals are about a fifth: hard to guess
-    names = [e["name"] for e in events_of(redis_client, 504) if e["t"] == protocol.METRIC]
+    names = [e["name"] for e in events_of(redis_client, 504) if e["type"] == protocol.METRIC]
     assert names.count("val_accuracy") == 8 and names.count("val_auc") == 8
 
 

@@ -18,8 +18,8 @@ import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from portal.env import CANCEL_GRACE_S, HEARTBEAT_S
 from workers import protocol
+from workers.config import CANCEL_GRACE_S, HEARTBEAT_S, node_labels
 from workers.events import EventSink
 from workers.protocol import redis_client
 from workers.runner import finished_event
@@ -67,7 +67,7 @@ class Agent:
 
     def heartbeat(self) -> None:
         attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
-        self.sink.emit({"t": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
+        self.sink.emit({"type": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "reserved": waiting_attempts(),
                         "queues": self.pools, "labels": self.labels,
                         "consuming": sorted(q for q in self.consuming() if "@" not in q),
@@ -75,25 +75,38 @@ class Agent:
                        now=True)
 
     def enforce_cancels(self, client: redis.Redis) -> None:
+        """Attempts whose job was cancelled, or that the portal no longer gives this node (it
+        declared them lost and moved on, or ended them), are asked to stop at once (the job's
+        context sees the flag) and, if still running after CANCEL_GRACE_S, killed, so that
+        their slots come free."""
         running = active_attempts()
         if not running:
             self._cancel_seen.clear()
             return
-        flags = client.mget([protocol.cancel_key(spec.job) for spec, _ in running])
+        flags = client.mget([key for spec, _ in running for key in (
+            protocol.cancel_key(spec.job), protocol.stop_key(spec.job, spec.attempt))])
         now = time.monotonic()
         live = set()
-        for (spec, pid), flag in zip(running, flags, strict=True):
-            if not flag:
+        for (spec, pid), cancel, stop in zip(running, flags[::2], flags[1::2], strict=True):
+            if not (cancel or stop):
                 continue
             key = (spec.job, spec.attempt)
             live.add(key)
+            if key not in self._cancel_seen and stop:
+                log.warning("node %s: job %s attempt %s is no longer this node's: stopping it",
+                            self.node, spec.job, spec.attempt)
+                self.sink.emit({"type": protocol.STOPPED, "node": self.node, "job": spec.job,
+                                "attempt": spec.attempt,
+                                "reason": "superseded: its slot is freed"},
+                               now=True)
             first = self._cancel_seen.setdefault(key, now)
             if now - first >= CANCEL_GRACE_S and pid:
-                log.warning("job %s ignored its cancel for %.0f s: stopping process %s",
-                            spec.job, CANCEL_GRACE_S, pid)
-                self.sink.emit(finished_event(spec, "cancelled",
-                                              error="stopped by force after the cancel"))
-                self.sink.flush(retry_for=5)
+                log.warning("job %s attempt %s still running %.0f s after it was told to stop: "
+                            "killing process %s", spec.job, spec.attempt, CANCEL_GRACE_S, pid)
+                if cancel and not stop:
+                    self.sink.emit(finished_event(spec, "cancelled",
+                                                  error="stopped by force after the cancel"))
+                    self.sink.flush(retry_for=5)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -155,7 +168,7 @@ class NodeAgentStep(bootsteps.StartStopStep):
         queues = [q.name for q in worker.app.amqp.queues.consume_from.values()] \
             if worker.app.amqp.queues.consume_from else []
         self.agent = Agent(worker.hostname, queues, worker.concurrency, worker=worker,
-                           labels=protocol.parse_labels(os.environ.get("NODE_LABELS", "")))
+                           labels=protocol.parse_labels(node_labels()))
         self.thread = threading.Thread(target=self.agent.run, name="node-agent", daemon=True)
         self.thread.start()
 

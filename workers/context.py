@@ -13,18 +13,13 @@ from pathlib import Path
 
 import redis
 
-from portal.env import HEARTBEAT_S, env_float, env_str
 from workers import protocol
+from workers.config import CANCEL_POLL_S, HEARTBEAT_S
+from workers.config import artifacts_dir as artifacts_dir
 from workers.events import EventSink
 
-CANCEL_POLL_S = env_float("CANCEL_POLL_S", 0.5)
 FAN_OUT_POLL_S = 0.25
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-def artifacts_dir() -> Path:
-    """Where workers put what jobs produce and the portal serves it from (a shared volume)."""
-    return Path(env_str("ARTIFACTS_DIR") or Path(env_str("DATA_DIR") or "data") / "artifacts")
 
 
 class Cancelled(Exception):
@@ -48,8 +43,8 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         while not self.done.wait(HEARTBEAT_S):
-            self.sink.emit({"t": protocol.LEASE, "job": self.spec.job, "a": self.spec.attempt,
-                            "k": self.spec.token}, now=True)
+            self.sink.emit({"type": protocol.LEASE, "job": self.spec.job,
+                            "attempt": self.spec.attempt, "token": self.spec.token}, now=True)
 
 
 class PartitionFailed(Exception):
@@ -74,7 +69,8 @@ class JobContext:
         self._cancel_checked = 0.0
 
     def _event(self, event_type: str, /, **fields) -> dict:
-        return {"t": event_type, "job": self.job_id, "a": self.attempt, "k": self._spec.token,
+        return {"type": event_type, "job": self.job_id, "attempt": self.attempt,
+                "token": self._spec.token,
                 **fields}
 
     def progress(self, done: float, total: float | None = None, *, unit: str = "",
@@ -84,8 +80,8 @@ class JobContext:
         fraction = None
         if total:
             fraction = max(0.0, min(1.0, done / total))
-        self._sink.emit(self._event(protocol.PROGRESS, p=fraction, done=done, total=total,
-                                    unit=unit, msg=message[:500]))
+        self._sink.emit(self._event(protocol.PROGRESS, fraction=fraction, done=done,
+                                    total=total, unit=unit, message=message[:500]))
 
     def log(self, text: str, level: str = "info") -> None:
         self._log_seq += 1
@@ -182,14 +178,17 @@ class JobContext:
         return False
 
     def cancelled(self) -> bool:
-        """True once a cancel was requested; asks Redis at most every CANCEL_POLL_S."""
+        """True once a cancel was requested, or the portal gave this attempt up (it was lost
+        and moved on): asks Redis at most every CANCEL_POLL_S."""
         if self._cancelled:
             return True
         now = time.monotonic()
         if now - self._cancel_checked >= CANCEL_POLL_S:
             self._cancel_checked = now
             try:
-                self._cancelled = bool(self._redis.exists(protocol.cancel_key(self.job_id)))
+                self._cancelled = bool(self._redis.exists(
+                    protocol.cancel_key(self.job_id),
+                    protocol.stop_key(self.job_id, self.attempt)))
             except redis.RedisError:
                 pass  # the agent's hard stop still applies; keep working meanwhile
         return self._cancelled

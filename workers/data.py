@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
-from portal.env import env_str
+from workers import config
+from workers.config import env_str
 
 WAREHOUSE_SCHEMES = ("postgres", "postgresql")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -86,8 +87,7 @@ class NotFound(ValueError):
 
 
 def data_root() -> Path:
-    root = env_str("DATA_ROOT") or str(Path(env_str("DATA_DIR") or "data") / "files")
-    return Path(root).resolve()
+    return config.data_root().resolve()
 
 
 def team_root(team: str) -> Path:

@@ -15,14 +15,14 @@ import time
 
 import redis
 
-from portal.env import env_float, env_int
-from workers import protocol
+from workers import protocol, wire
+from workers.config import EVENT_FLUSH_S, EVENT_MAX_BUFFER
 from workers.protocol import redis_client
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = env_float("EVENT_FLUSH_S", 0.1)
-MAX_BUFFER = env_int("EVENT_MAX_BUFFER", 200_000)
+FLUSH_S = EVENT_FLUSH_S
+MAX_BUFFER = EVENT_MAX_BUFFER
 BATCH = 500
 
 class EventSink:
@@ -40,9 +40,11 @@ class EventSink:
 
     def emit(self, event: dict, *, now: bool = False) -> None:
         event.setdefault("ts", time.time())
+        if wire.checking():
+            wire.check_stream(event)
         with self._lock:
-            if event["t"] == protocol.PROGRESS:
-                self._progress[(event["job"], event["a"])] = event
+            if event["type"] == protocol.PROGRESS:
+                self._progress[(event["job"], event["attempt"])] = event
             else:
                 self._events.append(event)
                 if len(self._events) > MAX_BUFFER:
@@ -75,7 +77,8 @@ class EventSink:
             try:
                 pipe = self.client.pipeline(transaction=False)
                 for i in range(0, len(batch), BATCH):
-                    pipe.xadd(protocol.EVENTS_STREAM, {"b": json.dumps(batch[i : i + BATCH])})
+                    pipe.xadd(protocol.EVENTS_STREAM, {"v": wire.STREAM_VERSION,
+                                                       "b": json.dumps(batch[i : i + BATCH])})
                 pipe.execute()
                 return True
             except redis.RedisError as exc:

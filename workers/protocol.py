@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from portal.env import REDIS_URL, env_str
+from workers.config import REDIS_PREFIX, REDIS_URL
 
-PREFIX = env_str("PORTAL_REDIS_PREFIX", "portal") or "portal"
+PREFIX = REDIS_PREFIX
 EVENTS_STREAM = f"{PREFIX}:events"
 INGEST_GROUP = "ingest"
 # Sorted set of "job:attempt" members whose task message is in the broker and not yet started.
@@ -29,6 +29,16 @@ def start_key(job_id: int, attempt: int) -> str:
 
 def cancel_key(job_id: int) -> str:
     return f"{PREFIX}:cancel:{job_id}"
+
+
+def stop_key(job_id: int, attempt: int) -> str:
+    """Set when the portal no longer gives this attempt to anyone (it was lost, moved or ended
+    elsewhere): the node that still runs it stops it, and a copy not yet started never starts."""
+    return f"{PREFIX}:stop:{job_id}:{attempt}"
+
+
+# How long a cancel or stop flag lives: longer than any attempt may run.
+FLAG_TTL_S = 8 * 24 * 3600
 
 
 def parts_key(parent: int) -> str:
@@ -120,6 +130,7 @@ HEARTBEAT = "heartbeat"
 ARTIFACT = "artifact"
 FANOUT = "fanout"
 LEASE = "lease"  # renews one attempt's lease (a partition its parent runs inline)
+STOPPED = "stopped"  # a node stopped an attempt the portal no longer gave it
 
 
 def node_name(hostname: str) -> str:

@@ -10,20 +10,21 @@ import traceback
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from workers import data, protocol
+from workers import data, protocol, wire
 from workers.context import Cancelled, JobContext
 from workers.events import EventSink
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
-# Atomically: forget the dispatch marker, refuse a cancelled job or a second copy of the same
-# attempt, and put the "started" event on the stream.
+# Atomically: forget the dispatch marker, refuse a cancelled job, an attempt the portal no
+# longer gives out, or a second copy of the same attempt, and put the "started" event on the
+# stream.
 _CLAIM_START = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3], KEYS[5]) > 0 then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
-redis.call('XADD', KEYS[4], '*', 'b', ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'v', ARGV[5], 'b', ARGV[3])
 return 1
 """
 START_KEY_TTL_S = 7 * 24 * 3600
@@ -31,17 +32,21 @@ FINISH_RETRY_S = 60.0
 
 
 def claim_start(client: redis.Redis, spec: protocol.AttemptSpec, node: str, worker: str) -> int:
-    event = {"t": protocol.STARTED, "job": spec.job, "a": spec.attempt, "k": spec.token,
-             "node": node, "worker": worker, "ts": time.time()}
+    event = {"type": protocol.STARTED, "job": spec.job, "attempt": spec.attempt,
+             "token": spec.token, "node": node, "worker": worker, "ts": time.time()}
+    if wire.checking():
+        wire.check_stream(event)
     keys = [protocol.start_key(spec.job, spec.attempt), protocol.DISPATCHED,
-            protocol.cancel_key(spec.job), protocol.EVENTS_STREAM]
+            protocol.cancel_key(spec.job), protocol.EVENTS_STREAM,
+            protocol.stop_key(spec.job, spec.attempt)]
     args = [protocol.dispatch_member(spec.job, spec.attempt), node, json.dumps([event]),
-            START_KEY_TTL_S]
+            START_KEY_TTL_S, wire.STREAM_VERSION]
     return int(client.eval(_CLAIM_START, len(keys), *keys, *args))
 
 
 def finished_event(spec: protocol.AttemptSpec, outcome: str, *, result=None, error: str = ""):
-    return {"t": protocol.FINISHED, "job": spec.job, "a": spec.attempt, "k": spec.token,
+    return {"type": protocol.FINISHED, "job": spec.job, "attempt": spec.attempt,
+            "token": spec.token,
             "outcome": outcome, "result": result, "error": error[:5000]}
 
 
@@ -50,7 +55,7 @@ def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
     claimed = claim_start(client, spec, node, worker)
     if claimed != 1:
         log.info("attempt %s/%s not started (%s)", spec.job, spec.attempt,
-                 "cancelled" if claimed < 0 else "already started elsewhere")
+                 "cancelled or superseded" if claimed < 0 else "already started elsewhere")
         return "skipped"
     ctx = JobContext(spec, sink, client, node=node, worker=worker)
     outcome, result, error = "succeeded", None, ""

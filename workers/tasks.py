@@ -2,8 +2,8 @@
 
 import time
 
-from portal.celery import app
 from workers import protocol, runner
+from workers.celery import app
 from workers.events import sink
 from workers.protocol import redis_client
 

@@ -1,6 +1,5 @@
 from django.urls import path
 
-from alerts.api import AlertList
 from jobs.api import views
 
 urlpatterns = [
@@ -21,5 +20,4 @@ urlpatterns = [
     path("nodes/<str:name>/drain/", views.NodeDrain.as_view(draining=True), name="api-node-drain"),
     path("nodes/<str:name>/undrain/", views.NodeDrain.as_view(draining=False),
          name="api-node-undrain"),
-    path("alerts/", AlertList.as_view(), name="api-alerts"),
 ]

@@ -22,6 +22,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from common.pagination import NewestFirst
+from common.throttling import SubmitThrottle
 from jobs import history, selectors, services
 from jobs.api.serializers import (
     ArtifactSerializer,
@@ -32,10 +34,8 @@ from jobs.api.serializers import (
     NodeSerializer,
 )
 from jobs.broadcast import current_seq
+from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
-from jobs.states import TransitionRefused
-from portal.pagination import NewestFirst
-from portal.throttling import SubmitThrottle
 from workers.context import artifacts_dir
 from workers.kinds import all_kinds
 

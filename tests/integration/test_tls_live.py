@@ -19,9 +19,9 @@ import redis
 import requests
 
 from portal.cluster import Cluster, free_port
-from portal.env import with_redis_tls
 from tests.integration.conftest import ARTIFACTS
 from tests.services import Certificates, PostgresServer, RedisServer
+from workers.config import with_redis_tls
 
 pytestmark = pytest.mark.integration
 ROWS = 500

@@ -36,8 +36,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, field_validator
 
-from portal.env import CANCEL_GRACE_S, env_list, env_str
 from workers import data
+from workers.config import CANCEL_GRACE_S, env_list, env_str
 from workers.context import CANCEL_POLL_S, Cancelled
 from workers.kinds import JobKind, Params
 

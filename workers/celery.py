@@ -5,7 +5,12 @@ It reads only the environment, never Django's settings or database: a worker nee
 
 from celery import Celery
 
-from portal.env import REDIS_URL, env_int
+from workers.config import (
+    BROKER_RESTORE_EVERY_S,
+    BROKER_VISIBILITY_TIMEOUT,
+    REDIS_URL,
+    WORKER_PREFETCH,
+)
 
 # No Django fix-up: a worker must never load the portal's settings or touch its database.
 app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"], fixups=[])
@@ -17,12 +22,12 @@ app.conf.update(
     result_backend=None,
     # Ack on start: a lost attempt comes back through the portal's lease, not a redelivery.
     task_acks_late=False,
-    worker_prefetch_multiplier=env_int("WORKER_PREFETCH", 4),
+    worker_prefetch_multiplier=WORKER_PREFETCH,
     # A message a worker took but had not started comes back to the queue this long after (its
     # worker died, or sat on it): a second copy is harmless, since an attempt starts only once.
     broker_transport_options={
-        "visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 60),
-        "unacked_restore_interval": env_int("BROKER_RESTORE_EVERY_S", 5),
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": BROKER_RESTORE_EVERY_S,
         "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,

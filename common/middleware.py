@@ -32,7 +32,7 @@ class NulCharacterMiddleware:
     """PostgreSQL refuses text with a NUL character in it: a path with one names nothing (404);
     a query parameter, or a field of a posted form (a browser's, url-encoded or multipart),
     with one gets 400 naming it, before a view puts any of them in a query, so nothing is
-    changed. JSON bodies are checked by their parser (portal.parsers); the API's views, which
+    changed. JSON bodies are checked by their parser (common.parsers); the API's views, which
     take nothing else (a form gets 415 there), are left to it."""
 
     def __init__(self, get_response):

@@ -1,5 +1,5 @@
 """Request rates for the REST API, counted in the shared cache (Redis) so that every web process
-counts together. A throttled request gets 429 with `Retry-After` (see portal.errors).
+counts together. A throttled request gets 429 with `Retry-After` (see common.errors).
 
 Rates are in settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] (from THROTTLE_* variables); a rate
 of None means no limit. If the cache cannot be reached the request is let through: Redis is only

@@ -1,14 +1,13 @@
-"""Run the periodic loop: lost attempts, lost messages, forgotten cancels, silent nodes."""
+"""Run the periodic loops: lost attempts, lost messages, forgotten cancels, silent nodes; and
+beside them schedules, alerts, the cluster summary and history roll-ups."""
 
 import logging
 import signal
 import threading
 
-from django import db
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from jobs.reconcile import Reconciler
+from portal.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +24,7 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         self.stdout.write("reconciler running")
         reconciler = Reconciler()
-        while not stop.is_set():
-            try:
-                done = reconciler.once()
-                if any(done.values()):
-                    log.info("reconciled: %s", done)
-            except Exception:  # keep looping: the next pass may find Redis or the database back
-                log.exception("reconcile pass failed")
-                db.connection.close()
-            if once:
-                return
-            stop.wait(settings.RECONCILE_EVERY_S)
+        if once:
+            log.info("reconciled: %s", reconciler.once())
+            return
+        reconciler.run(stop)
