@@ -89,7 +89,8 @@ def test_a_job_runs_end_to_end_over_tls_and_plain_text_is_refused(servers):
         session = requests.Session()
         session.headers["Authorization"] = f"Token {key}"
         base = f"http://127.0.0.1:{port}"
-        response = session.post(f"{base}/api/v1/jobs/", timeout=10, json={
+        # The first request of a fresh web process loads the job kinds (pandas, DuckDB...).
+        response = session.post(f"{base}/api/v1/jobs/", timeout=60, json={
             "kind": "etl.ingest", "params": {"input": "in/rows.csv", "target": "warehouse",
                                              "table": "over_tls", "chunk_rows": 200}})
         assert response.status_code == 201, response.text
