@@ -40,7 +40,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "portal.middleware.BodySizeLimitMiddleware",
     "portal.middleware.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -110,8 +109,10 @@ STATICFILES_FINDERS = [
 ]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
-# Request bodies over this many bytes get 413 before anything reads them.
+# Request bodies over this many bytes get 413 before anything reads them (portal.web, as they
+# arrive; portal.bodylimit, at the ASGI level); one not all in after this many seconds, 408.
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1_048_576)
+REQUEST_BODY_TIMEOUT_S = env_float("REQUEST_BODY_TIMEOUT_S", 30.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
 REDIS_URL = REDIS_URL

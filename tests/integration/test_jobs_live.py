@@ -226,9 +226,11 @@ def test_a_websocket_without_credentials_is_closed_as_unauthenticated(live):
     assert ws.close_code == 4401
 
 
-def test_a_websocket_from_a_foreign_origin_is_refused(live, user_key):
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:9999",
+                                    "https://localhost"])
+def test_a_websocket_from_a_foreign_origin_is_refused(live, user_key, origin):
     with pytest.raises(InvalidStatus) as refused:
-        connect(live.ws_url("/ws/cluster/"), origin="http://evil.example",
+        connect(live.ws_url("/ws/cluster/"), origin=origin,
                 additional_headers={"Authorization": f"Token {user_key}"})
     assert refused.value.response.status_code == 403
 
