@@ -199,6 +199,9 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", "portal@localhost")
 ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
+# Webhooks go to public addresses only (checked after the name is resolved), unless this is set
+# for a site whose receivers live on its own network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("ALERT_WEBHOOK_ALLOW_PRIVATE", False)
 
 LOGGING = {
     "version": 1,
