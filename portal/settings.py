@@ -185,6 +185,9 @@ NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
 LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.25)
 # How often an open websocket checks again that its user may still see what it streams.
 WS_ACCESS_RECHECK_S = env_float("WS_ACCESS_RECHECK_S", 15.0)
+# Schedules: at most this many per team, none running more often than every this many seconds.
+SCHEDULES_PER_TEAM = env_int("SCHEDULES_PER_TEAM", 50)
+SCHEDULE_MIN_INTERVAL_S = env_float("SCHEDULE_MIN_INTERVAL_S", 300.0)
 LIVE_CLUSTER_COALESCE_S = env_float("LIVE_CLUSTER_COALESCE_S", 1.0)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)

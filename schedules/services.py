@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
@@ -25,7 +26,8 @@ from accounts.models import Membership, Team
 from accounts.teams import can_act, default_team
 from audit.log import record
 from jobs import services as jobs
-from schedules.cron import cron_errors, next_after
+from portal.throttling import team_submit_allowed
+from schedules.cron import cron_errors, interval_errors, next_after
 from schedules.models import Schedule
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,9 @@ def _clean(data, *, user, schedule: Schedule | None) -> tuple[dict, set[str]]:
         team = schedule.team
     if messages := cron_errors(values["cron"]):
         errors["cron"] = messages
+    elif "cron" in changed and (messages := interval_errors(
+            values["cron"], settings.SCHEDULE_MIN_INTERVAL_S)):
+        errors["cron"] = messages
     if not isinstance(values["enabled"], bool):
         errors["enabled"] = ["must be true or false"]
 
@@ -158,6 +163,7 @@ def create_schedule(*, user, data: dict, via: str = "api") -> Schedule:
     values, _ = _clean(data, user=user, schedule=None)
     now = timezone.now()
     with transaction.atomic():
+        _has_room(values["team"])
         schedule = Schedule.objects.create(
             owner=user, created_at=now,
             next_run_at=next_after(values["cron"], now) if values["enabled"] else None,
@@ -191,9 +197,21 @@ def update_schedule(*, schedule: Schedule, user, data: dict, via: str = "api") -
     # put back to be run twice.
     if fields:
         with transaction.atomic():
+            if "team" in changed:
+                _has_room(schedule.team)
             schedule.save(update_fields=fields)
             record(user, "schedule.change", schedule, via=via, fields=sorted(changed))
     return schedule
+
+
+def _has_room(team: Team) -> None:
+    """A team holds at most SCHEDULES_PER_TEAM schedules. Its row is locked for the rest of the
+    transaction, so two additions at once cannot both take the last place."""
+    Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
+    limit = settings.SCHEDULES_PER_TEAM
+    if Schedule.objects.filter(team=team).count() >= limit:
+        raise InvalidSchedule({"team": [f"team {team.name} already has {limit} schedules, "
+                                        "the most a team may have"]})
 
 
 def forget_last_run(schedule: Schedule) -> list[str]:
@@ -274,6 +292,12 @@ def run_due(pk: int, due_at, cron: str, now) -> bool:
         if not claimed:
             return False
         schedule = Schedule.objects.select_related("team", "owner").get(pk=pk)
+        if not team_submit_allowed(schedule.team_id):
+            error = (f"team {schedule.team.name} is over its submit rate: this run submitted "
+                     "nothing")
+            log.warning("schedule %s (%s): %s", pk, schedule.name, error)
+            Schedule.objects.filter(pk=pk).update(last_error=error)
+            return False
         try:
             job = _submit(schedule)
         except jobs.InvalidJob as exc:
