@@ -10,6 +10,7 @@ import itertools
 from django.db import connection
 
 from jobs.models import Job, JobState
+from portal.errors import DomainError
 
 S = JobState
 ALLOWED: dict[str, frozenset[str]] = {
@@ -23,8 +24,10 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-class TransitionRefused(Exception):
+class TransitionRefused(DomainError):
     """The job is not in a state from which the asked move is allowed."""
+
+    status = 409
 
 
 def allowed(source: str, target: str) -> bool:

@@ -1,7 +1,6 @@
 """Refuse text PostgreSQL cannot hold before anything reads it (an oversized body never gets
 here: portal.bodylimit and portal.web refuse it first)."""
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.views import APIView

@@ -4,9 +4,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
-
 from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import REDIS_URL, env_bool, env_float, env_int, env_list, env_rate, env_str
 
@@ -53,6 +52,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    "portal.errors.DomainErrorMiddleware",
     # Last: it answers 429 for a sign-in refused because of earlier failures.
     "axes.middleware.AxesMiddleware",
 ]

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from accounts.api import TeamList
+from accounts.api import InvitationAccept, InvitationDecline, InvitationList, TeamInvite, TeamList
 from audit.api import AuditList
 
 urlpatterns = [
@@ -12,6 +12,12 @@ urlpatterns = [
     path("api/v1/", include("schedules.api_urls")),
     path("api/v1/audit/", AuditList.as_view(), name="api-audit"),
     path("api/v1/teams/", TeamList.as_view(), name="api-teams"),
+    path("api/v1/teams/<slug:name>/invitations/", TeamInvite.as_view(), name="api-team-invite"),
+    path("api/v1/invitations/", InvitationList.as_view(), name="api-invitations"),
+    path("api/v1/invitations/<int:invitation_id>/accept/", InvitationAccept.as_view(),
+         name="api-invitation-accept"),
+    path("api/v1/invitations/<int:invitation_id>/decline/", InvitationDecline.as_view(),
+         name="api-invitation-decline"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the Content-Security-Policy allows
     # no inline script.

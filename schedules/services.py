@@ -23,9 +23,10 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from accounts.models import Membership, Team
-from accounts.teams import can_act, default_team
+from accounts.teams import can_act, default_team, in_no_team, personal_team
 from audit.log import record
 from jobs import services as jobs
+from portal.errors import DomainError, describe
 from portal.throttling import team_submit_allowed
 from schedules.cron import cron_errors, interval_errors, next_after
 from schedules.models import Schedule
@@ -39,14 +40,9 @@ JOB_FIELDS = ("name", "team", "kind", "params", "priority")
 LAST_RUN_FIELDS = ("last_run_at", "last_job", "last_error")
 
 
-class InvalidSchedule(Exception):
+class InvalidSchedule(DomainError):
     """The schedule is not valid; `errors` maps each wrong field to its messages (`params` to
     a dict of the parameters' messages, as the job API does)."""
-
-    def __init__(self, errors: dict, status: int = 400):
-        super().__init__(errors)
-        self.errors = errors
-        self.status = status
 
 
 def spec_data(values: dict) -> dict:
@@ -63,18 +59,6 @@ def job_spec(schedule: Schedule) -> jobs.JobSpec:
     return jobs.validate_spec(spec_data({
         "kind": schedule.kind, "params": schedule.params, "name": schedule.name,
         "priority": schedule.priority, "team": schedule.team.name}), owner=schedule.owner)
-
-
-def describe(errors) -> str:
-    """Per-field messages as one line: "params.seconds: must be at least 0; kind: …"."""
-    parts = []
-    for field, messages in errors.items():
-        if isinstance(messages, dict):
-            parts.extend(f"{field}.{name}: {'; '.join(map(str, inner))}"
-                         for name, inner in messages.items())
-        else:
-            parts.append(f"{field}: {'; '.join(map(str, messages))}")
-    return "; ".join(parts)
 
 
 # Creating, changing, deleting.
@@ -122,10 +106,10 @@ def _clean(data, *, user, schedule: Schedule | None) -> tuple[dict, set[str]]:
     team = None
     if schedule is None and not values["team"]:
         team = default_team(user)
-        if team is None:
-            errors["team"] = ["is required"]
-        else:
+        if team is not None:
             values["team"] = team.name
+        elif not in_no_team(user):  # a viewer only; one in no team gets their own on saving
+            errors["team"] = ["is required"]
     elif "team" in changed:
         team = _team(values["team"], user, errors)
     else:
@@ -163,6 +147,8 @@ def create_schedule(*, user, data: dict, via: str = "api") -> Schedule:
     values, _ = _clean(data, user=user, schedule=None)
     now = timezone.now()
     with transaction.atomic():
+        if values["team"] is None:  # a user in no team: their own, saved with the schedule
+            values["team"] = personal_team(user)
         _has_room(values["team"])
         schedule = Schedule.objects.create(
             owner=user, created_at=now,
