@@ -64,6 +64,18 @@ def test_the_right_password_before_the_limit_signs_in_and_starts_the_count_again
         assert sign_in("alice", "wrong").status_code == 200
 
 
+def test_the_operator_lifts_a_lockout_by_address_or_by_user_name(alice):
+    from django.core.management import call_command
+
+    for _ in range(LIMIT):
+        sign_in("alice", "wrong")
+    assert sign_in("alice", GOOD_PASSWORD).status_code == 429
+    call_command("axes_reset_ip", "10.0.0.1")
+    assert sign_in("alice", GOOD_PASSWORD, address="10.0.0.3").status_code == 429  # the name
+    call_command("axes_reset_username", "alice")
+    assert sign_in("alice", GOOD_PASSWORD).status_code == 302
+
+
 def api(key, address="10.0.0.1"):
     client = APIClient(REMOTE_ADDR=address)
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
