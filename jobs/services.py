@@ -148,8 +148,9 @@ def validate_spec(data, *, owner=None) -> JobSpec:
             low, default = max(low, at_least), max(default, at_least)
         return _int_field(data, field, errors, default=default, low=low, high=high)
 
-    priority, max_attempts, timeout_s = whole("priority"), whole("max_attempts"), \
-        whole("timeout_s")
+    priority = whole("priority")
+    max_attempts = whole("max_attempts")
+    timeout_s = whole("timeout_s")
     after = _after_field(data.get("after", []), errors)
     cpus = whole("cpus")
     # A job in the gpu queue holds at least one GPU: its team's GPU quota counts it.
@@ -255,7 +256,8 @@ def _check_after(owner, specs: list[JobSpec]) -> None:
                    .values_list("pk", flat=True)) if team else set()
         missing = sorted(set(spec.after) - seen)
         if missing:
-            raise InvalidJob({"after": [f"no such job in team {team or 'of yours'}: "
+            where = f"in team {team}" if team else "of yours"
+            raise InvalidJob({"after": [f"no such job {where}: "
                                         f"{', '.join(map(str, missing))}"]})
 
 

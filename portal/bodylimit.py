@@ -1,13 +1,15 @@
 """Request bodies over MAX_BODY_BYTES get 413 at the ASGI level, before Django reads them:
 a declared Content-Length over the limit before the application is called at all, a body
-without one (chunked) as soon as what has arrived passes it. Then the application is told
-the client went away, so it never answers. Anonymous or not: nothing is read first.
+without one (chunked) as soon as what has arrived passes it; a body whose next part does not
+come within REQUEST_BODY_TIMEOUT_S gets 408. Then the application is told the client went
+away, so it never answers. Anonymous or not: nothing is read first.
 
 `portal.web` (the web server) applies the same limit earlier still, as the bytes arrive on
 the socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from django.conf import settings
@@ -46,20 +48,30 @@ class BodyLimit:
             return await respond(send, 413, f"Request body is {length} bytes; the limit is "
                                             f"{limit}.")
         received = 0
-        refused = False
+        refused = complete = False
+
+        async def refuse(status: int, detail: str) -> dict:
+            nonlocal refused
+            refused = True
+            await respond(send, status, detail)
+            return {"type": "http.disconnect"}
 
         async def counted_receive():
-            nonlocal received, refused
+            nonlocal received, complete
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if complete:  # the application listens for a disconnect: no deadline for that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), settings.REQUEST_BODY_TIMEOUT_S)
+            except TimeoutError:
+                return await refuse(408, "The request body did not arrive in time.")
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
-                    refused = True
-                    await respond(send, 413, f"Request body is over the limit of {limit} "
+                    return await refuse(413, f"Request body is over the limit of {limit} "
                                              "bytes.")
-                    return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message):

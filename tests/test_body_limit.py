@@ -22,9 +22,10 @@ def scope(headers, path="/api/v1/jobs/"):
                         *headers]}
 
 
-def call(headers, chunks, *, path="/api/v1/jobs/"):
+def call(headers, chunks, *, path="/api/v1/jobs/", stalls=False):
     """Run one request through the portal's ASGI application; what it sent, and how many of
-    the body's chunks it asked for."""
+    the body's chunks it asked for. A client that `stalls` says more is coming after the last
+    chunk, and sends nothing."""
     sent, asked = [], 0
 
     async def receive():
@@ -32,7 +33,7 @@ def call(headers, chunks, *, path="/api/v1/jobs/"):
         if asked < len(chunks):
             asked += 1
             return {"type": "http.request", "body": chunks[asked - 1],
-                    "more_body": asked < len(chunks)}
+                    "more_body": stalls or asked < len(chunks)}
         await asyncio.sleep(3600)  # a client that sends nothing more
 
     async def send(message):
@@ -64,6 +65,12 @@ def test_a_chunked_body_is_refused_as_soon_as_what_arrived_passes_the_limit():
     sent, asked = call([(b"transfer-encoding", b"chunked")], [b"x" * 40_000] * 50)
     assert status_of(sent) == [413]  # only the guard's answer: the view never answered
     assert asked == 3  # 120 000 bytes: the third chunk passed the limit, no more was read
+
+
+@override_settings(REQUEST_BODY_TIMEOUT_S=0.5)
+def test_a_body_that_stops_arriving_gets_408():
+    sent, asked = call([(b"content-length", b"500000")], [b"x" * 1000], stalls=True)
+    assert status_of(sent) == [408] and asked == 1
 
 
 def test_a_content_length_that_is_no_number_gets_400():
