@@ -35,7 +35,7 @@ def own_origin(scope) -> tuple[str, str, int] | None:
     domain, _ = split_domain_port(host)
     if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
         return None
-    secure = scope.get("scheme") == "wss" or getattr(settings, "HTTPS", False)
+    secure = scope.get("scheme") == "wss" or settings.HTTPS
     return normalized(f"{'https' if secure else 'http'}://{host}")
 
 

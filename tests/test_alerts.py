@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from alerts import evaluate as evaluation
 from alerts import notify
 from alerts.evaluate import evaluate, open_alert
@@ -112,7 +112,7 @@ def run_pass(django_capture_on_commit_callbacks):
 
 def job(owner, *, state=JobState.QUEUED, ago_min=0, queue="etl", **fields):
     at = timezone.now() - timedelta(minutes=ago_min)
-    return Job.objects.create(owner=owner, team=default_team(owner),
+    return Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", name="nightly", queue=queue,
                               timeout_s=600, state=state, created_at=at, dispatched_at=at,
                               **fields)

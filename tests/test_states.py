@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs import states
 from jobs.models import Job, JobState
 
@@ -20,7 +20,7 @@ ALL_PAIRS = [(a, b) for a in S.values for b in S.values if a != b]
 
 
 def make_job(owner, state=S.QUEUED, **fields):
-    return Job.objects.create(owner=owner, team=default_team(owner),
+    return Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", queue="cpu", timeout_s=60,
                               state=state, attempt=1, token="t1", **fields)
 
