@@ -236,6 +236,14 @@ def test_a_websocket_from_a_foreign_origin_is_refused(live, user_key, origin):
 
 
 def test_the_cluster_stream_carries_node_health_and_my_jobs_only(live, http, user_key):
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import Membership, Team
+
+    # In a team before the socket opens: a user in no team has no team stream to join until
+    # their first job makes one (the socket's next access check then reconnects it).
+    Membership.objects.create(team=Team.objects.create(name="runners"), role="member",
+                              user=get_user_model().objects.get(username="runner"))
     frames = Frames(live.ws_url("/ws/cluster/"), user_key)
     mine = submit(live, http, {"kind": "diag.noop"})
     wait_for_job(mine["id"], timeout=30)
