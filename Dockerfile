@@ -35,4 +35,4 @@ RUN pip install --no-deps -c constraints.txt -e . \
 USER portal
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "portal.asgi:application"]
+CMD ["python", "-m", "portal.web", "-b", "0.0.0.0", "-p", "8000", "portal.asgi:application"]

@@ -8,8 +8,9 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from accounts.models import ACTING_ROLES, Membership, Role, Team
+from accounts.models import ACTING_ROLES, Invitation, Membership, Role, Team
 from audit.log import record
+from common.errors import DomainError
 
 
 def team_ids(user) -> list[int]:
@@ -40,7 +41,8 @@ def acting_teams(user):
 
 
 def personal_team(user) -> Team:
-    """A user in no team works in one of their own, named after them, as its admin."""
+    """A user in no team works in one of their own, named after them, as its admin. Made by
+    team_for_work only, inside the transaction that saves their first job or schedule."""
     base = slugify(user.get_username())[:40] or f"user-{user.pk}"
     for suffix in ["", *(f"-{n}" for n in range(2, 50))]:
         try:
@@ -55,12 +57,25 @@ def personal_team(user) -> Team:
 
 
 def default_team(user) -> Team | None:
-    """Where the user's jobs go when they name no team: their only (or first) team in which
-    they may submit; a user in no team at all gets their own. None for a viewer only."""
+    """Where the user's jobs go when they name no team: the first team they joined among those
+    in which they may submit. Joining another (accepting an invitation) leaves it as it is, so
+    nobody else's act moves the user's work. None for a user in no team, or a viewer only.
+    Reads only: see team_for_work."""
     # One filter() call: the role must be that of the user's own membership (staff act in any).
     roles = {} if user.is_staff else {"memberships__role__in": ACTING_ROLES}
-    team = Team.objects.filter(memberships__user=user, **roles).order_by("name").first()
-    if team is None and not Membership.objects.filter(user=user).exists():
+    return (Team.objects.filter(memberships__user=user, **roles)
+            .order_by("memberships__pk").first())
+
+
+def in_no_team(user) -> bool:
+    return not Membership.objects.filter(user=user).exists()
+
+
+def team_for_work(user) -> Team | None:
+    """The default team; for a user in no team, a new one of their own. Call it inside the
+    transaction that saves the job or schedule, so a refused request leaves no team behind."""
+    team = default_team(user)
+    if team is None and in_no_team(user):
         team = personal_team(user)
     return team
 
@@ -104,8 +119,16 @@ def overview(user, *, members_of_all: bool = False) -> list[dict]:
             for team in teams]
 
 
-class MembershipRefused(Exception):
-    """A change to a team's members that is refused; the message says why, for the user."""
+class MembershipRefused(DomainError):
+    """A change to a team's members that is refused; the message says why, for the user (under
+    the field it is about, for the API)."""
+
+    def __init__(self, message: str, field: str | None = None, status: int | None = None):
+        super().__init__({field: [message]} if field else message, status)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _locked(team: Team) -> None:
@@ -131,29 +154,85 @@ def _current(membership: Membership) -> Membership:
 
 def _role(role: str) -> Role:
     if role not in Role.values:
-        raise MembershipRefused(f"The role must be one of {', '.join(Role.values)}.")
+        raise MembershipRefused(f"The role must be one of {', '.join(Role.values)}.", "role")
     return Role(role)
 
 
-def add_member(actor, team: Team, username: str, role: str, *, via: str) -> Membership:
-    """Add the active user named `username` to the team with `role`; audited."""
-    role = _role(role)
-    username = username.strip()
+def _active_user(username: str):
+    username = username.strip() if isinstance(username, str) else ""
     if not username:
-        raise MembershipRefused("Give the username of the person to add.")
+        raise MembershipRefused("Give the username of the person to invite.", "username")
     user = get_user_model().objects.filter(
         **{get_user_model().USERNAME_FIELD: username}, is_active=True).first()
     if user is None:
-        raise MembershipRefused(f"There is no user named “{username}”.")
+        raise MembershipRefused(f"There is no user named “{username}”.", "username")
+    return user
+
+
+def invite(actor, team: Team, username: str, role: str, *, via: str) -> Invitation:
+    """Invite the active user named `username` to the team with `role`: they join only if they
+    accept. Audited."""
+    role = _role(role)
+    user = _active_user(username)
+    username = user.get_username()
     with transaction.atomic():
         _locked(team)
-        membership, created = Membership.objects.get_or_create(
-            team=team, user=user, defaults={"role": role})
-        if not created:
+        if membership := Membership.objects.filter(team=team, user=user).first():
             raise MembershipRefused(f"{username} is already in the team "
-                                    f"({membership.role}): change their role below.")
-        record(actor, "team.member_add", team, via=via, user=username, role=role.value)
+                                    f"({membership.role}): change their role below.", "username")
+        invitation, created = Invitation.objects.get_or_create(
+            team=team, user=user, defaults={"role": role, "invited_by": actor})
+        if not created:
+            raise MembershipRefused(f"{username} is already invited ({invitation.role}).",
+                                    "username")
+        record(actor, "team.invite", team, via=via, user=username, role=role.value)
+    return invitation
+
+
+def invitations_for(user):
+    """The invitations waiting for the user's answer, oldest first."""
+    return Invitation.objects.filter(user=user).select_related("team", "invited_by")
+
+
+def pending_invitations(team_ids):
+    """The invitations not yet answered, per team, for the teams' admins to see."""
+    found: dict[int, list[Invitation]] = {}
+    for invitation in (Invitation.objects.filter(team_id__in=team_ids).select_related("user")
+                       .order_by("team_id", "user__username")):
+        found.setdefault(invitation.team_id, []).append(invitation)
+    return found
+
+
+def _own_invitation(user, invitation_id) -> Invitation:
+    invitation = (Invitation.objects.select_related("team").filter(pk=invitation_id, user=user)
+                  .first())
+    if invitation is None:
+        raise MembershipRefused("There is no such invitation (it may have been answered).",
+                                status=404)
+    return invitation
+
+
+def accept(user, invitation_id: int, *, via: str) -> Membership:
+    """The user accepts their invitation and joins the team with its role; audited."""
+    with transaction.atomic():
+        team = _own_invitation(user, invitation_id).team
+        _locked(team)
+        invitation = _own_invitation(user, invitation_id)  # as it is now the team is locked
+        membership, _ = Membership.objects.get_or_create(
+            team=team, user=user, defaults={"role": invitation.role})
+        invitation.delete()
+        record(user, "team.invite_accept", team, via=via, user=user.get_username(),
+               role=membership.role)
     return membership
+
+
+def decline(user, invitation_id: int, *, via: str) -> None:
+    """The user declines their invitation: nothing changes but that it is gone; audited."""
+    with transaction.atomic():
+        invitation = _own_invitation(user, invitation_id)
+        invitation.delete()
+        record(user, "team.invite_decline", invitation.team, via=via,
+               user=user.get_username(), role=invitation.role)
 
 
 def set_role(actor, membership: Membership, role: str, *, via: str) -> bool:

@@ -1,6 +1,7 @@
 """The browser's account pages. API tokens: list your tokens, create a named one (its key shown
 once, in the response to the POST that made it), revoke one. Teams: your teams with their quota,
-what they hold and their members; a team's admins (and staff) add, re-role and remove members."""
+what they hold and their members; a team's admins (and staff) invite, re-role and remove
+members; an invited user accepts or declines."""
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -70,9 +71,11 @@ QUOTA = (("jobs", "jobs", "max_running_jobs"), ("CPU slots", "cpus", "max_cpus")
          ("GPUs", "gpus", "max_gpus"))
 
 
-def _teams_page(request, *, status=200, error=None, error_team=None, added=None):
+def _teams_page(request, *, status=200, error=None, error_team=None, added=None,
+                invitation_error=None):
     """The teams page; `error` shown in `error_team`'s card, its add form keeping `added`."""
     rows = teams.overview(request.user, members_of_all=request.user.is_staff)
+    invited = teams.pending_invitations([row["team"].pk for row in rows])
     for row in rows:
         team = row["team"]
         row["quota"] = [{"label": label, "used": row["held"][used],
@@ -81,9 +84,12 @@ def _teams_page(request, *, status=200, error=None, error_team=None, added=None)
                          and row["held"][used] >= getattr(team, limit)}
                         for label, used, limit in QUOTA]
         row["manage"] = request.user.is_staff or row["role"] == Role.ADMIN
+        row["invited"] = invited.get(team.pk, []) if row["manage"] else []
         row["error"] = error if error_team == team.pk else None
         row["added"] = added if error_team == team.pk else {}
-    context = {"rows": rows, "roles": Role.values}
+    context = {"rows": rows, "roles": Role.values,
+               "invitations": teams.invitations_for(request.user),
+               "invitation_error": invitation_error}
     return render(request, "accounts/teams.html", context, status=status)
 
 
@@ -122,7 +128,7 @@ def team_member_add(request, name: str):
     team = _managed_team(request, name)
     username, role = request.POST.get("username", ""), request.POST.get("role", Role.MEMBER)
     try:
-        teams.add_member(request.user, team, username, role, via="page")
+        teams.invite(request.user, team, username, role, via="page")
     except teams.MembershipRefused as exc:
         return _teams_page(request, status=400, error=str(exc), error_team=team.pk,
                            added={"username": username.strip(), "role": role})
@@ -152,3 +158,24 @@ def team_member_role(request, name: str, username: str):
 def team_member_remove(request, name: str, username: str):
     return _change_member(request, name, username, lambda membership: teams.remove_member(
         request.user, membership, via="page"))
+
+
+def _answer(request, invitation_id: int, answer):
+    """The invited user's accept or decline; refused (answered meanwhile) with the reason."""
+    try:
+        answer(request.user, invitation_id, via="page")
+    except teams.MembershipRefused as exc:
+        return _teams_page(request, status=exc.status, invitation_error=str(exc))
+    return redirect("team-list")
+
+
+@login_required
+@require_POST
+def invitation_accept(request, invitation_id: int):
+    return _answer(request, invitation_id, teams.accept)
+
+
+@login_required
+@require_POST
+def invitation_decline(request, invitation_id: int):
+    return _answer(request, invitation_id, teams.decline)

@@ -9,10 +9,13 @@ row lock taken with SKIP LOCKED, so two reconcilers never send the same one twic
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -40,15 +43,77 @@ def send_email(alert: Alert, event: str) -> None:
               settings.ALERT_FROM_EMAIL, alert.rule.recipients, fail_silently=False)
 
 
+class WebhookRefused(Exception):
+    """A webhook target the portal will not send to."""
+
+
+def public(address: str) -> bool:
+    """Whether an address is on the public internet: not loopback, link-local (the cloud's
+    metadata service), private, shared, multicast or reserved."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def checked_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A connection to the host, made to an address it was just resolved to and checked: every
+    address the name has must be public (unless ALERT_WEBHOOK_ALLOW_PRIVATE), so a name that
+    also points inside, or resolves differently on the next lookup, reaches nothing there."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not settings.ALERT_WEBHOOK_ALLOW_PRIVATE:
+        inside = sorted({info[4][0] for info in infos if not public(info[4][0])})
+        if inside:
+            raise WebhookRefused(f"refusing to send to {host}: it resolves to "
+                                 f"{', '.join(inside)}, not a public address (set "
+                                 "ALERT_WEBHOOK_ALLOW_PRIVATE=1 for receivers inside)")
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"{host} has no address")
+
+
+class CheckedHTTPConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = checked_socket(self.host, self.port, self.timeout)
+
+
+class CheckedHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self):
+        sock = checked_socket(self.host, self.port, self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
 def post_webhook(alert: Alert, event: str) -> None:
+    """POST the alert as JSON. Redirects are not followed: a 3xx fails like a 5xx."""
     url = alert.rule.webhook_url
-    if urlsplit(url).scheme not in {"http", "https"}:  # rules saved without full_clean()
-        raise ValueError(f"refusing to open {url!r}: only http(s) webhooks")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:  # saved without full_clean()
+        raise WebhookRefused(f"refusing to open {url!r}: only http(s) webhooks")
     body = json.dumps({"event": event, "alert": alert.as_dict()}).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "cluster-portal-alerts"})
-    with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT_S) as response:
-        response.read()  # urlopen raises HTTPError for 4xx/5xx
+    timeout = settings.ALERT_WEBHOOK_TIMEOUT_S
+    if parts.scheme == "https":
+        connection = CheckedHTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                            context=ssl.create_default_context())
+    else:
+        connection = CheckedHTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", path, body=body, headers={
+            "Content-Type": "application/json", "User-Agent": "cluster-portal-alerts"})
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300:
+        raise WebhookRefused(f"{url} answered {response.status} {response.reason}")
 
 
 def channels(alert: Alert) -> list[tuple[str, str, Callable[[Alert, str], None]]]:

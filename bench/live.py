@@ -650,10 +650,10 @@ import json, secrets
 from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs.models import Attempt, Job, JobState
 user = get_user_model().objects.get(username="bench")
-team = default_team(user)
+team = team_for_work(user)
 user.is_staff = True
 user.save(update_fields=["is_staff"])
 now = timezone.now()

@@ -174,3 +174,30 @@ class Api:
             params = dict(parse_qsl(urlsplit(page["next"]).query))
             params["limit"] = max(1, min(limit - len(jobs), page_size, MAX_PAGE))
         return jobs[:limit]
+
+    # -- teams ---------------------------------------------------------------------------------
+
+    def invite(self, team: str, username: str, role: str) -> dict:
+        """Invite a user to a team (its admins): they join when they accept."""
+        response = self.request("POST", f"/api/v1/teams/{quote(team, safe='')}/invitations/",
+                                json={"username": username, "role": role})
+        if response.status_code == 404:
+            raise NotFound(f"no such team: {team}")
+        if response.status_code != 201:
+            raise CliError(f"unexpected HTTP {response.status_code} inviting {username}")
+        return self.json(response)
+
+    def invitations(self) -> list[dict]:
+        return self.get("/api/v1/invitations/")
+
+    def answer(self, invitation_id: str, accept: bool) -> dict | None:
+        """Accept (the membership) or decline (None) an invitation of yours."""
+        verb = "accept" if accept else "decline"
+        response = self.request(
+            "POST", f"/api/v1/invitations/{quote(str(invitation_id), safe='')}/{verb}/")
+        if response.status_code == 404:
+            raise NotFound(f"no such invitation: {invitation_id}")
+        if response.status_code not in (200, 204):
+            raise CliError(f"unexpected HTTP {response.status_code} for invitation "
+                           f"{invitation_id}")
+        return self.json(response) if accept else None

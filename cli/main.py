@@ -311,6 +311,35 @@ def cmd_kinds(args, out: Out, env) -> int:
     return OK
 
 
+def cmd_invite(args, out: Out, env) -> int:
+    invitation = connect(env).invite(args.team, args.username, args.role)
+    out.result(f"invited {args.username} to {args.team} as {invitation.get('role')}: they "
+               "join when they accept (`portalctl accept "
+               f"{invitation.get('id')}`)", invitation)
+    return OK
+
+
+def cmd_invitations(args, out: Out, env) -> int:
+    found = connect(env).invitations()
+    rows = [[i.get("id"), i.get("team"), i.get("role"), i.get("invited_by") or ""]
+            for i in found]
+    out.result(table(["ID", "TEAM", "ROLE", "FROM"], rows) if found else "no invitations",
+               found)
+    return OK
+
+
+def cmd_accept(args, out: Out, env) -> int:
+    membership = connect(env).answer(args.id, accept=True)
+    out.result(f"joined {membership.get('team')} as {membership.get('role')}", membership)
+    return OK
+
+
+def cmd_decline(args, out: Out, env) -> int:
+    connect(env).answer(args.id, accept=False)
+    out.result(f"declined invitation {args.id}", {"id": args.id, "declined": True})
+    return OK
+
+
 # -- arguments -----------------------------------------------------------------------------------
 
 
@@ -445,6 +474,19 @@ def parser() -> argparse.ArgumentParser:
                   "3 cancelled, 124 timed out")
     sub.add_argument("id")
     sub.add_argument("--timeout", type=positive, metavar="S", help="give up after S seconds")
+
+    sub = command("invite", cmd_invite, "invite a user to a team you are an admin of: they "
+                  "join when they accept")
+    sub.add_argument("team")
+    sub.add_argument("username")
+    sub.add_argument("--role", choices=["viewer", "member", "admin"], default="member",
+                     help="their role once they accept (default member)")
+    command("invitations", cmd_invitations, "the invitations waiting for your answer")
+    sub = command("accept", cmd_accept, "accept an invitation: join its team (where your "
+                  "jobs go by default stays as it is)")
+    sub.add_argument("id")
+    sub = command("decline", cmd_decline, "decline an invitation")
+    sub.add_argument("id")
 
     command("nodes", cmd_nodes, "the worker nodes, their state and utilization")
     command("kinds", cmd_kinds, "the job kinds you can submit")

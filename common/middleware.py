@@ -1,31 +1,12 @@
-"""Refuse an oversized body with 413, and text PostgreSQL cannot hold, before anything reads
-them."""
+"""Refuse text PostgreSQL cannot hold before anything reads it (an oversized body never gets
+here: portal.bodylimit and portal.web refuse it first)."""
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.views import APIView
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 NUL_MESSAGE = "must not contain NUL characters"
-
-
-class BodySizeLimitMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return JsonResponse({"detail": "Content-Length is not a number."}, status=400)
-        if length > settings.MAX_BODY_BYTES:
-            return JsonResponse(
-                {"detail": f"Request body is {length} bytes; the limit is "
-                           f"{settings.MAX_BODY_BYTES}."},
-                status=413,
-            )
-        return self.get_response(request)
 
 
 class NulCharacterMiddleware:

@@ -8,7 +8,9 @@ transport, and a Redis restart must not take the API down with it."""
 from __future__ import annotations
 
 import logging
+import time
 
+from django.core.cache import cache
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
@@ -49,3 +51,19 @@ class SubmitThrottle(CacheTolerant, SimpleRateThrottle):
         else:
             ident = self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def team_submit_allowed(team_id: int) -> bool:
+    """Count one scheduled run against its team's submit rate (THROTTLE_SUBMIT_RATE, per team
+    and per window of the rate's length): False once the window's count is past it."""
+    rate = SimpleRateThrottle.THROTTLE_RATES.get("submit")
+    if rate is None:
+        return True
+    allowed, seconds = SimpleRateThrottle.parse_rate(None, rate)
+    key = f"throttle_team_submit_{team_id}_{int(time.time() // seconds)}"
+    try:
+        cache.add(key, 0, timeout=seconds + 1)
+        return cache.incr(key) <= allowed
+    except Exception as exc:  # the cache (Redis) is away: run rather than refuse
+        log.warning("team %s submit rate not checked: %s", team_id, exc)
+        return True

@@ -26,6 +26,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.log import record
+from common.errors import DomainError
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit, send_again
 from jobs.models import TERMINAL, Attempt, AttemptState, Job, JobState
@@ -57,7 +58,7 @@ ALLOWED = JOB_MOVES
 WAITING_FOR_ADMISSION = "waiting for admission"
 
 
-class TransitionRefused(Exception):
+class TransitionRefused(DomainError):
     """The job is not in a state from which the asked move is allowed."""
 
     status = 409

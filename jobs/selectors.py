@@ -85,9 +85,9 @@ def job_groups(user) -> list[str]:
         return []
     if user.is_staff:
         return [wire.STAFF_JOBS]
-    # A user in no team yet gets the team of their own that their first job would go to.
-    ids = teams.team_ids(user) or [teams.default_team(user).pk]
-    return [team_group(t) for t in ids]
+    # A user in no team has none: their first job makes them one, and the next access check
+    # of an open socket (WS_ACCESS_RECHECK_S) finds it.
+    return [team_group(t) for t in teams.team_ids(user)]
 
 
 def job_group(job_id: int) -> str:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from accounts import teams
 from accounts.models import Team
 from audit.log import record, record_many
+from common.errors import DomainError
 from jobs import admission, lifecycle
 from jobs.broadcast import Outbox
 from jobs.lifecycle import (  # noqa: F401  (their long-standing home for callers)
@@ -51,14 +52,8 @@ _PYDANTIC_MESSAGES = {
 }
 
 
-class InvalidJob(Exception):
+class InvalidJob(DomainError):
     """The submitted job is not valid; `errors` maps each wrong field to its messages."""
-
-    status = 400
-
-    def __init__(self, errors):
-        super().__init__(errors)
-        self.errors = errors
 
 
 class NotPermitted(InvalidJob):
@@ -103,6 +98,16 @@ def _int_field(data, field, errors, *, default, low, high) -> int:
     return value
 
 
+def int_bounds() -> dict[str, tuple[int, int, int]]:
+    """(lowest, highest, default) of each whole-number field: validate_spec checks them and the
+    OpenAPI schema shows them (a job in the gpu queue holds at least one GPU)."""
+    return {"priority": (-100, 100, 0),
+            "max_attempts": (1, 20, settings.JOB_DEFAULT_MAX_ATTEMPTS),
+            "timeout_s": (1, settings.JOB_MAX_TIMEOUT_S, settings.JOB_DEFAULT_TIMEOUT_S),
+            "cpus": (1, 1024, 1),
+            "gpus": (0, 64, 0)}
+
+
 def validate_spec(data, *, owner=None) -> JobSpec:
     """Check one submitted job; raise InvalidJob with per-field messages. With the submitting
     user, a kind they may not submit is refused first, before its parameters say anything."""
@@ -142,16 +147,21 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     queue = data.get("queue") or (kind.queue if kind else "")
     if not isinstance(queue, str) or (queue and queue not in settings.JOB_QUEUES):
         errors["queue"] = [f"must be one of {', '.join(settings.JOB_QUEUES)}"]
-    priority = _int_field(data, "priority", errors, default=0, low=-100, high=100)
-    max_attempts = _int_field(data, "max_attempts", errors,
-                              default=settings.JOB_DEFAULT_MAX_ATTEMPTS, low=1, high=20)
-    timeout_s = _int_field(data, "timeout_s", errors, default=settings.JOB_DEFAULT_TIMEOUT_S,
-                           low=1, high=settings.JOB_MAX_TIMEOUT_S)
+    bounds = int_bounds()
+
+    def whole(field, *, at_least=None):
+        low, high, default = bounds[field]
+        if at_least is not None:
+            low, default = max(low, at_least), max(default, at_least)
+        return _int_field(data, field, errors, default=default, low=low, high=high)
+
+    priority = whole("priority")
+    max_attempts = whole("max_attempts")
+    timeout_s = whole("timeout_s")
     after = _after_field(data.get("after", []), errors)
-    cpus = _int_field(data, "cpus", errors, default=1, low=1, high=1024)
+    cpus = whole("cpus")
     # A job in the gpu queue holds at least one GPU: its team's GPU quota counts it.
-    gpus = _int_field(data, "gpus", errors, default=int(queue == "gpu"),
-                      low=int(queue == "gpu"), high=64)
+    gpus = whole("gpus", at_least=int(queue == "gpu"))
     labels = _labels_field(data.get("labels", {}), queue, errors)
     if team is not None and not errors:
         _fits_quota(team, cpus, gpus, errors)
@@ -163,11 +173,11 @@ def validate_spec(data, *, owner=None) -> JobSpec:
 
 
 def _team_field(value, owner, errors) -> Team | None:
-    """The team the job is for: one the owner may submit to (any, for staff); by default their
-    only or first one."""
+    """The team the job is for: one the owner may submit to (any, for staff); by default the
+    first they joined. None for a user in no team: their own is made when the job is saved."""
     if value is None or value == "":
         team = teams.default_team(owner)
-        if team is None:
+        if team is None and not teams.in_no_team(owner):
             errors["team"] = ["you may only view your teams' jobs: ask a team admin to make "
                               "you a member"]
         return team
@@ -223,7 +233,7 @@ def _after_field(value, errors) -> tuple[int, ...]:
 def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
     """A pending job: blocked until the jobs it waits for succeed, then admitted."""
     blocked = bool(spec.after)
-    return Job(owner=owner, team=spec.team or teams.default_team(owner), kind=spec.kind,
+    return Job(owner=owner, team=spec.team or teams.team_for_work(owner), kind=spec.kind,
                name=spec.name, params=spec.params, queue=spec.queue, priority=spec.priority,
                cpus=spec.cpus, gpus=spec.gpus, labels=spec.labels or {},
                max_attempts=spec.max_attempts, timeout_s=spec.timeout_s,
@@ -248,10 +258,11 @@ def _check_after(owner, specs: list[JobSpec]) -> None:
             continue
         team = spec.team or teams.default_team(owner)
         seen = set(visible_jobs(owner).filter(pk__in=spec.after, team=team)
-                   .values_list("pk", flat=True))
+                   .values_list("pk", flat=True)) if team else set()
         missing = sorted(set(spec.after) - seen)
         if missing:
-            raise InvalidJob({"after": [f"no such job in team {team}: "
+            where = f"in team {team}" if team else "of yours"
+            raise InvalidJob({"after": [f"no such job {where}: "
                                         f"{', '.join(map(str, missing))}"]})
 
 
@@ -357,9 +368,12 @@ def cancel_job(*, job: Job, actor=None, via: str = "api") -> Job:
 def retry_job(*, job: Job, owner, via: str = "api") -> Job:
     """A new job with the same kind and parameters, for the same team."""
     check_acts(owner, job)
-    spec = JobSpec(kind=job.kind, params=job.params, name=job.name, priority=job.priority,
-                   queue=job.queue, max_attempts=job.max_attempts, timeout_s=job.timeout_s,
-                   team=job.team, cpus=job.cpus, gpus=job.gpus, labels=job.labels)
+    # Checked as a new submission is: the kind, its parameters, the labels and the quota now.
+    spec = validate_spec({
+        "kind": job.kind, "params": job.params, "name": job.name, "priority": job.priority,
+        "queue": job.queue, "max_attempts": job.max_attempts, "timeout_s": job.timeout_s,
+        "team": job.team.name, "cpus": job.cpus, "gpus": job.gpus, "labels": job.labels},
+        owner=owner)
     with transaction.atomic():
         new = submit_jobs(owner=owner, specs=[spec], via=via)[0]
         record(owner, "job.retry", job, via=via, new_job=new.pk)

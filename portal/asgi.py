@@ -11,25 +11,15 @@ django_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import OriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from accounts.auth import WebsocketTokenMiddleware  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
-
-
-class SameOriginValidator(OriginValidator):
-    """Refuses a browser's handshake from a foreign origin. Scripts and the CLI send no Origin
-    and authenticate with a token header, which a foreign page cannot make a browser send."""
-
-    def valid_origin(self, parsed_origin):
-        return parsed_origin is None or super().valid_origin(parsed_origin)
-
+from portal.bodylimit import BodyLimit  # noqa: E402
+from portal.origins import SameOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": ASGIStaticFilesHandler(django_app) if settings.SERVE_STATIC else django_app,
+    "http": BodyLimit(ASGIStaticFilesHandler(django_app) if settings.SERVE_STATIC else django_app),
     "websocket": SameOriginValidator(
-        AuthMiddlewareStack(WebsocketTokenMiddleware(URLRouter(websocket_urlpatterns))),
-        settings.ALLOWED_HOSTS,
-    ),
+        AuthMiddlewareStack(WebsocketTokenMiddleware(URLRouter(websocket_urlpatterns)))),
 })

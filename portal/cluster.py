@@ -84,8 +84,8 @@ class Cluster:
         return url
 
     def start_web(self, port: int) -> subprocess.Popen:
-        proc = self.spawn("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                                  "portal.asgi:application"])
+        proc = self.spawn("web", [PYTHON, "-m", "portal.web", "-b", "127.0.0.1", "-p",
+                                  str(port), "portal.asgi:application"])
         wait_for_port(port, proc=proc)
         return proc
 

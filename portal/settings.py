@@ -1,8 +1,10 @@
 """Settings, read from the environment (see the README for every variable)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from workers import config
@@ -47,11 +49,12 @@ INSTALLED_APPS = [
     "schedules",
     "audit",
     "spaces",
+    "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "common.middleware.BodySizeLimitMiddleware",
     "common.middleware.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -59,7 +62,40 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "common.errors.DomainErrorMiddleware",
+    # Last: it answers 429 for a sign-in refused because of earlier failures.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Every page: scripts, styles and images from the portal only, no inline script (pages start
+# their scripts from static/portal/pages.js); inline styles stay allowed for the charts.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# Behind HTTPS (TLS ended here or at a proxy that sets X-Forwarded-Proto): cookies only over
+# HTTPS, HSTS, plain HTTP redirected. HSTS preload is the operator's choice (HSTS_PRELOAD=1).
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload not asked for: a decision, not a slip
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
@@ -102,8 +138,25 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed sign-ins (the login page and the admin's), bad API tokens and bad websocket tokens are
+# counted per client address and per user name (django-axes, in the shared cache): past
+# AUTH_FAILURE_LIMIT of either, that address or name is refused with 429 for AUTH_LOCKOUT_S.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = env_int("AUTH_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("AUTH_LOCKOUT_S", 900.0))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.guard.lockout_response"
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "job-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -123,8 +176,10 @@ STATICFILES_FINDERS = [
 ]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
-# Request bodies over this many bytes get 413 before anything reads them.
+# Request bodies over this many bytes get 413 before anything reads them (portal.web, as they
+# arrive; portal.bodylimit, at the ASGI level); one not all in after this many seconds, 408.
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1_048_576)
+REQUEST_BODY_TIMEOUT_S = env_float("REQUEST_BODY_TIMEOUT_S", 30.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
 REDIS_URL = REDIS_URL
@@ -197,6 +252,9 @@ NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
 LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.25)
 # How often an open websocket checks again that its user may still see what it streams.
 WS_ACCESS_RECHECK_S = env_float("WS_ACCESS_RECHECK_S", 15.0)
+# Schedules: at most this many per team, none running more often than every this many seconds.
+SCHEDULES_PER_TEAM = env_int("SCHEDULES_PER_TEAM", 50)
+SCHEDULE_MIN_INTERVAL_S = env_float("SCHEDULE_MIN_INTERVAL_S", 300.0)
 LIVE_CLUSTER_COALESCE_S = env_float("LIVE_CLUSTER_COALESCE_S", 1.0)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)
@@ -211,6 +269,9 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", "portal@localhost")
 ALERT_WEBHOOK_TIMEOUT_S = env_float("ALERT_WEBHOOK_TIMEOUT_S", 5.0)
+# Webhooks go to public addresses only (checked after the name is resolved), unless this is set
+# for a site whose receivers live on its own network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("ALERT_WEBHOOK_ALLOW_PRIVATE", False)
 
 LOGGING = {
     "version": 1,

@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from accounts.api import TeamList
+from accounts.api import InvitationAccept, InvitationDecline, InvitationList, TeamInvite, TeamList
 from alerts.api import AlertList
 from audit.api import AuditList
 from spaces.api import GrantDetail, GrantList
@@ -18,8 +18,17 @@ urlpatterns = [
     path("api/v1/teams/<slug:team>/grants/", GrantList.as_view(), name="api-team-grants"),
     path("api/v1/teams/<slug:team>/grants/<str:grant_id>/", GrantDetail.as_view(),
          name="api-team-grant"),
+    path("api/v1/teams/<slug:name>/invitations/", TeamInvite.as_view(), name="api-team-invite"),
+    path("api/v1/invitations/", InvitationList.as_view(), name="api-invitations"),
+    path("api/v1/invitations/<int:invitation_id>/accept/", InvitationAccept.as_view(),
+         name="api-invitation-accept"),
+    path("api/v1/invitations/<int:invitation_id>/decline/", InvitationDecline.as_view(),
+         name="api-invitation-decline"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves its start-up script as a file: the Content-Security-Policy allows
+    # no inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"),
+         name="api-docs"),
     path("", include("accounts.urls")),
     path("", include("jobs.urls")),
     path("", include("schedules.urls")),

@@ -1,7 +1,6 @@
 """/api/v1/schedules/: the schedules of the user's teams. Thin views over the services: writes
 go through `schedules.services`, which check the cron expression and the job as any job is."""
 
-from django.core.exceptions import PermissionDenied
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -62,14 +61,8 @@ def visible_schedule_or_404(request, schedule_id) -> Schedule:
 
 
 def _saved(request, write):
-    try:
-        schedule = write()
-    except services.InvalidSchedule as exc:
-        return None, Response(exc.errors, status=exc.status)
-    except PermissionDenied as exc:
-        return None, Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
-    schedule = selectors.schedule_for(request.user, schedule.pk)
-    return schedule, None
+    """The schedule written, as the caller sees it now."""
+    return selectors.schedule_for(request.user, write().pk)
 
 
 class ScheduleList(APIView):
@@ -85,10 +78,8 @@ class ScheduleList(APIView):
         403: OpenApiResponse(Errors, description="a kind you may not submit")})
     def post(self, request):
         """Add a schedule: its jobs are yours, checked as a job you submit, at every run."""
-        schedule, error = _saved(request, lambda: services.create_schedule(
+        schedule = _saved(request, lambda: services.create_schedule(
             user=request.user, data=request.data))
-        if error:
-            return error
         return Response(ScheduleSerializer(schedule, context={"request": request}).data,
                         status=status.HTTP_201_CREATED)
 
@@ -107,10 +98,8 @@ class ScheduleDetail(APIView):
         """Change some fields. Changing the job (name, team, kind, params, priority) makes
         its jobs yours; a new cron, or enabling again, counts the next run from now."""
         schedule = visible_schedule_or_404(request, schedule_id)
-        schedule, error = _saved(request, lambda: services.update_schedule(
+        schedule = _saved(request, lambda: services.update_schedule(
             schedule=schedule, user=request.user, data=request.data))
-        if error:
-            return error
         return Response(ScheduleSerializer(schedule, context={"request": request}).data)
 
     @extend_schema(request=None, responses={204: None, 403: OpenApiResponse(
@@ -118,8 +107,5 @@ class ScheduleDetail(APIView):
     def delete(self, request, schedule_id):
         """Delete a schedule (the jobs it submitted stay)."""
         schedule = visible_schedule_or_404(request, schedule_id)
-        try:
-            services.delete_schedule(schedule=schedule, user=request.user)
-        except PermissionDenied as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+        services.delete_schedule(schedule=schedule, user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)

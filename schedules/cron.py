@@ -33,6 +33,22 @@ def cron_errors(expression) -> list[str]:
     return []
 
 
+def shortest_interval_s(expression: str, runs: int = 200) -> float:
+    """The shortest time between two of the expression's runs over its next `runs` (from a
+    fixed moment, so the answer does not depend on the day it is asked)."""
+    times = croniter(" ".join(expression.split()), datetime(2000, 1, 1, tzinfo=UTC))
+    moments = [times.get_next(datetime) for _ in range(runs)]
+    return min((b - a).total_seconds() for a, b in zip(moments, moments[1:], strict=False))
+
+
+def interval_errors(expression: str, minimum_s: float) -> list[str]:
+    """A valid expression that runs more often than every `minimum_s` seconds is refused."""
+    if minimum_s > 60 and shortest_interval_s(expression) < minimum_s:
+        return [f"runs more often than every {minimum_s:g} seconds, the shortest interval "
+                "this portal allows"]
+    return []
+
+
 def validate_cron(expression) -> None:
     """A model field validator."""
     errors = cron_errors(expression)

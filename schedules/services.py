@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from accounts.models import Membership, Team
-from accounts.teams import can_act, default_team
+from accounts.teams import can_act, default_team, in_no_team, personal_team
 from audit.log import record
+from common.errors import DomainError, describe
+from common.throttling import team_submit_allowed
 from jobs import services as jobs
-from schedules.cron import cron_errors, next_after
+from schedules.cron import cron_errors, interval_errors, next_after
 from schedules.models import Schedule
 
 log = logging.getLogger(__name__)
@@ -37,14 +40,9 @@ JOB_FIELDS = ("name", "team", "kind", "params", "priority")
 LAST_RUN_FIELDS = ("last_run_at", "last_job", "last_error")
 
 
-class InvalidSchedule(Exception):
+class InvalidSchedule(DomainError):
     """The schedule is not valid; `errors` maps each wrong field to its messages (`params` to
     a dict of the parameters' messages, as the job API does)."""
-
-    def __init__(self, errors: dict, status: int = 400):
-        super().__init__(errors)
-        self.errors = errors
-        self.status = status
 
 
 def spec_data(values: dict) -> dict:
@@ -61,18 +59,6 @@ def job_spec(schedule: Schedule) -> jobs.JobSpec:
     return jobs.validate_spec(spec_data({
         "kind": schedule.kind, "params": schedule.params, "name": schedule.name,
         "priority": schedule.priority, "team": schedule.team.name}), owner=schedule.owner)
-
-
-def describe(errors) -> str:
-    """Per-field messages as one line: "params.seconds: must be at least 0; kind: …"."""
-    parts = []
-    for field, messages in errors.items():
-        if isinstance(messages, dict):
-            parts.extend(f"{field}.{name}: {'; '.join(map(str, inner))}"
-                         for name, inner in messages.items())
-        else:
-            parts.append(f"{field}: {'; '.join(map(str, messages))}")
-    return "; ".join(parts)
 
 
 # Creating, changing, deleting.
@@ -120,15 +106,18 @@ def _clean(data, *, user, schedule: Schedule | None) -> tuple[dict, set[str]]:
     team = None
     if schedule is None and not values["team"]:
         team = default_team(user)
-        if team is None:
-            errors["team"] = ["is required"]
-        else:
+        if team is not None:
             values["team"] = team.name
+        elif not in_no_team(user):  # a viewer only; one in no team gets their own on saving
+            errors["team"] = ["is required"]
     elif "team" in changed:
         team = _team(values["team"], user, errors)
     else:
         team = schedule.team
     if messages := cron_errors(values["cron"]):
+        errors["cron"] = messages
+    elif "cron" in changed and (messages := interval_errors(
+            values["cron"], settings.SCHEDULE_MIN_INTERVAL_S)):
         errors["cron"] = messages
     if not isinstance(values["enabled"], bool):
         errors["enabled"] = ["must be true or false"]
@@ -158,6 +147,9 @@ def create_schedule(*, user, data: dict, via: str = "api") -> Schedule:
     values, _ = _clean(data, user=user, schedule=None)
     now = timezone.now()
     with transaction.atomic():
+        if values["team"] is None:  # a user in no team: their own, saved with the schedule
+            values["team"] = personal_team(user)
+        _has_room(values["team"])
         schedule = Schedule.objects.create(
             owner=user, created_at=now,
             next_run_at=next_after(values["cron"], now) if values["enabled"] else None,
@@ -191,9 +183,21 @@ def update_schedule(*, schedule: Schedule, user, data: dict, via: str = "api") -
     # put back to be run twice.
     if fields:
         with transaction.atomic():
+            if "team" in changed:
+                _has_room(schedule.team)
             schedule.save(update_fields=fields)
             record(user, "schedule.change", schedule, via=via, fields=sorted(changed))
     return schedule
+
+
+def _has_room(team: Team) -> None:
+    """A team holds at most SCHEDULES_PER_TEAM schedules. Its row is locked for the rest of the
+    transaction, so two additions at once cannot both take the last place."""
+    Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True).first()
+    limit = settings.SCHEDULES_PER_TEAM
+    if Schedule.objects.filter(team=team).count() >= limit:
+        raise InvalidSchedule({"team": [f"team {team.name} already has {limit} schedules, "
+                                        "the most a team may have"]})
 
 
 def forget_last_run(schedule: Schedule) -> list[str]:
@@ -274,6 +278,12 @@ def run_due(pk: int, due_at, cron: str, now) -> bool:
         if not claimed:
             return False
         schedule = Schedule.objects.select_related("team", "owner").get(pk=pk)
+        if not team_submit_allowed(schedule.team_id):
+            error = (f"team {schedule.team.name} is over its submit rate: this run submitted "
+                     "nothing")
+            log.warning("schedule %s (%s): %s", pk, schedule.name, error)
+            Schedule.objects.filter(pk=pk).update(last_error=error)
+            return False
         try:
             job = _submit(schedule)
         except jobs.InvalidJob as exc:

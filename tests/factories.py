@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs.models import Attempt, Job, JobState
 
 ATTEMPT_STATE = {JobState.PENDING: "queued", JobState.QUEUED: "queued",
@@ -26,7 +26,7 @@ def make_job(owner, state=JobState.QUEUED, *, attempt: int = 1, token: str | Non
         fields = {"node": "w1", "started_at": now,
                   "lease_expires_at": now - timedelta(seconds=lease_ago), **fields}
     fields.setdefault("timeout_s", 600)
-    job = Job.objects.create(owner=owner, team=team or default_team(owner), kind=kind,
+    job = Job.objects.create(owner=owner, team=team or team_for_work(owner), kind=kind,
                              queue=fields.pop("queue", "cpu"), state=state, attempt=attempt,
                              token=token, **fields)
     make_attempt(job, attempt, token=token, state=ATTEMPT_STATE[state])

@@ -13,8 +13,9 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from alerts import evaluate as evaluation
+from alerts import notify
 from alerts.evaluate import evaluate, open_alert
 from alerts.models import Alert, AlertRule
 from jobs import broadcast
@@ -45,6 +46,8 @@ class Hook(BaseHTTPRequestHandler):
         status = self.server.statuses.pop(0) if self.server.statuses else 200
         self.server.received.append((status, body))
         self.send_response(status)
+        if self.server.location:
+            self.send_header("Location", self.server.location)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -52,15 +55,29 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def webhook(monkeypatch):
-    """A webhook receiver on 127.0.0.1: `received` holds (status answered, JSON body); set
-    `statuses` to answer with those codes first."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+def receiver():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    server.received, server.statuses = [], []
+    server.received, server.statuses, server.location = [], [], None
     server.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def inside_receiver():
+    """A receiver on 127.0.0.1, without ALERT_WEBHOOK_ALLOW_PRIVATE."""
+    server = receiver()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def webhook(settings):
+    """A webhook receiver on 127.0.0.1 (so ALERT_WEBHOOK_ALLOW_PRIVATE is on): `received`
+    holds (status answered, JSON body); set `statuses` to answer with those codes first."""
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    server = receiver()
     yield server
     server.shutdown()
     server.server_close()
@@ -95,7 +112,7 @@ def run_pass(django_capture_on_commit_callbacks):
 
 def job(owner, *, state=JobState.QUEUED, ago_min=0, queue="etl", **fields):
     at = timezone.now() - timedelta(minutes=ago_min)
-    return Job.objects.create(owner=owner, team=default_team(owner),
+    return Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", name="nightly", queue=queue,
                               timeout_s=600, state=state, created_at=at, dispatched_at=at,
                               **fields)
@@ -245,6 +262,51 @@ def test_a_webhook_that_is_not_http_is_refused(make_rule, run_pass, webhook):
     Node.objects.create(name="w3", state=NodeState.OFFLINE, last_heartbeat=timezone.now())
     run_pass()
     assert Alert.objects.get().notified_at is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data/",
+    "http://localhost:6379/", "http://[::1]:5432/", "http://10.1.2.3/hook",
+    "https://192.168.0.10/hook", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0:80/",
+    "http://100.64.0.1/",
+])
+def test_a_webhook_to_an_inside_address_is_refused_after_its_name_is_resolved(
+        make_rule, url):
+    rule = make_rule("node_offline", webhook_url=url)
+    alert = Alert.objects.create(rule=rule, kind="node_offline", key="node:w3",
+                                 subject="node w3 offline", message="x",
+                                 fired_at=timezone.now())
+    with pytest.raises(notify.WebhookRefused, match="not a public address"):
+        notify.post_webhook(alert, "fired")
+
+
+def test_an_inside_receiver_gets_nothing_unless_the_site_allows_it(
+        make_rule, run_pass, inside_receiver, settings):
+    make_rule("node_offline", webhook_url=inside_receiver.url)
+    Node.objects.create(name="w3", state=NodeState.OFFLINE, last_heartbeat=timezone.now())
+    run_pass()
+    assert inside_receiver.received == []
+    assert Alert.objects.get().notified_at is None  # tried again on the next pass
+
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    run_pass()
+    assert [body["event"] for _, body in inside_receiver.received] == ["fired"]
+    assert Alert.objects.get().notified_at is not None
+
+
+def test_a_redirect_is_not_followed(make_rule, run_pass, webhook):
+    elsewhere = receiver()
+    try:
+        webhook.statuses, webhook.location = [302], elsewhere.url
+        make_rule("node_offline", webhook_url=webhook.url)
+        Node.objects.create(name="w3", state=NodeState.OFFLINE, last_heartbeat=timezone.now())
+        run_pass()
+        assert [status for status, _ in webhook.received] == [302]
+        assert elsewhere.received == []
+        assert Alert.objects.get().notified_at is None  # a 3xx is no delivery
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
 
 
 def test_one_key_has_at_most_one_open_alert(make_rule):

@@ -9,7 +9,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs.ingest import apply_events
 from jobs.models import Attempt, Job, JobState, LogLine, Node, NodeSample
 
@@ -22,7 +22,7 @@ def alice(cast):
 
 
 def make_job(owner, state, queue="cpu", **fields):
-    return Job.objects.create(owner=owner, team=default_team(owner),
+    return Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.sleep", queue=queue, timeout_s=60,
                               state=state, attempt=1, token=f"t{Job.objects.count()}", **fields)
 

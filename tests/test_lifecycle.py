@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs import lifecycle as states
 from jobs.ingest import apply_events
 from jobs.models import Attempt, AttemptState, Job, JobState, LogLine
@@ -29,7 +29,7 @@ ALL_PAIRS = [(a, b) for a in S.values for b in S.values if a != b]
 
 
 def make_job(owner, state=S.QUEUED, **fields):
-    return Job.objects.create(owner=owner, team=default_team(owner),
+    return Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", queue="cpu", timeout_s=60,
                               state=state, attempt=1, token="t1", **fields)
 

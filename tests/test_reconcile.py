@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs.ingest import ALIVE_KEY
 from jobs.models import Attempt, Job, JobState, Node
 from portal.reconciler import Reconciler
@@ -28,7 +28,7 @@ def caught_up(redis_client):
 
 def running_job(owner, *, attempt=1, max_attempts=3, lease_ago=5, **fields):
     now = timezone.now()
-    job = Job.objects.create(owner=owner, team=default_team(owner),
+    job = Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", queue="cpu", timeout_s=600,
                              state=JobState.RUNNING, attempt=attempt, token=f"tok{attempt}",
                              max_attempts=max_attempts, node="w1", started_at=now,
@@ -91,7 +91,7 @@ def test_no_lease_expires_while_the_ingester_is_down_or_behind(cast, redis_clien
 
 
 def queued_job(owner, *, dispatched_ago):
-    job = Job.objects.create(owner=owner, team=default_team(owner),
+    job = Job.objects.create(owner=owner, team=team_for_work(owner),
                              kind="diag.noop", queue="cpu", timeout_s=600,
                              state=JobState.QUEUED, attempt=1, token="tok1",
                              dispatched_at=timezone.now() - timedelta(seconds=dispatched_ago))

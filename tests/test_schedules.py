@@ -696,3 +696,64 @@ def test_schedules_made_changed_and_deleted_over_the_api_are_audited(teams):
         ("schedule.change", "api", "alice"), ("schedule.change", "api", "alice"),
         ("schedule.delete", "api", "alice")]
     assert trail[0][3]["created"] is True and trail[1][3] == {"fields": ["cron"]}
+
+
+# Limits: schedules per team, the shortest interval, runs against the team's submit rate.
+
+def test_a_team_holds_at_most_schedules_per_team(teams, settings):
+    settings.SCHEDULES_PER_TEAM = 3
+    for n in range(3):
+        make(teams.alice, name=f"s{n}")
+    with pytest.raises(services.InvalidSchedule) as refused:
+        make(teams.alice, name="one too many")
+    assert refused.value.errors == {"team": ["team ml already has 3 schedules, the most a "
+                                             "team may have"]}
+    response = api_for(teams.alice).post("/api/v1/schedules/", {
+        "name": "x", "team": "ml", "cron": EVERY_5, "kind": "diag.noop"}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["team"]
+    # Moving one in from another team is adding one too.
+    Membership.objects.create(team=teams.etl, user=teams.alice, role="member")
+    elsewhere = make(teams.alice, team="etl", name="etl's")
+    with pytest.raises(services.InvalidSchedule):
+        services.update_schedule(schedule=elsewhere, user=teams.alice, data={"team": "ml"})
+    assert Schedule.objects.filter(team=teams.ml).count() == 3
+
+
+@pytest.mark.parametrize("cron", ["* * * * *", "*/2 * * * *", "0,1 3 * * *",
+                                  "0-4 * * * *"])
+def test_a_schedule_more_often_than_the_minimum_interval_is_refused(teams, cron):
+    with pytest.raises(services.InvalidSchedule) as refused:
+        make(teams.alice, cron=cron)
+    assert refused.value.errors == {"cron": ["runs more often than every 300 seconds, the "
+                                             "shortest interval this portal allows"]}
+
+
+def test_every_five_minutes_is_often_enough_and_the_minimum_is_a_setting(teams, settings):
+    make(teams.alice, cron="*/5 * * * *")
+    settings.SCHEDULE_MIN_INTERVAL_S = 3600
+    with pytest.raises(services.InvalidSchedule):
+        make(teams.alice, cron="*/30 * * * *")
+    schedule = make(teams.alice, cron="0 * * * *")
+    response = api_for(teams.alice).patch(f"/api/v1/schedules/{schedule.pk}/",
+                                          {"cron": "*/10 * * * *"}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["cron"]
+
+
+def test_scheduled_runs_count_against_the_teams_submit_rate(teams, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import SimpleRateThrottle
+
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES",
+                        {**SimpleRateThrottle.THROTTLE_RATES, "submit": "3/min"})
+    cache.clear()
+    try:
+        schedules = [make(teams.alice, name=f"s{n}") for n in range(5)]
+        for schedule in schedules:
+            overdue(schedule, 1)
+        assert services.tick() == 3
+        assert Job.objects.filter(team=teams.ml).count() == 3
+        refused = Schedule.objects.exclude(last_error="")
+        assert refused.count() == 2
+        assert all("over its submit rate" in s.last_error for s in refused)
+    finally:
+        cache.clear()

@@ -8,7 +8,7 @@ import re
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.models import ApiToken, Membership, Role
+from accounts.models import ApiToken, Invitation, Membership, Role
 from audit.models import AuditEntry
 from jobs.models import Job, JobState
 
@@ -91,7 +91,7 @@ def test_the_page_lists_only_my_teams_with_quota_usage_and_members(client, cast)
     assert "2 jobs waiting for admission" in said
     assert 'data-member="alice"' in text and 'data-member="bob"' not in text
     # A member sees the members but no forms to change them.
-    assert "/teams/ml/members/" not in text and "Add member" not in text
+    assert "/teams/ml/members/" not in text and "Invite" not in text
 
 
 def test_staff_see_every_team_and_may_manage_it(client, cast):
@@ -138,16 +138,29 @@ def test_the_api_needs_a_login(cast):
 # Managing ---------------------------------------------------------------------------------
 
 
-def test_a_team_admin_adds_changes_and_removes_members_each_audited(client, cast, ml_admin,
-                                                                    carol):
+def accepted(user, team) -> None:
+    """The invited user accepts on their own teams page."""
+    from django.test import Client
+
+    invitation = Invitation.objects.get(team=team, user=user)
+    response = logged_in(Client(), user).post(f"/teams/invitations/{invitation.pk}/accept/")
+    assert response.status_code == 302
+
+
+def test_a_team_admin_invites_changes_and_removes_members_each_audited(client, cast, ml_admin,
+                                                                       carol):
     logged_in(client, ml_admin)
     assert 'action="/teams/ml/members/"' in page(client)
 
     response = client.post("/teams/ml/members/", {"username": "carol", "role": "viewer"})
     assert response.status_code == 302 and response["Location"] == "/teams/#team-ml"
-    assert roles(cast.ml)["carol"] == "viewer"
-    assert audited("team.member_add", cast.ml, user="carol", role="viewer").filter(
+    assert "carol" not in roles(cast.ml)  # invited, not yet in
+    assert audited("team.invite", cast.ml, user="carol", role="viewer").filter(
         actor=ml_admin).exists()
+    accepted(carol, cast.ml)
+    assert roles(cast.ml)["carol"] == "viewer"
+    assert audited("team.invite_accept", cast.ml, user="carol", role="viewer").filter(
+        actor=carol).exists()
 
     response = client.post("/teams/ml/members/carol/role/", {"role": "admin"})
     assert response.status_code == 302
@@ -161,16 +174,17 @@ def test_a_team_admin_adds_changes_and_removes_members_each_audited(client, cast
     # Now carol is an admin too, dana may step down.
     assert client.post("/teams/ml/members/dana/role/", {"role": "member"}).status_code == 302
     assert roles(cast.ml) == {"carol": "admin", "dana": "member"}
-    assert AuditEntry.objects.filter(action__startswith="team.member_").count() == 4
+    assert AuditEntry.objects.filter(action__startswith="team.member_").count() == 3
 
 
 def test_staff_manage_a_team_they_are_not_in(client, cast, carol):
     logged_in(client, cast.admin)
     response = client.post("/teams/etl/members/", {"username": "carol", "role": "admin"})
     assert response.status_code == 302
-    assert roles(cast.etl) == {"bob": "member", "carol": "admin"}
-    assert audited("team.member_add", cast.etl, user="carol", role="admin").filter(
+    assert audited("team.invite", cast.etl, user="carol", role="admin").filter(
         actor=cast.admin).exists()
+    accepted(carol, cast.etl)
+    assert roles(cast.etl) == {"bob": "member", "carol": "admin"}
 
 
 @pytest.mark.parametrize("action", [

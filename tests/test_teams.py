@@ -169,9 +169,7 @@ def test_raising_a_quota_in_the_admin_admits_waiting_jobs(api, cast, client,
                                                           django_capture_on_commit_callbacks):
     Team.objects.filter(pk=cast.ml.pk).update(max_running_jobs=1)
     jobs = [post_json(api, SLEEP).json() for _ in range(3)]
-    cast.admin.set_password("pw")
-    cast.admin.save()
-    client.login(username="admin", password="pw")
+    client.force_login(cast.admin)
     form = {"name": "ml", "title": "", "max_running_jobs": "3", "max_cpus": "", "max_gpus": "",
             "share": "1", "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0"}
     with django_capture_on_commit_callbacks(execute=True):

@@ -34,7 +34,6 @@ from jobs.api.serializers import (
     NodeSerializer,
 )
 from jobs.broadcast import current_seq
-from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
 from workers.context import artifacts_dir
 from workers.kinds import all_kinds
@@ -44,6 +43,12 @@ SUBMIT_THROTTLES = [*api_settings.DEFAULT_THROTTLE_CLASSES, SubmitThrottle]
 
 
 # A submitted job, as services.validate_spec checks it (for the schema only).
+def whole_number(field: str) -> dict:
+    """A whole-number field of a job as validate_spec bounds it."""
+    low, high, default = services.int_bounds()[field]
+    return {"type": "integer", "minimum": low, "maximum": high, "default": default}
+
+
 JOB_SPEC = {
     "type": "object",
     "required": ["kind"],
@@ -52,20 +57,18 @@ JOB_SPEC = {
         "kind": {"type": "string", "description": "a kind's name, from GET /api/v1/kinds/"},
         "params": {"type": "object", "description": "as the kind's `params_schema` says"},
         "name": {"type": "string", "maxLength": 200},
-        "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+        "priority": whole_number("priority"),
         "queue": {"type": "string", "enum": settings.JOB_QUEUES,
                   "description": "by default the kind's"},
-        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20,
-                         "default": settings.JOB_DEFAULT_MAX_ATTEMPTS},
-        "timeout_s": {"type": "integer", "minimum": 1, "maximum": settings.JOB_MAX_TIMEOUT_S,
-                      "default": settings.JOB_DEFAULT_TIMEOUT_S},
+        "max_attempts": whole_number("max_attempts"),
+        "timeout_s": whole_number("timeout_s"),
         "after": {"type": "array", "maxItems": services.MAX_AFTER,
                   "description": "ids of jobs that must succeed before this one",
                   "items": {"type": "string", "pattern": "^[0-9]+$"}},
-        "team": {"type": "string", "description": "a team's name; by default your only (or "
-                 "first) team"},
-        "cpus": {"type": "integer", "minimum": 0, "maximum": 1024, "default": 1},
-        "gpus": {"type": "integer", "minimum": 0, "maximum": 64, "default": 0},
+        "team": {"type": "string", "description": "a team's name; by default the first team "
+                 "you joined (yours alone, made with your first job, if you are in none)"},
+        "cpus": whole_number("cpus"),
+        "gpus": {**whole_number("gpus"), "description": "at least 1 in the gpu queue"},
         "labels": {"type": "object", "maxProperties": services.MAX_LABELS,
                    "description": "node labels it needs",
                    "additionalProperties": {"type": "string", "maxLength": 100}},
@@ -128,18 +131,11 @@ class JobList(ListAPIView):
         data = request.data
         if isinstance(data, list):
             return self.submit_many(request, data)
-        try:
-            spec = services.validate_spec(data, owner=request.user)
-        except services.InvalidJob as exc:
-            return Response(exc.errors, status=exc.status)
+        spec = services.validate_spec(data, owner=request.user)
         key = request.headers.get("Idempotency-Key")
         if key is not None and (not 0 < len(key) <= 200 or "\x00" in key):
             raise ValidationError({"Idempotency-Key": ["must be 1 to 200 characters, not NUL"]})
-        try:
-            job, created = services.submit_job(owner=request.user, spec=spec,
-                                               idempotency_key=key)
-        except services.InvalidJob as exc:
-            return Response(exc.errors, status=exc.status)
+        job, created = services.submit_job(owner=request.user, spec=spec, idempotency_key=key)
         response = Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
         if not created:
             response["Idempotent-Replayed"] = "true"
@@ -159,10 +155,7 @@ class JobList(ListAPIView):
                 worst = max(worst, exc.status)
         if any(errors):
             return Response(errors, status=worst)
-        try:
-            jobs = services.submit_jobs(owner=request.user, specs=specs)
-        except services.InvalidJob as exc:
-            return Response(exc.errors, status=exc.status)
+        jobs = services.submit_jobs(owner=request.user, specs=specs)
         return Response(JobSerializer(jobs, many=True).data, status=status.HTTP_201_CREATED)
 
 
@@ -180,12 +173,7 @@ class JobCancel(APIView):
     @extend_schema(request=None, responses={202: JobSerializer})
     def post(self, request, job_id):
         job = visible_job_or_404(request, job_id)
-        try:
-            job = services.cancel_job(job=job, actor=request.user)
-        except TransitionRefused as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except services.NotPermitted as exc:
-            return Response(exc.errors, status=exc.status)
+        job = services.cancel_job(job=job, actor=request.user)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -195,10 +183,7 @@ class JobRetry(APIView):
     @extend_schema(request=None, responses={201: JobSerializer})
     def post(self, request, job_id):
         job = visible_job_or_404(request, job_id)
-        try:
-            new = services.retry_job(job=job, owner=request.user)
-        except services.InvalidJob as exc:
-            return Response(exc.errors, status=exc.status)
+        new = services.retry_job(job=job, owner=request.user)
         return Response(JobSerializer(new).data, status=status.HTTP_201_CREATED)
 
 

@@ -401,8 +401,10 @@ const Portal = (() => {
       // A job's final state cannot go stale, whenever it arrives.
       keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),
       async resync() {
+        // Jobs made while the socket was away (or before it could carry them: a user's first
+        // job makes their team) are added too, oldest first so the newest ends on top.
         const page = await getJSON("/api/v1/jobs/?limit=50");
-        page.results.forEach(update);
+        [...page.results].reverse().forEach((job) => update({type: "job.state", ...job}));
         return {};
       },
     });

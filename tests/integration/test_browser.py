@@ -44,7 +44,8 @@ def browser(live_cluster):
 
 
 class Traffic:
-    """Everything one tab asked for (requests and websockets) and every uncaught script error."""
+    """Everything one tab asked for (requests and websockets), every uncaught script error and
+    everything the Content-Security-Policy refused."""
 
     def __init__(self, page, live):
         self.live = live
@@ -53,6 +54,8 @@ class Traffic:
         page.on("request", lambda request: self.urls.append(request.url))
         page.on("websocket", lambda socket: self.urls.append(socket.url))
         page.on("pageerror", lambda error: self.script_errors.append(str(error)))
+        page.on("console", lambda message: self.script_errors.append(message.text)
+                if "Content Security Policy" in message.text else None)
 
     def foreign(self) -> list[str]:
         local = (f"{self.live.base}/", self.live.ws_url("/"), "data:")
@@ -367,4 +370,46 @@ def test_html_in_a_job_name_and_a_log_line_stays_text_on_the_dashboards(tab):
     expect(tab.locator("#job-metrics figcaption")).to_have_text(["remaining_s"])
     assert tab.evaluate("typeof window.__xss") == "undefined"
     tab.screenshot(path=ARTIFACTS / "job-failed-html.png", full_page=True)
+    tab.traffic.assert_clean()
+
+
+def test_the_token_page_copies_the_new_key_and_asks_before_revoking(tab):
+    from accounts.models import ApiToken
+
+    log_in(tab)
+    tab.goto("/tokens/")
+    tab.get_by_label("Name").fill("laptop")
+    tab.get_by_role("button", name="Create").click()
+    key = tab.locator("#new-key").input_value()
+    tab.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    tab.locator("#copy-key").click()
+    expect(tab.locator("#copy-key")).to_have_text("Copied")
+
+    tab.goto("/tokens/")
+    tab.once("dialog", lambda dialog: dialog.dismiss())
+    tab.get_by_role("button", name="Revoke").click()
+    assert ApiToken.objects.get(name="laptop").revoked_at is None  # asked, and told no
+    tab.once("dialog", lambda dialog: dialog.accept())
+    with tab.expect_navigation():
+        tab.get_by_role("button", name="Revoke").click()
+    assert ApiToken.objects.get(name="laptop").revoked_at is not None
+    assert key
+    tab.traffic.assert_clean()
+
+
+def test_an_invitation_is_accepted_on_the_teams_page(tab):
+    from accounts import teams
+    from accounts.models import Membership, Team
+
+    user = log_in(tab)
+    team = Team.objects.create(name="lab")
+    admin = get_user_model().objects.create_user("lab-admin")
+    Membership.objects.create(team=team, user=admin, role="admin")
+    teams.invite(admin, team, user.username, "member", via="page")
+    tab.goto("/teams/")
+    expect(tab.locator("#invitations")).to_contain_text("lab")
+    with tab.expect_navigation():
+        tab.get_by_role("button", name="Accept").click()
+    expect(tab.locator("#team-lab")).to_be_visible()
+    assert teams.role_in(user, team.pk) == "member"
     tab.traffic.assert_clean()

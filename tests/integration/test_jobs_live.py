@@ -226,14 +226,24 @@ def test_a_websocket_without_credentials_is_closed_as_unauthenticated(live):
     assert ws.close_code == 4401
 
 
-def test_a_websocket_from_a_foreign_origin_is_refused(live, user_key):
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:9999",
+                                    "https://localhost"])
+def test_a_websocket_from_a_foreign_origin_is_refused(live, user_key, origin):
     with pytest.raises(InvalidStatus) as refused:
-        connect(live.ws_url("/ws/cluster/"), origin="http://evil.example",
+        connect(live.ws_url("/ws/cluster/"), origin=origin,
                 additional_headers={"Authorization": f"Token {user_key}"})
     assert refused.value.response.status_code == 403
 
 
 def test_the_cluster_stream_carries_node_health_and_my_jobs_only(live, http, user_key):
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import Membership, Team
+
+    # In a team before the socket opens: a user in no team has no team stream to join until
+    # their first job makes one (the socket's next access check then reconnects it).
+    Membership.objects.create(team=Team.objects.create(name="runners"), role="member",
+                              user=get_user_model().objects.get(username="runner"))
     frames = Frames(live.ws_url("/ws/cluster/"), user_key)
     mine = submit(live, http, {"kind": "diag.noop"})
     wait_for_job(mine["id"], timeout=30)

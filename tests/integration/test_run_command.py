@@ -48,7 +48,7 @@ def test_the_run_command_serves_a_working_cluster_and_ctrl_c_stops_all_of_it(tmp
         assert (tmp_path / "data" / "portal.sqlite3").exists()
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        for part in ("redis-server", "daphne", "ingest", "reconcile", "-n w1@", "-n w2@"):
+        for part in ("redis-server", "portal.web", "ingest", "reconcile", "-n w1@", "-n w2@"):
             assert part in names
 
         session = requests.Session()
