@@ -7,7 +7,6 @@ import html
 import pytest
 from django.test import Client
 from django.utils import timezone
-from jobs.lifecycle import TransitionRefused
 from rest_framework.test import APIClient
 
 from accounts.models import Membership, Team
@@ -15,6 +14,7 @@ from accounts.teams import MembershipRefused
 from common.errors import DomainError
 from jobs import services
 from jobs.api.views import JOB_SPEC
+from jobs.lifecycle import TransitionRefused
 from jobs.models import Job, JobState
 from schedules.services import InvalidSchedule
 
