@@ -134,9 +134,9 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     params = data.get("params", {})
     if not isinstance(params, dict):
         errors["params"] = {"non_field_errors": ["must be a JSON object"]}
-    elif kind is not None and (owner is None or team is not None):
+    elif kind is not None and not ("team" in errors and team is None):
         try:
-            with workers_data.team_space(space_for(team) if team is not None else None):
+            with workers_data.team_space(_space_to_check(team, owner)):
                 params = kind.params.model_validate(params, strict=True).model_dump(
                     mode="json")
         except ValidationError as exc:
@@ -170,6 +170,17 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
                    queue=queue, max_attempts=max_attempts, timeout_s=timeout_s, after=after,
                    team=team, cpus=cpus, gpus=gpus, labels=labels)
+
+
+# A user in no team: their team of their own is made with their first job, and until then
+# their space holds nothing of theirs (no team can have this name).
+NO_TEAM_YET = workers_data.Space("~new")
+
+
+def _space_to_check(team: Team | None, owner) -> workers_data.Space | None:
+    if team is not None:
+        return space_for(team)
+    return NO_TEAM_YET if owner is not None else None
 
 
 def _team_field(value, owner, errors) -> Team | None:

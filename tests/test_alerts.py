@@ -431,10 +431,12 @@ class SlowHook(BaseHTTPRequestHandler):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_slow_webhook_holds_neither_the_recovery_loop_nor_housekeeping(monkeypatch):
+def test_a_slow_webhook_holds_neither_the_recovery_loop_nor_housekeeping(monkeypatch,
+                                                                          settings):
     """Notifications go out from the bounded pool: the reconciler's passes return while the
     receiver still holds the request, and the incident is marked told once it answers."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHook)
     server.arrived, server.release = threading.Event(), threading.Event()
     threading.Thread(target=server.serve_forever, daemon=True).start()
