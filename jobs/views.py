@@ -59,16 +59,29 @@ def job_new(request):
     # A form sent back shows what was typed, not what it was parsed into.
     typed = {name[len("param-"):]: value for name, value in request.POST.items()
              if name.startswith("param-")}
+    fields = forms.fields_for(schema, {
+        **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}})
     context = {
         "examples": examples(),
-        "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, {
-            **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}}),
-        "errors": errors, "name": request.POST.get("name", ""),
+        "kinds": kinds, "kind": kind, "fields": fields,
+        "errors": errors, "error_summary": _error_summary(errors, fields), "name": request.POST.get("name", ""),
         "teams": teams.acting_teams(request.user),
         "priority": request.POST.get("priority", "0"),
         "team": request.POST.get("team") or getattr(teams.default_team(request.user), "name", ""),
     }
     return render(request, "jobs/new.html", context, status=400 if errors else 200)
+
+
+FORM_FIELDS = {"name": "Name", "team": "Team", "priority": "Priority"}
+
+
+def _error_summary(errors: dict, fields: list[forms.ParamField]) -> list[dict]:
+    """Every error, for the box at the top of the form: a field's links to the field; one that
+    belongs to no field (the parameters as a whole, the kind, the queue) is shown only there."""
+    labels = {**FORM_FIELDS, **{f.name: f.label for f in fields}}
+    return [{"field": field if field in labels else "", "label": labels.get(field, ""),
+             "messages": messages if isinstance(messages, list) else [str(messages)]}
+            for field, messages in errors.items()]
 
 
 def _flatten(errors: dict) -> dict:
@@ -79,7 +92,9 @@ def _flatten(errors: dict) -> dict:
             flat.update(messages)
         else:
             flat[field] = messages
-    return flat
+    # pydantic's "Value error, " prefix says nothing to a person reading the form.
+    return {field: [str(m).removeprefix("Value error, ") for m in messages]
+            if isinstance(messages, list) else messages for field, messages in flat.items()}
 
 
 @login_required
