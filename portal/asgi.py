@@ -12,7 +12,6 @@ django_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from accounts.auth import WebsocketTokenMiddleware  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
@@ -27,7 +26,7 @@ class SameOriginValidator(OriginValidator):
 
 
 application = ProtocolTypeRouter({
-    "http": ASGIStaticFilesHandler(django_app) if settings.SERVE_STATIC else django_app,
+    "http": django_app,  # /static/ too, through WhiteNoise, when SERVE_STATIC (settings)
     "websocket": SameOriginValidator(
         AuthMiddlewareStack(WebsocketTokenMiddleware(URLRouter(websocket_urlpatterns))),
         settings.ALLOWED_HOSTS,

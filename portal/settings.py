@@ -1,5 +1,6 @@
 """Settings, read from the environment (see the README for every variable)."""
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -109,6 +110,20 @@ STATICFILES_FINDERS = [
     "portal.staticfiles.PlotlyFinder",
 ]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
+# collectstatic writes hashed names and a gzip copy of each file; WhiteNoise serves those with a
+# year-long immutable Cache-Control and the compressed copy to browsers that take it. Without a
+# collectstatic (the tests, a checkout that never ran `make run`), files keep their plain names
+# and are served from the folders they live in, cached for a minute.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "portal.staticfiles.HashedStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_KEEP_ONLY_HASHED_FILES = True  # the plain names come from the finders
+# Nothing collected yet is expected (see above), not worth a warning at every start.
+warnings.filterwarnings("ignore", message="No directory at: ")
+if SERVE_STATIC:
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # Request bodies over this many bytes get 413 before anything reads them.
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1_048_576)
