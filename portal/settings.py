@@ -172,8 +172,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Cluster portal API",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Operations grouped by what they act on (jobs, nodes, schedules, ...), not all as "v1".
+    "SCHEMA_PATH_PREFIX": r"/api/v1/",
+    "SWAGGER_UI_SETTINGS": {"tagsSorter": "alpha", "docExpansion": "list", "deepLinking": True},
     "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "/static/portal/favicon.svg",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "JobStateEnum": "jobs.models.JobState",

@@ -7,6 +7,7 @@ const Portal = (() => {
 
   function setStatus(state) {
     if (!indicator) return;
+    indicator.hidden = false;  // shown only on pages that stream: elsewhere it would say nothing
     indicator.dataset.state = state;
     indicator.querySelector(".live-text").textContent = state;
   }
