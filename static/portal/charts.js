@@ -25,7 +25,14 @@ const Charts = (() => {
   }
 
   // Utilization (percent) over time: cpu, mem and, where there are GPUs, gpu.
-  function utilization(el, series) {
+  // The x axis is the whole window (a single point, or none, still gets a time axis), and the
+  // server's empty points are gaps: a time nothing was sampled is not drawn as a line.
+  function windowRange(windowMs) {
+    const now = Date.now();
+    return [new Date(now - windowMs).toISOString(), new Date(now).toISOString()];
+  }
+
+  function utilization(el, series, windowMs) {
     // cpu and mem always (live points extend them even when the history is empty); gpu where
     // some node has one.
     const traces = ["cpu", "mem", "gpu"]
@@ -35,7 +42,8 @@ const Charts = (() => {
                        connectgaps: false}));
     return draw(el, traces, {yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"},
                              xaxis: {type: "date", gridcolor: "#eef0f3", nticks: 6,
-                                     tickangle: 0},
+                                     tickangle: 0,
+                                     ...(windowMs ? {range: windowRange(windowMs)} : {})},
                              legend: {orientation: "h", y: -0.3}, margin: {l: 44, r: 12, t: 8,
                                                                           b: 44}});
   }
@@ -61,6 +69,7 @@ const Charts = (() => {
       el.data.forEach((trace) => { trace.x = trace.x.slice(drop); trace.y = trace.y.slice(drop); });
       Plotly.redraw(el);
     }
+    Plotly.relayout(el, {"xaxis.range": windowRange(windowMs)});
   }
 
   function bars(el, categories, groups, extra = {}) {

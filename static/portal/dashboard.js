@@ -148,7 +148,7 @@ const Dashboard = (() => {
 
     async function loadSeries() {
       const series = await getJSON(`/api/v1/cluster/metrics/?window=${windowS}&points=240`);
-      await Charts.utilization($("chart-util"), series);
+      await Charts.utilization($("chart-util"), series, windowS * 1000);
     }
 
     function liveUtilization() {
@@ -243,7 +243,7 @@ const Dashboard = (() => {
     }
     async function loadSeries() {
       const series = await getJSON(`/api/v1/nodes/${encodeURIComponent(name)}/metrics/?window=${windowS}&points=240`);
-      await Charts.utilization($("chart-node"), series);
+      await Charts.utilization($("chart-node"), series, windowS * 1000);
     }
     windowPicker($("windows"), windowS, (w) => { windowS = w; loadSeries().catch(() => {}); });
     setInterval(() => { const s = $("node-seen"); s.textContent = ago(s.dataset.at); }, 1000);

@@ -107,23 +107,31 @@ const Portal = (() => {
     let lastLogSeq = 0;
     log.querySelectorAll("[data-seq]").forEach((line) => { lastLogSeq = Math.max(lastLogSeq, +line.dataset.seq); });
 
-    // Progress, with a rate and an ETA from the last 20 s of reports.
+    // Progress, with a rate and an ETA from the last 20 s of reports. Every sample is the
+    // fraction done, whoever gave it (the snapshot has only the fraction, live reports also count
+    // done of total): the rate in items is the fraction's rate times the total. Until reports
+    // span a few seconds, nothing is said rather than a guess.
     const samples = [];
-    function showProgress(fraction, done, total, unit) {
+    const RATE_AFTER_MS = 3000;
+    let total = null, unit = "";
+    function showProgress(fraction, done, reportedTotal, reportedUnit) {
       if (fraction === null || fraction === undefined) return;
       $("job-progress").value = fraction;
       $("job-progress-text").textContent = `${Math.round(fraction * 100)} %`;
+      if (reportedTotal) { total = reportedTotal; unit = reportedUnit || unit; }
       const now = Date.now();
-      const counted = done !== undefined && done !== null && total;
-      samples.push({t: now, x: counted ? done : fraction});
+      if (samples.length && fraction < samples[samples.length - 1].x) samples.length = 0;  // a new attempt
+      samples.push({t: now, x: fraction});
       while (samples.length > 2 && now - samples[0].t > 20000) samples.shift();
-      const first = samples[0], last = samples[samples.length - 1];
-      const perSecond = last.t > first.t ? (last.x - first.x) / ((last.t - first.t) / 1000) : 0;
+      const first = samples[0];
+      const perSecond = now - first.t >= RATE_AFTER_MS ? (fraction - first.x) / ((now - first.t) / 1000) : 0;
       let text = "";
       if (perSecond > 0) {
-        const left = counted ? (total - done) / perSecond : (1 - fraction) / perSecond;
-        text = counted ? `${perSecond.toFixed(perSecond < 10 ? 1 : 0)} ${unit || "items"}/s` : "";
-        text += `${text ? " · " : ""}ETA ${duration(left)}`;
+        if (total) {
+          const items = perSecond * total;
+          text = `${items.toFixed(items < 10 ? 1 : 0)} ${unit || "items"}/s · `;
+        }
+        text += `ETA ${duration((1 - fraction) / perSecond)}`;
       }
       $("job-rate").textContent = fraction >= 1 ? "" : text;
     }
