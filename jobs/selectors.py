@@ -144,3 +144,14 @@ def cluster_summary(now=None) -> dict:
         "finished_per_minute": {"t": [m.isoformat() for m in minutes],
                                 **{str(state): counts for state, counts in per_minute.items()}},
     }
+
+
+def cancelled_by(job: Job):
+    """Who asked for the job's cancel, from the audit trail; None when nobody did (a failed
+    dependency, or no cancel at all)."""
+    from audit.models import AuditEntry
+
+    entry = (AuditEntry.objects.filter(action="job.cancel", target_type="job",
+                                       target_id=str(job.pk))
+             .select_related("actor").order_by("-id").first())
+    return entry.actor if entry else None

@@ -10,6 +10,7 @@ urlpatterns = [
     path("jobs/examples/<int:index>/", views.job_example, name="job-example"),
     path("jobs/<int:job_id>/", views.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job-log-download"),
     path("cluster/", views.cluster, name="cluster"),
     path("nodes/<str:name>/", views.node_detail, name="node-detail"),

@@ -1,5 +1,7 @@
 """The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
 
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -107,6 +109,9 @@ def job_detail(request, job_id):
         "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
         "place_in_line": admission.place_in_line(job),
         "can_act": teams.can_act(request.user, job.team_id),
+        "cancelled_by": selectors.cancelled_by(job) if job.cancel_requested_at else None,
+        "params_json": json.dumps(job.params, indent=2, sort_keys=True),
+        "result_json": "" if job.result is None else json.dumps(job.result, indent=2),
     })
 
 
@@ -176,6 +181,26 @@ def job_cancel(request, job_id):
         return HttpResponse("you may only view this team's jobs\n", status=403,
                             content_type="text/plain")
     return redirect("job-detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id):
+    """A new job with the same kind and parameters; its page opens."""
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise Http404("No such job.")
+    try:
+        new = services.retry_job(job=job, owner=request.user, via="page")
+    except services.NotPermitted:
+        return HttpResponse("you may only view this team's jobs\n", status=403,
+                            content_type="text/plain")
+    except services.InvalidJob as exc:
+        reasons = "; ".join(f"{field}: {' '.join(map(str, messages))}"
+                            for field, messages in _flatten(exc.errors).items())
+        return HttpResponse(f"cannot retry: {reasons}\n", status=exc.status,
+                            content_type="text/plain")
+    return redirect("job-detail", job_id=new.pk)
 
 
 def metrics(request):

@@ -113,3 +113,46 @@ def test_lists_and_optional_fields_are_typed_in_the_form(alice):
     bad = alice.post("/jobs/new/", {"kind": "diag.fanout", "param-parts": "3",
                                     "param-seconds": "0", "param-fail_first_attempt": "0, x"})
     assert bad.status_code == 400 and "each item must be a number" in bad.content.decode()
+
+
+def test_a_failed_job_offers_retry_which_opens_the_new_job(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
+                             timeout_s=5, state=JobState.FAILED, params={"seconds": 1})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="retry-form"' in html and 'id="retry-form" hidden' not in html
+    response = alice.post(f"/jobs/{job.pk}/retry/")
+    new = Job.objects.exclude(pk=job.pk).get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{new.pk}/"
+    assert (new.kind, new.params["seconds"]) == ("diag.sleep", 1.0)
+
+
+def test_retry_is_hidden_while_a_job_runs_and_refused_to_others(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    assert 'id="retry-form" hidden' in alice.get(f"/jobs/{job.pk}/").content.decode()
+    bob = Client()
+    bob.force_login(cast.bob)
+    assert bob.post(f"/jobs/{job.pk}/retry/").status_code == 404
+    assert alice.get(f"/jobs/{job.pk}/retry/").status_code == 405
+
+
+def test_a_cancelled_job_says_who_cancelled_it_and_asks_first(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'data-confirm="Cancel job {job.pk}?' in html
+    alice.post(f"/jobs/{job.pk}/cancel/")
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="job-cancelled-by"' in html and "<strong>alice</strong>" in html
+
+
+def test_parameters_and_results_are_shown_as_json(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.SUCCEEDED,
+                             params={"flag": True, "none": None, "name": "x"},
+                             result={"ok": False})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    params = html[html.index('id="job-params">'):].split("</pre>")[0]
+    assert "&quot;flag&quot;: true" in params and "&quot;none&quot;: null" in params
+    assert "True" not in params and "None" not in params
+    assert "&quot;ok&quot;: false" in html and 'data-copy="job-params"' in html

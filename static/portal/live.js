@@ -327,6 +327,7 @@ const Portal = (() => {
         $("job-result-box").hidden = false;
       }
       if (job.state && TERMINAL.has(job.state)) { $("cancel-form").hidden = true; $("job-rate").textContent = ""; }
+      if (job.state && $("retry-form")) $("retry-form").hidden = job.state !== "failed" && job.state !== "cancelled";
       if (job.attempts) { attemptsDrawn = shown(); showAttempts(job.attempts); }
       else if (shown() !== attemptsDrawn) {
         attemptsDrawn = shown();

@@ -168,6 +168,13 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     cancel = tab.get_by_role("button", name="Cancel")
     expect(cancel).to_be_visible()
 
+    asked = []
+    tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    cancel.click()  # dismissed: nothing happens
+    tab.wait_for_timeout(500)
+    assert asked and asked[0].startswith(f"Cancel job {job.pk}?")
+    assert Job.objects.get(pk=job.pk).cancel_requested_at is None
+    tab.once("dialog", lambda dialog: dialog.accept())
     with tab.expect_navigation(url=JOB_URL):  # the button posts a form, then comes back
         cancel.click()
     tab.evaluate("window.__marker = 1")
@@ -175,8 +182,15 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     expect(state).to_have_class("state state-cancelled")
     expect(cancel).to_be_hidden()
     expect(attempt_row(tab, 1)).to_have_text(re.compile(r"^1cancelledw[12]"))
+    expect(tab.locator("#job-cancelled-by")).to_contain_text(f"by {user.username}")
+    retry = tab.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()  # shown live, once the job is cancelled
     assert tab.evaluate("window.__marker") == 1, "the job page reloaded"
     tab.screenshot(path=ARTIFACTS / "job-cancelled.png", full_page=True)
+    with tab.expect_navigation(url=JOB_URL):
+        retry.click()
+    again = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
+    assert again.pk != job.pk and (again.kind, again.params) == (job.kind, job.params)
 
     done = wait_for_job(job.pk, timeout=15)
     assert done.state == "cancelled" and done.cancel_requested_at is not None
