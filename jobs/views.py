@@ -66,7 +66,8 @@ def job_new(request):
     context = {
         "examples": examples(),
         "kinds": kinds, "kind": kind, "fields": fields,
-        "errors": errors, "error_summary": _error_summary(errors, fields), "name": request.POST.get("name", ""),
+        "errors": errors, "error_summary": _error_summary(errors, fields),
+        "name": request.POST.get("name", ""),
         "teams": teams.acting_teams(request.user),
         "priority": request.POST.get("priority", "0"),
         "team": request.POST.get("team") or getattr(teams.default_team(request.user), "name", ""),

@@ -1,9 +1,8 @@
 """Static files: plotly.min.js from the installed plotly package (no copy in the repository,
 no CDN), and the storage that names files by their hash once they are collected."""
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import plotly
 from django.contrib.staticfiles.finders import BaseFinder
