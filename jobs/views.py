@@ -1,6 +1,7 @@
 """The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
 
 import json
+from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
@@ -16,16 +17,44 @@ from jobs.states import TransitionRefused
 from workers.kinds import all_kinds, examples, get_kind
 
 LIST_PAGE = 50
+SORTS = {"newest": "-id", "oldest": "id"}
+
+
+def _positive_int(raw: str | None) -> int | None:
+    try:
+        value = int(raw or "")
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 @login_required
 def job_list(request):
+    """Jobs as submitted (partitions are on their parent's page), filtered by state, kind and
+    name on the server, newest or oldest first, a page at a time by id (no OFFSET)."""
     state = request.GET.get("state") or None
     if state not in JobState.values:
         state = None
-    jobs = selectors.job_list(request.user, state=state)[:LIST_PAGE]
-    return render(request, "jobs/list.html",
-                  {"jobs": jobs, "state": state, "states": JobState.values})
+    kind = (request.GET.get("kind") or "").strip() or None
+    q = (request.GET.get("q") or "").strip()[:200] or None
+    sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
+    cursor = _positive_int(request.GET.get("from"))
+    jobs = selectors.job_list(request.user, state=state, kind=kind, q=q)
+    if cursor:
+        jobs = jobs.filter(pk__lt=cursor) if sort == "newest" else jobs.filter(pk__gt=cursor)
+    page = list(jobs.order_by(SORTS[sort])[:LIST_PAGE + 1])
+    more = len(page) > LIST_PAGE
+    page = page[:LIST_PAGE]
+    keep = {"state": state or "", "kind": kind or "", "q": q or "", "sort": sort}
+    return render(request, "jobs/list.html", {
+        "jobs": page, "state": state, "states": JobState.values, "kind": kind or "", "q": q or "",
+        "sort": sort, "kinds": [k.name for k in all_kinds()],
+        "internal_kinds": ",".join(k.name for k in all_kinds(internal=True) if k.internal),
+        "next_query": urlencode({**keep, "from": page[-1].pk}) if more else "",
+        "first_query": urlencode(keep) if cursor else "",
+        "state_query": urlencode({k: v for k, v in keep.items() if k != "state" and v}),
+        "live_new": sort == "newest" and not cursor,
+    })
 
 
 @login_required

@@ -156,3 +156,60 @@ def test_parameters_and_results_are_shown_as_json(alice, cast):
     assert "&quot;flag&quot;: true" in params and "&quot;none&quot;: null" in params
     assert "True" not in params and "None" not in params
     assert "&quot;ok&quot;: false" in html and 'data-copy="job-params"' in html
+
+
+def _jobs(cast, count, **fields):
+    return [Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                               **{"kind": "diag.noop", "name": f"job {i}", **fields})
+            for i in range(count)]
+
+
+def _listed(html: str) -> list[int]:
+    import re
+
+    return [int(i) for i in re.findall(r'<tr data-job="(\d+)">', html)]
+
+
+def test_the_job_list_filters_by_kind_and_name_on_the_server(alice, cast):
+    sleeps = _jobs(cast, 2, kind="diag.sleep")
+    _jobs(cast, 2)
+    nightly = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                                 kind="diag.noop", name="Nightly load")
+    assert _listed(alice.get("/jobs/?kind=diag.sleep").content.decode()) == [
+        j.pk for j in reversed(sleeps)]
+    assert _listed(alice.get("/jobs/?q=nightly").content.decode()) == [nightly.pk]
+    html = alice.get("/jobs/?q=nightly&kind=diag.sleep").content.decode()
+    assert _listed(html) == [] and "No job matches" in html
+    assert 'value="nightly"' in html  # the filter stays in its box
+
+
+def test_the_job_list_pages_by_id_both_ways_and_hides_partitions(alice, cast):
+    jobs = _jobs(cast, 120)
+    Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                       kind="diag.noop", parent=jobs[0], partition=0)
+    first = alice.get("/jobs/").content.decode()
+    ids = [j.pk for j in reversed(jobs)]
+    assert _listed(first) == ids[:50]
+    assert f"from={ids[49]}" in first and 'id="page-next"' in first
+    second = alice.get(f"/jobs/?sort=newest&from={ids[49]}").content.decode()
+    assert _listed(second) == ids[50:100] and 'id="page-first"' in second
+    third = alice.get(f"/jobs/?sort=newest&from={ids[99]}").content.decode()
+    assert _listed(third) == ids[100:] and 'id="page-next"' not in third
+    oldest = alice.get("/jobs/?sort=oldest").content.decode()
+    assert _listed(oldest) == [j.pk for j in jobs[:50]]
+    for bad in ("from=abc", "from=-3", "sort=nope", "state=nope", "kind=nope"):
+        assert alice.get(f"/jobs/?{bad}").status_code == 200
+
+
+def test_the_job_list_shows_team_owner_and_duration(alice, cast):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                             kind="diag.noop", state=JobState.SUCCEEDED,
+                             started_at=now - timedelta(minutes=3), finished_at=now)
+    html = alice.get("/jobs/").content.decode()
+    row = html[html.index(f'<tr data-job="{job.pk}">'):].split("</tr>")[0]
+    assert "<td>ml</td>" in row and "<td>alice</td>" in row and "3\xa0minutes" in row

@@ -12,6 +12,35 @@ const Portal = (() => {
     indicator.querySelector(".live-text").textContent = state;
   }
 
+  // One way to write a time: in UTC, said so; exact on hover ("2026-12-04 20:15:28 UTC"), and
+  // relative ("3 min ago") where that says more. <time datetime=... data-relative> is kept so.
+  const pad = (n) => String(n).padStart(2, "0");
+  function exact(t) {
+    const d = new Date(t);
+    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${clock(d)}`;
+  }
+  function clock(t) {
+    const d = new Date(t);
+    return `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} UTC`;
+  }
+  function when(t) {
+    const seconds = (Date.now() - new Date(t)) / 1000;
+    if (seconds < -60 || seconds >= 86400) return exact(t).replace(/:\d\d UTC$/, " UTC");
+    if (seconds < 45) return "just now";
+    if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+    return `${Math.round(seconds / 3600)} h ago`;
+  }
+  function stampTimes(root = document) {
+    root.querySelectorAll("time[datetime]").forEach((el) => {
+      const at = el.getAttribute("datetime");
+      if (!at || Number.isNaN(new Date(at).getTime())) return;
+      el.title = exact(at);
+      if (el.dataset.relative !== undefined) el.textContent = when(at);
+    });
+  }
+  stampTimes();
+  setInterval(() => stampTimes(), 30000);
+
   async function getJSON(url) {
     const response = await fetch(url, {credentials: "same-origin", headers: {Accept: "application/json"}});
     if (!response.ok) throw new Error(`${url}: ${response.status}`);
@@ -194,7 +223,7 @@ const Portal = (() => {
       lastAttempts = attempts;
       const rows = attempts.map((a) => {
         const tr = document.createElement("tr");
-        const time = (t) => (t ? new Date(t).toLocaleTimeString() : "—");
+        const time = (t) => (t ? clock(t) : "—");
         [a.number, a.state, a.node || "—", time(a.started_at), time(a.finished_at), a.error]
           .forEach((value) => { const td = document.createElement("td"); td.textContent = value; tr.append(td); });
         return tr;
@@ -365,14 +394,25 @@ const Portal = (() => {
   }
 
   function watchList(table) {
-    const filter = table.dataset.state || "";
+    // Rows on the page follow their jobs in place. A new job that matches the filters goes on
+    // top where the top is its place (newest first, first page); elsewhere it is only counted.
+    const filter = table.dataset.state || "", kind = table.dataset.kind || "";
+    const q = (table.dataset.q || "").toLowerCase();
+    const internal = new Set((table.dataset.internal || "").split(",").filter(Boolean));
+    const onTop = table.dataset.liveNew === "1";
+    const seen = new Set();
     function cell(child) {
       const td = document.createElement("td");
       td.append(child);
       return td;
     }
+    function matches(event) {
+      return event.type === "job.state" && event.kind && !internal.has(event.kind) &&
+        (!filter || filter === event.state) && (!kind || kind === event.kind) &&
+        (!q || String(event.name || "").toLowerCase().includes(q));
+    }
     function addRow(event) {
-      // A job that appeared after the page loaded: newest first, built as text, never HTML.
+      // Built as text, never HTML.
       const id = String(event.job || event.id);
       const link = document.createElement("a");
       link.href = `/jobs/${id}/`;
@@ -387,36 +427,52 @@ const Portal = (() => {
       row.dataset.job = id;
       const node = cell(event.node || "");
       node.dataset.field = "node";
-      const created = new Date().toISOString().replace("T", " ").slice(0, 19);
+      const created = document.createElement("time");
+      created.textContent = when(new Date());
+      created.title = exact(new Date());
       row.append(cell(link), cell(event.name || ""), cell(event.kind || ""), cell(state),
-                 cell(progress), node, cell(created));
+                 cell(progress), cell(event.team || ""), cell(event.owner || ""), node,
+                 cell(created), cell("—"));
       row.cells[1].className = "name";
       setState(state, event.state);
       table.tBodies[0].querySelector("tr.empty")?.remove();
       table.tBodies[0].prepend(row);
       return row;
     }
+    function announce(event) {
+      const id = String(event.job || event.id);
+      if (seen.has(id)) return;
+      seen.add(id);
+      document.getElementById("new-count").textContent = seen.size;
+      document.getElementById("new-jobs").hidden = false;
+    }
     function update(event) {
       let row = table.querySelector(`tr[data-job="${event.job || event.id}"]`);
-      if (!row && event.type === "job.state" && event.kind && (!filter || filter === event.state)) {
-        row = addRow(event);
+      if (!row && matches(event)) {
+        if (onTop) row = addRow(event);
+        else { announce(event); return; }
       }
       if (!row) return;
       if (event.state) setState(row.querySelector('[data-field="state"]'), event.state);
       if (event.progress !== undefined && event.progress !== null) row.querySelector('[data-field="progress"]').value = event.progress;
       if (event.node !== undefined) row.querySelector('[data-field="node"]').textContent = event.node;
     }
+    const query = new URLSearchParams({limit: "50"});
+    if (filter) query.set("state", filter);
+    if (kind) query.set("kind", kind);
+    if (q) query.set("q", table.dataset.q);
     new Stream("/ws/cluster/", {
       onEvent(event) { if (event.type === "job.state" || event.type === "job.progress") update(event); },
       // A job's final state cannot go stale, whenever it arrives.
       keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),
       async resync() {
-        const page = await getJSON("/api/v1/jobs/?limit=50");
-        page.results.forEach(update);
+        if (!onTop) return {};  // the rows shown are not the newest: nothing to add from there
+        const page = await getJSON(`/api/v1/jobs/?${query}`);
+        page.results.forEach(update);  // rows shown follow; none is added from here
         return {};
       },
     });
   }
 
-  return {watchJob, watchList, Stream};
+  return {watchJob, watchList, Stream, exact, clock, when, stampTimes};
 })();
