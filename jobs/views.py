@@ -199,6 +199,19 @@ def node_detail(request, name):
 
 @login_required
 @require_POST
+def node_drain(request, name, draining: bool):
+    """Staff: the node finishes what it runs and takes nothing new, or takes jobs again."""
+    if not request.user.is_staff:
+        return HttpResponse("staff only\n", status=403, content_type="text/plain")
+    node = selectors.nodes().filter(name=name).first()
+    if node is None:
+        raise Http404("No such node.")
+    services.drain_node(node=node, draining=draining, actor=request.user, via="page")
+    return redirect("node-detail", name=node.name)
+
+
+@login_required
+@require_POST
 def job_cancel(request, job_id):
     job = selectors.job_for(request.user, job_id)
     if job is None:

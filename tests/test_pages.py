@@ -213,3 +213,36 @@ def test_the_job_list_shows_team_owner_and_duration(alice, cast):
     html = alice.get("/jobs/").content.decode()
     row = html[html.index(f'<tr data-job="{job.pk}">'):].split("</tr>")[0]
     assert "<td>ml</td>" in row and "<td>alice</td>" in row and "3\xa0minutes" in row
+
+
+def test_staff_drain_and_undrain_a_node_from_its_page(cast):
+    from audit.models import AuditEntry
+    from jobs.models import Node, NodeState
+
+    node = Node.objects.create(name="w7", state=NodeState.ONLINE)
+    staff = Client()
+    staff.force_login(cast.admin)
+    html = staff.get("/nodes/w7/").content.decode()
+    assert 'id="drain-form"' in html and 'data-confirm="Drain w7?' in html
+    assert staff.post("/nodes/w7/drain/")["Location"] == "/nodes/w7/"
+    node.refresh_from_db()
+    assert node.state == NodeState.DRAINING
+    assert 'id="undrain-form"' in staff.get("/nodes/w7/").content.decode()
+    staff.post("/nodes/w7/undrain/")
+    node.refresh_from_db()
+    assert node.state == NodeState.ONLINE
+    assert set(AuditEntry.objects.filter(via="page").values_list("action", flat=True)) == {
+        "node.drain", "node.undrain"}
+
+
+def test_only_staff_may_drain_and_see_the_buttons(alice, cast):
+    from jobs.models import Node, NodeState
+
+    Node.objects.create(name="w8", state=NodeState.ONLINE)
+    assert 'id="drain-form"' not in alice.get("/nodes/w8/").content.decode()
+    assert alice.post("/nodes/w8/drain/").status_code == 403
+    assert Node.objects.get(name="w8").state == NodeState.ONLINE
+    staff = Client()
+    staff.force_login(cast.admin)
+    assert staff.post("/nodes/nope/drain/").status_code == 404
+    assert staff.get("/nodes/w8/drain/").status_code == 405
