@@ -246,3 +246,20 @@ def test_only_staff_may_drain_and_see_the_buttons(alice, cast):
     staff.force_login(cast.admin)
     assert staff.post("/nodes/nope/drain/").status_code == 404
     assert staff.get("/nodes/w8/drain/").status_code == 405
+
+
+def test_the_page_log_has_times_and_marks_where_each_attempt_begins(alice, cast):
+    from jobs.models import LogLine
+
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
+                             timeout_s=5, state=JobState.RUNNING, attempt=2, token="t")
+    for attempt in (1, 2):
+        LogLine.objects.create(job=job, attempt=attempt, seq=1, text="sleeping 120 s",
+                               ts=job.created_at)
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    log = html[html.index('id="job-log"'):].split("</pre>")[0]
+    assert log.count("attempt-mark") == 2
+    assert log.index("── attempt 1 ──") < log.index("── attempt 2 ──")
+    import re
+
+    assert len(re.findall(r'<span class="ts"[^>]*>\d\d:\d\d:\d\d</span> sleeping 120 s', log)) == 2

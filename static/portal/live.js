@@ -187,16 +187,35 @@ const Portal = (() => {
       });
       $("log-hits").textContent = search.value.trim() ? `${hits} matching` : "";
     }
-    function appendLog(key, level, text) {
-      if (log.querySelector(`[data-key="${key}"]`)) return;
+    // Each line with its time; a marker where another attempt's lines begin (a retried job
+    // says "sleeping 120 s" once per attempt).
+    const keyOf = (el) => el.dataset.key || "";
+    let lastAttempt = [...log.querySelectorAll(".line[data-key]")].map((el) => keyOf(el).split(":")[0]).pop() || null;
+    function logLine(className, key, parts) {
       const line = document.createElement("span");
-      line.className = `line level-${level}`;
-      line.dataset.key = key;
-      line.textContent = `${text}\n`;
+      line.className = className;
+      if (key) line.dataset.key = key;
+      line.append(...parts, "\n");
+      return line;
+    }
+    function place(line) {
       if (paused) { waiting.push(line); pause.textContent = `Resume (${waiting.length})`; return; }
       line.hidden = !matches(line);
       log.appendChild(line);
-      if (follow.checked) log.scrollTop = log.scrollHeight;
+    }
+    function appendLog(key, level, text, ts) {
+      if (log.querySelector(`[data-key="${key}"]`)) return;
+      const attempt = key.split(":")[0];
+      if (attempt !== lastAttempt) {
+        place(logLine("line attempt-mark", "", [`── attempt ${attempt} ──`]));
+        lastAttempt = attempt;
+      }
+      const stamp = document.createElement("span");
+      stamp.className = "ts";
+      stamp.textContent = ts ? clock(ts).replace(" UTC", "") : "";
+      if (ts) stamp.title = exact(ts);
+      place(logLine(`line level-${level}`, key, [stamp, ` ${text}`]));
+      if (follow.checked && !paused) log.scrollTop = log.scrollHeight;
     }
     pause.addEventListener("click", () => {
       paused = !paused;
@@ -377,7 +396,7 @@ const Portal = (() => {
         } else if (event.type === "job.progress") {
           showProgress(event.progress, event.done, event.total, event.unit);
           if (event.message !== undefined) $("job-message").textContent = event.message;
-        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text);
+        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text, event.ts);
         else if (event.type === "job.metric" && hasCharts()) addMetric(event);
       },
       async resync() {
@@ -385,7 +404,7 @@ const Portal = (() => {
         showJob(job);
         (job.partitions || []).forEach(showPartition);
         const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
-        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text));
+        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text, line.ts));
         lastLogSeq = page.next_after;
         if (hasCharts()) showMetrics((await getJSON(`/api/v1/jobs/${id}/metrics/`)).series);
         return {[`job-${id}`]: job.stream_seq};

@@ -127,7 +127,9 @@ def test_a_job_submitted_through_the_form_is_watched_live_to_success_without_a_r
     expect(tab.locator("#job-progress-text")).to_have_text("100 %")
     expect(tab.locator("#job-log")).to_contain_text("done")
     # Each line once, whether it came with the snapshot or live.
-    expect(tab.locator("#job-log .line")).to_have_text(["sleeping 3 s", "done"])
+    expect(tab.locator("#job-log .line")).to_have_text([
+        "── attempt 1 ──", re.compile(r"^\d\d:\d\d:\d\d sleeping 3 s$"),
+        re.compile(r"^\d\d:\d\d:\d\d done$")])
     expect(tab.locator("#job-node")).to_have_text(re.compile(r"^w[12]$"))
     expect(tab.locator("#job-result")).to_contain_text('"slept": 3')
     expect(tab.locator("#cancel-form")).to_be_hidden()
