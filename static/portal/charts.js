@@ -87,6 +87,20 @@ const Charts = (() => {
                  yaxis: {gridcolor: "#eef0f3", rangemode: "normal"}});
   }
 
+  // Several series by step on one chart (loss and val_loss), a legend when more than one.
+  const SERIES_COLORS = ["#2f6fed", "#b54708", "#12805c", "#7a5af8"];
+  function metrics(el, series) {
+    const traces = series.map(({name, points}, i) => ({
+      x: points.map((p) => p.step), y: points.map((p) => p.value), name: esc(name),
+      type: "scatter", mode: points.length > 60 ? "lines" : "lines+markers", marker: {size: 4},
+      line: {color: SERIES_COLORS[i % SERIES_COLORS.length], width: 2}}));
+    return draw(el, traces, {height: 200, showlegend: series.length > 1,
+                             legend: {orientation: "h", y: 1.12, x: 0},
+                             margin: {l: 50, r: 12, t: series.length > 1 ? 24 : 8, b: 36},
+                             xaxis: {title: {text: "step"}, gridcolor: "#eef0f3"},
+                             yaxis: {gridcolor: "#eef0f3", rangemode: "normal"}});
+  }
+
   // Every attempt as a bar: queued (grey) then running, coloured by how it ended.
   function timeline(el, attempts) {
     const now = Date.now();
@@ -126,5 +140,5 @@ const Charts = (() => {
                  showgrid: false}, margin: {l: 50, r: 50, t: 8, b: 32}});
   }
 
-  return {esc, utilization, extend, bars, metric, timeline, partitions, COLORS};
+  return {esc, utilization, extend, bars, metric, metrics, timeline, partitions, COLORS};
 })();

@@ -267,32 +267,56 @@ const Portal = (() => {
       }));
     }
 
-    // Metric charts: one per name, extended live.
-    const charts = new Map();
-    function chartFor(name) {
-      if (charts.has(name)) return charts.get(name);
+    // Metric charts: one per name, except that a validation series (val_loss) is drawn over
+    // its training one (loss). A series of a single point is a figure, not a chart.
+    const charts = new Map();  // chart key -> its box
+    const metricPoints = new Map();  // series name -> [{step, value}]
+    const chartKey = (name) => {
+      const base = name.startsWith("val_") ? name.slice(4) : null;
+      return base && (base === "loss" || metricPoints.has(base)) ? base : name;
+    };
+    function chartFor(key) {
+      if (charts.has(key)) return charts.get(key);
       $("job-metrics-box").hidden = false;
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
-      caption.textContent = name;
+      caption.textContent = key;
       const box = document.createElement("div");
       box.className = "chart";
       figure.append(caption, box);
       $("job-metrics").append(figure);
-      charts.set(name, box);
-      Charts.metric(box, name, []);
+      charts.set(key, box);
       // A new chart can change the grid: the others take their new widths.
       charts.forEach((other) => { if (other !== box && other.data) Plotly.Plots.resize(other); });
       return box;
     }
+    function drawChart(key) {
+      const box = chartFor(key);
+      const names = [...metricPoints.keys()].filter((name) => chartKey(name) === key);
+      const caption = box.parentElement.querySelector("figcaption");
+      caption.textContent = names.join(" · ");
+      if (names.every((name) => metricPoints.get(name).length <= 1)) {
+        if (box.data) Plotly.purge(box);
+        box.className = "metric-figure";
+        box.textContent = names.map((name) => {
+          const point = metricPoints.get(name)[0];
+          return point ? Number(point.value).toLocaleString(undefined, {maximumFractionDigits: 3}) : "—";
+        }).join(" · ");
+        return;
+      }
+      box.className = "chart";
+      Charts.metrics(box, names.map((name) => ({name, points: metricPoints.get(name)})));
+    }
     function showMetrics(series) {
-      Object.entries(series).forEach(([name, points]) => Charts.metric(chartFor(name), name, points));
+      Object.entries(series).forEach(([name, points]) => metricPoints.set(name, points.slice()));
+      new Set([...metricPoints.keys()].map(chartKey)).forEach(drawChart);
     }
     function addMetric(event) {
-      const box = chartFor(event.name);
-      const steps = box.data ? box.data[0].x : null;
-      if (!steps || (steps.length && event.step <= steps[steps.length - 1])) return;  // had it
-      Plotly.extendTraces(box, {x: [[event.step]], y: [[event.value]]}, [0]);
+      const points = metricPoints.get(event.name) || [];
+      if (points.length && event.step <= points[points.length - 1].step) return;  // had it
+      points.push({step: event.step, value: event.value});
+      metricPoints.set(event.name, points);
+      drawChart(chartKey(event.name));
     }
 
     // A fan-out's partitions: one row each, updated by their own events on this job's stream;
