@@ -142,7 +142,25 @@ def job_detail(request, job_id):
         "cancelled_by": selectors.cancelled_by(job) if job.cancel_requested_at else None,
         "params_json": json.dumps(job.params, indent=2, sort_keys=True),
         "result_json": "" if job.result is None else json.dumps(job.result, indent=2),
+        "sweep": _sweep_trials(job) if job.kind == "train.sweep" else None,
+        "part_word": "Trials" if job.kind == "train.sweep" else "Partitions",
     })
+
+
+def _sweep_trials(job) -> dict | None:
+    """A finished sweep's trials as a table: each one's parameters and score, the best marked."""
+    result = job.result if isinstance(job.result, dict) else {}
+    trials = result.get("trials")
+    if not isinstance(trials, list) or not trials:
+        return None
+    names = sorted({name for trial in trials for name in (trial.get("params") or {})})
+    best = (result.get("best") or {}).get("trial")
+    rows = [{"trial": trial.get("trial"), "job": trial.get("job"),
+             "values": [json.dumps((trial.get("params") or {}).get(name)) for name in names],
+             "score": trial.get("val_score"), "iterations": trial.get("iterations"),
+             "seconds": trial.get("seconds"), "best": trial.get("trial") == best}
+            for trial in trials]
+    return {"names": names, "rows": rows, "metric": result.get("metric", "score")}
 
 
 @login_required

@@ -263,3 +263,20 @@ def test_the_page_log_has_times_and_marks_where_each_attempt_begins(alice, cast)
     import re
 
     assert len(re.findall(r'<span class="ts"[^>]*>\d\d:\d\d:\d\d</span> sleeping 120 s', log)) == 2
+
+
+def test_a_sweeps_page_lists_each_trials_parameters_and_score_with_the_best_marked(alice, cast):
+    trials = [{"trial": i, "params": {"learning_rate": lr, "max_depth": depth},
+               "val_score": score, "iterations": 100, "seconds": 2.5, "job": None}
+              for i, (lr, depth, score) in enumerate([(0.1, 3, 0.71), (0.3, None, 0.74)])]
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="train.sweep", queue="train",
+                             timeout_s=5, state=JobState.SUCCEEDED,
+                             result={"trials": trials, "metric": "accuracy",
+                                     "best": {"trial": 1, "val_score": 0.74}})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    table = html[html.index('id="sweep-trials"'):].split("</table>")[0]
+    assert "<th data-sort=\"text\">learning_rate</th>" in table and ">accuracy</th>" in table
+    assert "<code>0.3</code>" in table and "<code>null</code>" in table
+    best = table[table.index('id="sweep-best"'):].split("</tr>")[0]
+    assert "0.7400" in best and ">best<" in best
+    assert "<h2>Trials" in html and "<h2>Partitions" not in html

@@ -39,3 +39,30 @@
     });
   });
 })();
+/* A table.sortable sorts by the column whose heading is clicked (again: the other way). */
+(() => {
+  document.querySelectorAll("table.sortable").forEach((table) => {
+    table.querySelectorAll("th[data-sort]").forEach((th, column) => {
+      th.style.cursor = "pointer";
+      th.addEventListener("click", () => {
+        const numeric = th.dataset.sort === "number";
+        const down = th.dataset.dir !== "desc";
+        table.querySelectorAll("th[data-sort]").forEach((other) => { delete other.dataset.dir; });
+        th.dataset.dir = down ? "desc" : "asc";
+        const index = [...th.parentElement.children].indexOf(th);
+        const key = (row) => {
+          const cell = row.cells[index];
+          const raw = cell.dataset.value !== undefined ? cell.dataset.value : cell.textContent.trim();
+          return numeric ? parseFloat(raw) : raw;
+        };
+        const rows = [...table.tBodies[0].rows];
+        rows.sort((a, b) => {
+          const x = key(a), y = key(b);
+          const order = numeric ? x - y : String(x).localeCompare(String(y));
+          return down ? -order : order;
+        });
+        rows.forEach((row) => table.tBodies[0].append(row));
+      });
+    });
+  });
+})();

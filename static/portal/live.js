@@ -300,7 +300,8 @@ const Portal = (() => {
         box.className = "metric-figure";
         box.textContent = names.map((name) => {
           const point = metricPoints.get(name)[0];
-          return point ? Number(point.value).toLocaleString(undefined, {maximumFractionDigits: 3}) : "—";
+          const digits = point && Math.abs(point.value) >= 100 ? 0 : 3;
+          return point ? Number(point.value).toLocaleString(undefined, {maximumFractionDigits: digits}) : "—";
         }).join(" · ");
         return;
       }
