@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,6 +29,18 @@ def _positive_int(raw: str | None) -> int | None:
     return value if value > 0 else None
 
 
+def _duration(job) -> str:
+    """How long the job ran ("4 s", "3 min 20 s", "2 h 5 min"); "" if it has not started."""
+    if job.started_at is None:
+        return ""
+    seconds = int(((job.finished_at or timezone.now()) - job.started_at).total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 @login_required
 def job_list(request):
     """Jobs as submitted (partitions are on their parent's page), filtered by state, kind and
@@ -45,6 +58,8 @@ def job_list(request):
     page = list(jobs.order_by(SORTS[sort])[:LIST_PAGE + 1])
     more = len(page) > LIST_PAGE
     page = page[:LIST_PAGE]
+    for job in page:
+        job.ran_for = _duration(job)
     keep = {"state": state or "", "kind": kind or "", "q": q or "", "sort": sort}
     return render(request, "jobs/list.html", {
         "jobs": page, "state": state, "states": JobState.values, "kind": kind or "", "q": q or "",
