@@ -128,8 +128,8 @@ def test_a_job_submitted_through_the_form_is_watched_live_to_success_without_a_r
     expect(tab.locator("#job-log")).to_contain_text("done")
     # Each line once, whether it came with the snapshot or live.
     expect(tab.locator("#job-log .line")).to_have_text([
-        "── attempt 1 ──", re.compile(r"^\d\d:\d\d:\d\d sleeping 3 s$"),
-        re.compile(r"^\d\d:\d\d:\d\d done$")])
+        "── attempt 1 ──", re.compile(r"^\d\d:\d\d:\d\d sleeping 3 s\s*$"),
+        re.compile(r"^\d\d:\d\d:\d\d done\s*$")])
     expect(tab.locator("#job-node")).to_have_text(re.compile(r"^w[12]$"))
     expect(tab.locator("#job-result")).to_contain_text('"slept": 3')
     expect(tab.locator("#cancel-form")).to_be_hidden()
@@ -204,6 +204,8 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     done = wait_for_job(job.pk, timeout=15)
     assert done.state == "cancelled" and done.cancel_requested_at is not None
     tab.traffic.assert_clean()
+    services.cancel_job(job=again)  # leave the workers free for the next test
+    wait_for_job(again.pk, timeout=30)
 
 
 def test_a_state_change_arriving_while_the_page_loads_its_snapshot_is_not_lost(tab):
