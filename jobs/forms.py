@@ -15,7 +15,7 @@ _FOR_TARGET = re.compile(r"^(parquet|warehouse):|\((parquet|warehouse)\)\.?$", r
 # Words a label writes in capitals, and name endings that are units.
 _UPPER = {"sql", "id", "url", "csv", "json", "gpu", "gpus", "cpu", "cpus", "l2"}
 _UNITS = {"s": "s", "mb": "MB", "gb": "GB", "ms": "ms"}
-MULTILINE_AT = 1000  # strings that may be this long are edited in a text area
+MULTILINE_AT = 10_000  # strings that may be this long (SQL, scripts) get a text area
 
 
 @dataclass

@@ -111,6 +111,7 @@ def job_new(request):
         "examples": examples(),
         "kinds": kinds, "kind": kind, "fields": fields,
         "errors": errors, "error_summary": _error_summary(errors, fields),
+        "any_required": any(f.required for f in fields),
         "name": request.POST.get("name", ""),
         "teams": teams.acting_teams(request.user),
         "priority": request.POST.get("priority", "0"),

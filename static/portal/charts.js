@@ -120,9 +120,11 @@ const Charts = (() => {
       ran.marker.color.push(COLORS[a.state] || COLORS.running);
       ran.customdata.push(`${a.state} · ${((started ? finished - started : 0) / 1000).toFixed(1)} s`);
     });
+    const narrow = el.clientWidth < 500;  // a phone: fewer, unrotated clock times
     return draw(el, [queued, ran], {barmode: "overlay", height: 60 + 34 * attempts.length,
                                     showlegend: false, margin: {l: 110, r: 12, t: 8, b: 44},
-                                    xaxis: {type: "date", gridcolor: "#eef0f3"},
+                                    xaxis: {type: "date", gridcolor: "#eef0f3", tickangle: 0,
+                                            nticks: narrow ? 3 : 8, tickformat: "%H:%M:%S"},
                                     yaxis: {autorange: "reversed", type: "category"}});
   }
 
