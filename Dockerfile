@@ -2,7 +2,7 @@
 # beat (manage.py ingest / reconcile). Each service picks its process with `command:`.
 FROM python:3.11-slim
 
-# SERVE_STATIC=1 (the default): the ASGI app serves /static/ itself through ASGIStaticFilesHandler.
+# SERVE_STATIC=1 (the default): the ASGI app serves /static/ itself (WhiteNoise: hashed, compressed).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

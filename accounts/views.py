@@ -1,5 +1,5 @@
 """The browser's account pages. API tokens: list your tokens, create a named one (its key shown
-once, in the response to the POST that made it), revoke one. Teams: your teams with their quota,
+once, on the page the POST redirects to), revoke one. Teams: your teams with their quota,
 what they hold and their members; a team's admins (and staff) invite, re-role and remove
 members; an invited user accepts or declines."""
 
@@ -33,12 +33,18 @@ def _page(request, *, status=200, **extra):
     return render(request, "accounts/tokens.html", context, status=status)
 
 
-@never_cache  # the response to a create holds the key: no browser or proxy may keep it
+NEW_KEY = "tokens.new_key"  # session key: the new token's key, until the page has shown it
+
+
+@never_cache  # the page that shows a new key: no browser or proxy may keep it
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_list(request):
     if request.method == "GET":
-        return _page(request)
+        # Shown once: taken out of the session by the one GET that shows it.
+        new = request.session.pop(NEW_KEY, None)
+        token = new and ApiToken.objects.filter(pk=new["id"], user=request.user).first()
+        return _page(request, new_token=token, new_key=token and new["key"])
     name = " ".join(request.POST.get("name", "").split())
     if not name:
         return _page(request, status=400, error="Give the token a name, e.g. laptop or ci.")
@@ -48,8 +54,9 @@ def token_list(request):
     with transaction.atomic():
         token, key = ApiToken.issue(request.user, name)
         record(request.user, "apitoken.create", token, via="page", name=name)
-    # Rendered here and nowhere else: not in a URL, a redirect or the session.
-    return _page(request, new_token=token, new_key=key)
+    # Redirected, so that a reload shows the list and makes no second token; never in a URL.
+    request.session[NEW_KEY] = {"id": token.pk, "key": key}
+    return redirect("token-list")
 
 
 @login_required

@@ -22,7 +22,7 @@ class AttemptInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(AuditedAdmin, admin.ModelAdmin):
-    list_display = ["id", "name", "kind", "team", "owner", "state", "priority", "progress",
+    list_display = ["id", "name", "kind", "team", "owner", "state", "priority", "percent_done",
                     "attempt", "node", "queue", "created_at"]
     list_filter = ["state", "team", "kind", "queue"]
     list_select_related = ["team", "owner"]
@@ -31,10 +31,28 @@ class JobAdmin(AuditedAdmin, admin.ModelAdmin):
     actions = ["cancel_jobs", "retry_jobs"]
     show_full_result_count = False  # no COUNT(*) over a big table on every page
     # The state machine owns these: the admin shows them and changes them only through actions.
-    readonly_fields = [f.name for f in Job._meta.fields if f.name not in {"name", "priority"}]
+    # `after` too: its widget would list every job there is (the job itself included).
+    readonly_fields = [("percent_done" if f.name == "progress" else f.name)
+                       for f in Job._meta.fields if f.name not in {"name", "priority"}] + [
+        "after_jobs"]
+    exclude = ["after", "progress"]  # shown as after_jobs and percent_done instead
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        # Jobs are the record of what ran (attempts, logs, the audit point at them): they are
+        # cancelled, never deleted, so no delete action is offered that would fail.
+        return False
+
+    @admin.display(description="progress", ordering="progress")
+    def percent_done(self, job):
+        return "—" if job.progress is None else f"{job.progress * 100:.0f} %"
+
+    @admin.display(description="after")
+    def after_jobs(self, job):
+        ids = list(job.after.values_list("pk", flat=True)[:50])
+        return ", ".join(map(str, ids)) or "—"
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):

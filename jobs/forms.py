@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+
+from workers import data
+
+# A field that applies to one target only says so first ("Parquet: the folder ...") or last
+# ("... (warehouse)."): the form hides it while the other target is picked.
+_FOR_TARGET = re.compile(r"^(parquet|warehouse):|\((parquet|warehouse)\)\.?$", re.I)
+# Words a label writes in capitals, and name endings that are units.
+_UPPER = {"sql", "id", "url", "csv", "json", "gpu", "gpus", "cpu", "cpus", "l2"}
+_UNITS = {"s": "s", "mb": "MB", "gb": "GB", "ms": "ms"}
+MULTILINE_AT = 10_000  # strings that may be this long (SQL, scripts) get a text area
 
 
 @dataclass
@@ -19,6 +30,41 @@ class ParamField:
     maximum: float | None = None
     choices: list | None = None
     items: str = "string"  # the type of an array's items
+    multiline: bool = False
+    target: str = ""  # the one target this field applies to, if any
+
+
+def label_for(name: str, title: str | None) -> str:
+    """A label for people: "timeout_s" is "Timeout (s)", "sql" is "SQL"; a title the kind
+    wrote itself (not the one made from the name) is kept."""
+    if title and title != name.replace("_", " ").title():
+        return title
+    words = name.split("_")
+    unit = _UNITS.get(words[-1]) if len(words) > 1 else None
+    if unit:
+        words = words[:-1]
+    text = " ".join(word.upper() if word in _UPPER else word for word in words)
+    text = text[:1].upper() + text[1:]
+    return f"{text} ({unit})" if unit else text
+
+
+def _configured(choice) -> bool:
+    """False for a choice this portal is not set up for (the warehouse with no WAREHOUSE_URL)."""
+    if choice != "warehouse":
+        return True
+    try:
+        return data.warehouse_url() is not None
+    except ValueError:
+        return False
+
+
+def _default(prop: dict, raw_prop: dict):
+    default = raw_prop.get("default", prop.get("default", ""))
+    choices = prop.get("enum") or []
+    if default in choices and not _configured(default):
+        # A form whose defaults cannot run is a trap: the first choice that can is offered.
+        return next((choice for choice in choices if _configured(choice)), default)
+    return default
 
 
 def _shape(prop: dict) -> dict:
@@ -42,17 +88,23 @@ def _shown(value) -> object:
 def fields_for(schema: dict, values: dict | None = None) -> list[ParamField]:
     values = values or {}
     required = set(schema.get("required", []))
+    has_target = "target" in schema.get("properties", {})
     fields = []
     for name, raw_prop in schema.get("properties", {}).items():
         prop = _shape(raw_prop)
         kind = "enum" if "enum" in prop else prop.get("type", "string")
-        value = values.get(name, raw_prop.get("default", prop.get("default", "")))
+        value = values.get(name, _default(prop, raw_prop))
+        help_text = raw_prop.get("description", "")
+        only = _FOR_TARGET.search(help_text.strip()) if has_target else None
         fields.append(ParamField(
-            name=name, type=kind, label=raw_prop.get("title", name),
-            help=raw_prop.get("description", ""), value=value if kind == "boolean" else
+            name=name, type=kind, label=label_for(name, raw_prop.get("title")),
+            help=help_text, value=value if kind == "boolean" else
             _shown(value), required=name in required, minimum=prop.get("minimum"),
             maximum=prop.get("maximum"), choices=prop.get("enum"),
             items=(prop.get("items") or {}).get("type", "string"),
+            multiline=kind == "object" or (kind == "string" and
+                                           prop.get("maxLength", 0) >= MULTILINE_AT),
+            target=(only.group(1) or only.group(2)).lower() if only else "",
         ))
     return fields
 

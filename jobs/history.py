@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from portal.env import HEARTBEAT_S
 
 from jobs.models import Node, NodeMinute, NodeSample
 
@@ -58,31 +59,54 @@ def prune(now: datetime | None = None) -> tuple[int, int]:
     return raw, minutes
 
 
+def _rows(node: Node | None, since: datetime, now: datetime) -> tuple[str, list]:
+    """(ts, cpu, mem, gpu) in time order: raw samples for a window of an hour or less; beyond,
+    minute rollups, then the raw samples of the minutes not rolled up yet (up to now)."""
+    raw = NodeSample.objects.order_by("ts")
+    if node is not None:
+        raw = raw.filter(node=node)
+    if now - since <= timedelta(hours=1):
+        return "raw", list(raw.filter(ts__gte=since).values_list("ts", "cpu", "mem", "gpu")
+                           .iterator(chunk_size=5000))
+    minutes = NodeMinute.objects.filter(minute__gte=since).order_by("minute")
+    if node is not None:
+        minutes = minutes.filter(node=node)
+    rows = list(minutes.values_list("minute", "cpu", "mem", "gpu").iterator(chunk_size=5000))
+    # A minute's rollup is stamped with its start; its samples span the whole minute.
+    rows = [(ts + timedelta(seconds=30), *values) for ts, *values in rows]
+    rolled = minutes.values_list("minute", flat=True).last()
+    fresh = raw.filter(ts__gte=max(since, rolled + timedelta(minutes=1)) if rolled else since)
+    return "minute", rows + list(fresh.values_list("ts", "cpu", "mem", "gpu")
+                                 .iterator(chunk_size=5000))
+
+
 def series(node: Node | None, *, since: datetime, points: int = 300) -> dict:
     """cpu/mem/gpu over [since, now] of one node, or averaged over every node when `node` is
-    None, at most `points` points: raw samples for the last hour, minute rollups beyond it,
-    averaged into equal buckets on the server."""
+    None, at most `points` points (plus one empty point per gap), averaged into equal buckets
+    on the server. Each point is stamped with the mean time of what it averages, so none lies
+    before the first sample; where nothing was sampled for three buckets or more (the cluster,
+    or the node, was down) an empty point makes the chart show a gap, not a straight line."""
     now = timezone.now()
     points = max(10, min(points, 1000))
-    if now - since <= timedelta(hours=1):
-        source = "raw"
-        rows = NodeSample.objects.filter(ts__gte=since).order_by("ts").values_list(
-            "ts", "cpu", "mem", "gpu")
-    else:
-        source = "minute"
-        rows = NodeMinute.objects.filter(minute__gte=since).order_by("minute").values_list(
-            "minute", "cpu", "mem", "gpu")
-    if node is not None:
-        rows = rows.filter(node=node)
+    source, rows = _rows(node, since, now)
     width = max((now - since) / points, timedelta(seconds=1))
+    gap = max(3 * width, timedelta(seconds=5 * HEARTBEAT_S),
+              timedelta(minutes=3) if source == "minute" else timedelta(0))
     buckets: dict[int, list] = defaultdict(list)
-    for ts, *values in rows.iterator(chunk_size=5000):
-        buckets[int((ts - since) / width)].append(values)
+    for ts, *values in rows:
+        buckets[int((ts - since) / width)].append((ts, *values))
     out = {"source": source, "t": [], **{name: [] for name in SERIES}}
+    previous = None
     for index in sorted(buckets):
         values = buckets[index]
-        out["t"].append((since + width * index).isoformat())
-        for position, name in enumerate(SERIES):
+        at = since + sum((ts - since for ts, *_ in values), timedelta(0)) / len(values)
+        if previous is not None and at - previous > gap:
+            out["t"].append((previous + (at - previous) / 2).isoformat())
+            for name in SERIES:
+                out[name].append(None)
+        previous = at
+        out["t"].append(at.isoformat())
+        for position, name in enumerate(SERIES, start=1):
             present = [v[position] for v in values if v[position] is not None]
             out[name].append(round(sum(present) / len(present), 2) if present else None)
     return out

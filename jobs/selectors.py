@@ -158,3 +158,13 @@ def team_load(team_ids: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
                    .values_list("team_id").annotate(n=Count("id")).order_by())
     return {team_id: usage[team_id] for team_id in team_ids if team_id in usage}, waiting
 
+
+def cancelled_by(job: Job):
+    """Who asked for the job's cancel, from the audit trail; None when nobody did (a failed
+    dependency, or no cancel at all)."""
+    from audit.models import AuditEntry
+
+    entry = (AuditEntry.objects.filter(action="job.cancel", target_type="job",
+                                       target_id=str(job.pk))
+             .select_related("actor").order_by("-id").first())
+    return entry.actor if entry else None

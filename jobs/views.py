@@ -1,8 +1,12 @@
 """The browser's pages: job list, submit form, job page. Thin: they call services/selectors."""
 
+import json
+from urllib.parse import urlencode
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -14,16 +18,58 @@ from jobs.models import JobState
 from workers.kinds import all_kinds, examples, get_kind
 
 LIST_PAGE = 50
+SORTS = {"newest": "-id", "oldest": "id"}
+
+
+def _positive_int(raw: str | None) -> int | None:
+    try:
+        value = int(raw or "")
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _duration(job) -> str:
+    """How long the job ran ("4 s", "3 min 20 s", "2 h 5 min"); "" if it has not started."""
+    if job.started_at is None:
+        return ""
+    seconds = int(((job.finished_at or timezone.now()) - job.started_at).total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 @login_required
 def job_list(request):
+    """Jobs as submitted (partitions are on their parent's page), filtered by state, kind and
+    name on the server, newest or oldest first, a page at a time by id (no OFFSET)."""
     state = request.GET.get("state") or None
     if state not in JobState.values:
         state = None
-    jobs = selectors.job_list(request.user, state=state)[:LIST_PAGE]
-    return render(request, "jobs/list.html",
-                  {"jobs": jobs, "state": state, "states": JobState.values})
+    kind = (request.GET.get("kind") or "").strip() or None
+    q = (request.GET.get("q") or "").strip()[:200] or None
+    sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
+    cursor = _positive_int(request.GET.get("from"))
+    jobs = selectors.job_list(request.user, state=state, kind=kind, q=q)
+    if cursor:
+        jobs = jobs.filter(pk__lt=cursor) if sort == "newest" else jobs.filter(pk__gt=cursor)
+    page = list(jobs.order_by(SORTS[sort])[:LIST_PAGE + 1])
+    more = len(page) > LIST_PAGE
+    page = page[:LIST_PAGE]
+    for job in page:
+        job.ran_for = _duration(job)
+    keep = {"state": state or "", "kind": kind or "", "q": q or "", "sort": sort}
+    return render(request, "jobs/list.html", {
+        "jobs": page, "state": state, "states": JobState.values, "kind": kind or "", "q": q or "",
+        "sort": sort, "kinds": [k.name for k in all_kinds()],
+        "internal_kinds": ",".join(k.name for k in all_kinds(internal=True) if k.internal),
+        "next_query": urlencode({**keep, "from": page[-1].pk}) if more else "",
+        "first_query": urlencode(keep) if cursor else "",
+        "state_query": urlencode({k: v for k, v in keep.items() if k != "state" and v}),
+        "live_new": sort == "newest" and not cursor,
+    })
 
 
 @login_required
@@ -59,16 +105,31 @@ def job_new(request):
     # A form sent back shows what was typed, not what it was parsed into.
     typed = {name[len("param-"):]: value for name, value in request.POST.items()
              if name.startswith("param-")}
+    fields = forms.fields_for(schema, {
+        **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}})
     context = {
         "examples": examples(),
-        "kinds": kinds, "kind": kind, "fields": forms.fields_for(schema, {
-            **values, **typed, **{k: v for k, v in values.items() if isinstance(v, bool)}}),
-        "errors": errors, "name": request.POST.get("name", ""),
+        "kinds": kinds, "kind": kind, "fields": fields,
+        "errors": errors, "error_summary": _error_summary(errors, fields),
+        "any_required": any(f.required for f in fields),
+        "name": request.POST.get("name", ""),
         "teams": teams.acting_teams(request.user),
         "priority": request.POST.get("priority", "0"),
         "team": request.POST.get("team") or getattr(teams.default_team(request.user), "name", ""),
     }
     return render(request, "jobs/new.html", context, status=400 if errors else 200)
+
+
+FORM_FIELDS = {"name": "Name", "team": "Team", "priority": "Priority"}
+
+
+def _error_summary(errors: dict, fields: list[forms.ParamField]) -> list[dict]:
+    """Every error, for the box at the top of the form: a field's links to the field; one that
+    belongs to no field (the parameters as a whole, the kind, the queue) is shown only there."""
+    labels = {**FORM_FIELDS, **{f.name: f.label for f in fields}}
+    return [{"field": field if field in labels else "", "label": labels.get(field, ""),
+             "messages": messages if isinstance(messages, list) else [str(messages)]}
+            for field, messages in errors.items()]
 
 
 def _flatten(errors: dict) -> dict:
@@ -79,7 +140,9 @@ def _flatten(errors: dict) -> dict:
             flat.update(messages)
         else:
             flat[field] = messages
-    return flat
+    # pydantic's "Value error, " prefix says nothing to a person reading the form.
+    return {field: [str(m).removeprefix("Value error, ") for m in messages]
+            if isinstance(messages, list) else messages for field, messages in flat.items()}
 
 
 @login_required
@@ -92,7 +155,28 @@ def job_detail(request, job_id):
         "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
         "place_in_line": admission.place_in_line(job),
         "can_act": teams.can_act(request.user, job.team_id),
+        "cancelled_by": selectors.cancelled_by(job) if job.cancel_requested_at else None,
+        "params_json": json.dumps(job.params, indent=2, sort_keys=True),
+        "result_json": "" if job.result is None else json.dumps(job.result, indent=2),
+        "sweep": _sweep_trials(job) if job.kind == "train.sweep" else None,
+        "part_word": "Trials" if job.kind == "train.sweep" else "Partitions",
     })
+
+
+def _sweep_trials(job) -> dict | None:
+    """A finished sweep's trials as a table: each one's parameters and score, the best marked."""
+    result = job.result if isinstance(job.result, dict) else {}
+    trials = result.get("trials")
+    if not isinstance(trials, list) or not trials:
+        return None
+    names = sorted({name for trial in trials for name in (trial.get("params") or {})})
+    best = (result.get("best") or {}).get("trial")
+    rows = [{"trial": trial.get("trial"), "job": trial.get("job"),
+             "values": [json.dumps((trial.get("params") or {}).get(name)) for name in names],
+             "score": trial.get("val_score"), "iterations": trial.get("iterations"),
+             "seconds": trial.get("seconds"), "best": trial.get("trial") == best}
+            for trial in trials]
+    return {"names": names, "rows": rows, "metric": result.get("metric", "score")}
 
 
 @login_required
@@ -149,6 +233,19 @@ def node_detail(request, name):
 
 @login_required
 @require_POST
+def node_drain(request, name, draining: bool):
+    """Staff: the node finishes what it runs and takes nothing new, or takes jobs again."""
+    if not request.user.is_staff:
+        return HttpResponse("staff only\n", status=403, content_type="text/plain")
+    node = selectors.nodes().filter(name=name).first()
+    if node is None:
+        raise Http404("No such node.")
+    services.drain_node(node=node, draining=draining, actor=request.user, via="page")
+    return redirect("node-detail", name=node.name)
+
+
+@login_required
+@require_POST
 def job_cancel(request, job_id):
     job = selectors.job_for(request.user, job_id)
     if job is None:
@@ -158,6 +255,26 @@ def job_cancel(request, job_id):
     except TransitionRefused:
         pass  # already finished: the page shows how
     return redirect("job-detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id):
+    """A new job with the same kind and parameters; its page opens."""
+    job = selectors.job_for(request.user, job_id)
+    if job is None:
+        raise Http404("No such job.")
+    try:
+        new = services.retry_job(job=job, owner=request.user, via="page")
+    except services.NotPermitted:
+        return HttpResponse("you may only view this team's jobs\n", status=403,
+                            content_type="text/plain")
+    except services.InvalidJob as exc:
+        reasons = "; ".join(f"{field}: {' '.join(map(str, messages))}"
+                            for field, messages in _flatten(exc.errors).items())
+        return HttpResponse(f"cannot retry: {reasons}\n", status=exc.status,
+                            content_type="text/plain")
+    return redirect("job-detail", job_id=new.pk)
 
 
 def metrics(request):

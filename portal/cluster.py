@@ -172,6 +172,7 @@ def main() -> None:
         if not env.get("REDIS_URL"):
             cluster.start_redis(Path(env["DATA_DIR"]) / "redis")
         cluster.manage("migrate", "--noinput")
+        cluster.manage("collectstatic", "--noinput")  # hashed, compressed: cached for good
         login = cluster.manage("demo_user")
         cluster.manage("demo_data")  # the 2013 NYC flights, for the examples
         cluster.start_web(port)

@@ -1,5 +1,6 @@
 """Settings, read from the environment (see the README for every variable)."""
 
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -167,7 +168,7 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -175,6 +176,20 @@ STATICFILES_FINDERS = [
     "portal.staticfiles.PlotlyFinder",
 ]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
+# collectstatic writes hashed names and a gzip copy of each file; WhiteNoise serves those with a
+# year-long immutable Cache-Control and the compressed copy to browsers that take it. Without a
+# collectstatic (the tests, a checkout that never ran `make run`), files keep their plain names
+# and are served from the folders they live in, cached for a minute.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "portal.staticfiles.HashedStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_KEEP_ONLY_HASHED_FILES = True  # the plain names come from the finders
+# Nothing collected yet is expected (see above), not worth a warning at every start.
+warnings.filterwarnings("ignore", message="No directory at: ")
+if SERVE_STATIC:
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # Request bodies over this many bytes get 413 before anything reads them (portal.web, as they
 # arrive; portal.bodylimit, at the ASGI level); one not all in after this many seconds, 408.
@@ -225,8 +240,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Cluster portal API",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Operations grouped by what they act on (jobs, nodes, schedules, ...), not all as "v1".
+    "SCHEMA_PATH_PREFIX": r"/api/v1/",
+    "SWAGGER_UI_SETTINGS": {"tagsSorter": "alpha", "docExpansion": "list", "deepLinking": True},
     "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "/static/portal/favicon.svg",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "JobStateEnum": "jobs.models.JobState",

@@ -9,12 +9,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.teams import acting_teams, team_ids
 from jobs.forms import fields_for
 from schedules import forms, selectors, services
-from schedules.cron import HELP
+from schedules.cron import HELP, cron_errors, next_after
 from workers.kinds import all_kinds
 
 FORM_FIELDS = ("name", "team", "cron", "kind", "params", "priority", "enabled")
@@ -40,6 +41,17 @@ def _values(schedule) -> dict:
             "priority": schedule.priority, "enabled": schedule.enabled}
 
 
+def _next_runs(cron: str, count: int = 5) -> list:
+    """The next `count` times the expression names (none while it is not valid)."""
+    if not isinstance(cron, str) or cron_errors(cron):
+        return []
+    runs, moment = [], timezone.now()
+    for _ in range(count):
+        moment = next_after(cron, moment)
+        runs.append(moment)
+    return runs
+
+
 def _form(request, schedule, *, values, errors, editable, status=200):
     teams = list(acting_teams(request.user))
     if schedule is not None and schedule.team not in teams:
@@ -49,7 +61,7 @@ def _form(request, schedule, *, values, errors, editable, status=200):
     return render(request, "schedules/form.html", {
         "schedule": schedule, "values": values, "errors": errors, "editable": editable,
         "teams": teams, "kinds": kinds, "unknown_kind": values["kind"] not in known
-        and values["kind"], "cron_help": HELP,
+        and values["kind"], "cron_help": HELP, "next_runs": _next_runs(values["cron"]),
         "kind_fields": [(kind, fields_for(kind.schema())) for kind in kinds],
     }, status=status)
 

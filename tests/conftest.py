@@ -68,12 +68,16 @@ def pytest_configure(config):
     redis_url = redis.url
     config.portal_redis = redis
     data_root = tempfile.mkdtemp(prefix="portal-data-")
+    # Pages name their files as a checkout that never ran collectstatic does, whatever a
+    # `make run` left in staticfiles/ (tests/test_static.py collects into a folder of its own).
+    static_root = tempfile.mkdtemp(prefix="portal-static-")
     artifacts_dir = tempfile.mkdtemp(prefix="portal-artifacts-")
-    for folder in (data_root, artifacts_dir):
+    for folder in (data_root, artifacts_dir, static_root):
         _cleanups.append(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
     os.environ.update({
         "PORTAL_WIRE_CHECK": "1",  # every event, in every process, checked against its type
         "DATA_ROOT": data_root,
+        "STATIC_ROOT": static_root,
         "ARTIFACTS_DIR": artifacts_dir,
         "SHELL_COMMANDS": "/usr/bin/printf,/usr/bin/env,/bin/sleep",
         "WAREHOUSE_URL": fresh_database(database_url, "portal_test_warehouse"),

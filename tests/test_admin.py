@@ -72,3 +72,28 @@ def test_drain_and_undrain_actions_are_audited(staff):
 def test_a_non_staff_user_has_no_admin(client, cast):
     client.force_login(cast.alice)
     assert client.get("/admin/jobs/job/").status_code == 302  # to the admin's login
+
+
+def test_jobs_offer_no_delete_that_would_fail_and_show_progress_in_percent(staff, jobs):
+    job = jobs[0]
+    Job.objects.filter(pk=job.pk).update(progress=0.36666666666666664)
+    listing = staff.get("/admin/jobs/job/").content.decode()
+    assert "delete_selected" not in listing and "37 %" in listing
+    assert "0.3666" not in listing
+    page = staff.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert "37 %" in page and "0.3666" not in page
+    assert staff.post(f"/admin/jobs/job/{job.pk}/delete/").status_code == 403
+    assert Job.objects.filter(pk=job.pk).exists()
+
+
+def test_a_jobs_after_is_shown_as_ids_not_a_list_of_every_job(staff, jobs):
+    first, second = jobs
+    second.after.add(first)
+    page = staff.get(f"/admin/jobs/job/{second.pk}/change/").content.decode()
+    assert 'name="after"' not in page and "<select" not in page.split('id="job_form"')[1] \
+        .split("</form>")[0].replace('<select name="action"', "")
+    assert f">{first.pk}<" in page
+    staff.post(f"/admin/jobs/job/{second.pk}/change/", {"name": "renamed", "priority": "3",
+                                                        "attempts-TOTAL_FORMS": "1",
+                                                        "attempts-INITIAL_FORMS": "1"})
+    assert list(second.after.values_list("pk", flat=True)) == [first.pk]

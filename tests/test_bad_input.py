@@ -85,7 +85,7 @@ def test_the_same_forms_without_nul_characters_still_work(cast, alice):
     assert alice.post("/jobs/new/", JOB).status_code == 302
     assert alice.post("/schedules/new/", urlencode(SCHEDULE), content_type=FORM).status_code \
         == 302
-    assert alice.post("/tokens/", {"name": "laptop"}).status_code == 200
+    assert alice.post("/tokens/", {"name": "laptop"}).status_code == 302
     assert Job.objects.count() == 1 and Schedule.objects.count() == 1
 
 

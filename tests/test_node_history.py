@@ -1,7 +1,7 @@
 """Node utilization: the agent's figures, raw samples, minute rollups, retention, series."""
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psutil
 import pytest
@@ -101,3 +101,33 @@ def test_the_node_metrics_api_answers_series_and_refuses_bad_input(api, node):
     assert api.get("/api/v1/nodes/w6/metrics/?since=yesterday").status_code == 400
     assert api.get("/api/v1/nodes/w6/metrics/?window=0").status_code == 400
     assert api.get("/api/v1/nodes/w6/metrics/?since=2026-01-01T00:00:00Z").status_code == 200
+
+
+def test_a_seven_day_window_has_its_points_inside_it_and_up_to_now(node):
+    """A cluster up for the last 20 minutes: the 7 d view's points lie within those minutes
+    (none stamped before the first sample), and the minutes not rolled up yet are there too."""
+    now = timezone.now()
+    first = history.minute_of(now) - timedelta(minutes=20)
+    NodeMinute.objects.bulk_create([
+        NodeMinute(node=node, minute=first + timedelta(minutes=i), cpu=10.0, cpu_max=10,
+                   mem=1, samples=6) for i in range(18)])
+    add_samples(node, first + timedelta(minutes=18), [30.0] * 12)  # not rolled up yet
+    out = history.series(node, since=now - timedelta(days=7), points=240)
+    stamps = [datetime.fromisoformat(t) for t in out["t"]]
+    assert stamps and min(stamps) >= first and max(stamps) <= timezone.now()
+    assert None not in out["cpu"] and max(out["cpu"]) > 10.0  # the fresh samples count
+    day = history.series(node, since=now - timedelta(days=1), points=240)  # 6-minute points
+    assert datetime.fromisoformat(day["t"][-1]) >= now - timedelta(minutes=6)
+    assert day["cpu"][-1] > 10.0  # the last point holds the minutes not rolled up yet
+
+
+def test_a_time_the_node_was_down_is_a_gap_not_a_line(node):
+    now = timezone.now()
+    add_samples(node, now - timedelta(minutes=50), [10.0] * 30)  # 5 minutes of samples
+    add_samples(node, now - timedelta(minutes=10), [20.0] * 30)  # then 35 minutes of nothing
+    out = history.series(node, since=now - timedelta(hours=1), points=240)
+    gaps = [i for i, value in enumerate(out["cpu"]) if value is None]
+    assert len(gaps) == 1
+    before, after = (datetime.fromisoformat(out["t"][gaps[0] + d]) for d in (-1, 1))
+    assert after - before > timedelta(minutes=30)
+    assert out["cpu"][:gaps[0]] == [10.0] * gaps[0] and set(out["cpu"][gaps[0] + 1:]) == {20.0}

@@ -113,3 +113,170 @@ def test_lists_and_optional_fields_are_typed_in_the_form(alice):
     bad = alice.post("/jobs/new/", {"kind": "diag.fanout", "param-parts": "3",
                                     "param-seconds": "0", "param-fail_first_attempt": "0, x"})
     assert bad.status_code == 400 and "each item must be a number" in bad.content.decode()
+
+
+def test_a_failed_job_offers_retry_which_opens_the_new_job(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
+                             timeout_s=5, state=JobState.FAILED, params={"seconds": 1})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="retry-form"' in html and 'id="retry-form" hidden' not in html
+    response = alice.post(f"/jobs/{job.pk}/retry/")
+    new = Job.objects.exclude(pk=job.pk).get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{new.pk}/"
+    assert (new.kind, new.params["seconds"]) == ("diag.sleep", 1.0)
+
+
+def test_retry_is_hidden_while_a_job_runs_and_refused_to_others(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    assert 'id="retry-form" hidden' in alice.get(f"/jobs/{job.pk}/").content.decode()
+    bob = Client()
+    bob.force_login(cast.bob)
+    assert bob.post(f"/jobs/{job.pk}/retry/").status_code == 404
+    assert alice.get(f"/jobs/{job.pk}/retry/").status_code == 405
+
+
+def test_a_cancelled_job_says_who_cancelled_it_and_asks_first(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'data-confirm="Cancel job {job.pk}?' in html
+    alice.post(f"/jobs/{job.pk}/cancel/")
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="job-cancelled-by"' in html and "<strong>alice</strong>" in html
+
+
+def test_parameters_and_results_are_shown_as_json(alice, cast):
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                             timeout_s=5, state=JobState.SUCCEEDED,
+                             params={"flag": True, "none": None, "name": "x"},
+                             result={"ok": False})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    params = html[html.index('id="job-params">'):].split("</pre>")[0]
+    assert "&quot;flag&quot;: true" in params and "&quot;none&quot;: null" in params
+    assert "True" not in params and "None" not in params
+    assert "&quot;ok&quot;: false" in html and 'data-copy="job-params"' in html
+
+
+def _jobs(cast, count, **fields):
+    return [Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                               **{"kind": "diag.noop", "name": f"job {i}", **fields})
+            for i in range(count)]
+
+
+def _listed(html: str) -> list[int]:
+    import re
+
+    return [int(i) for i in re.findall(r'<tr data-job="(\d+)">', html)]
+
+
+def test_the_job_list_filters_by_kind_and_name_on_the_server(alice, cast):
+    sleeps = _jobs(cast, 2, kind="diag.sleep")
+    _jobs(cast, 2)
+    nightly = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                                 kind="diag.noop", name="Nightly load")
+    assert _listed(alice.get("/jobs/?kind=diag.sleep").content.decode()) == [
+        j.pk for j in reversed(sleeps)]
+    assert _listed(alice.get("/jobs/?q=nightly").content.decode()) == [nightly.pk]
+    html = alice.get("/jobs/?q=nightly&kind=diag.sleep").content.decode()
+    assert _listed(html) == [] and "No job matches" in html
+    assert 'value="nightly"' in html  # the filter stays in its box
+
+
+def test_the_job_list_pages_by_id_both_ways_and_hides_partitions(alice, cast):
+    jobs = _jobs(cast, 120)
+    Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                       kind="diag.noop", parent=jobs[0], partition=0)
+    first = alice.get("/jobs/").content.decode()
+    ids = [j.pk for j in reversed(jobs)]
+    assert _listed(first) == ids[:50]
+    assert f"from={ids[49]}" in first and 'id="page-next"' in first
+    second = alice.get(f"/jobs/?sort=newest&from={ids[49]}").content.decode()
+    assert _listed(second) == ids[50:100] and 'id="page-first"' in second
+    third = alice.get(f"/jobs/?sort=newest&from={ids[99]}").content.decode()
+    assert _listed(third) == ids[100:] and 'id="page-next"' not in third
+    oldest = alice.get("/jobs/?sort=oldest").content.decode()
+    assert _listed(oldest) == [j.pk for j in jobs[:50]]
+    for bad in ("from=abc", "from=-3", "sort=nope", "state=nope", "kind=nope"):
+        assert alice.get(f"/jobs/?{bad}").status_code == 200
+
+
+def test_the_job_list_shows_team_owner_and_duration(alice, cast):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
+                             kind="diag.noop", state=JobState.SUCCEEDED,
+                             started_at=now - timedelta(minutes=3), finished_at=now)
+    html = alice.get("/jobs/").content.decode()
+    row = html[html.index(f'<tr data-job="{job.pk}">'):].split("</tr>")[0]
+    assert "<td>ml</td>" in row and "<td>alice</td>" in row and ">3 min 0 s<" in row
+
+
+def test_staff_drain_and_undrain_a_node_from_its_page(cast):
+    from audit.models import AuditEntry
+    from jobs.models import Node, NodeState
+
+    node = Node.objects.create(name="w7", state=NodeState.ONLINE)
+    staff = Client()
+    staff.force_login(cast.admin)
+    html = staff.get("/nodes/w7/").content.decode()
+    assert 'id="drain-form"' in html and 'data-confirm="Drain w7?' in html
+    assert staff.post("/nodes/w7/drain/")["Location"] == "/nodes/w7/"
+    node.refresh_from_db()
+    assert node.state == NodeState.DRAINING
+    assert 'id="undrain-form"' in staff.get("/nodes/w7/").content.decode()
+    staff.post("/nodes/w7/undrain/")
+    node.refresh_from_db()
+    assert node.state == NodeState.ONLINE
+    assert set(AuditEntry.objects.filter(via="page").values_list("action", flat=True)) == {
+        "node.drain", "node.undrain"}
+
+
+def test_only_staff_may_drain_and_see_the_buttons(alice, cast):
+    from jobs.models import Node, NodeState
+
+    Node.objects.create(name="w8", state=NodeState.ONLINE)
+    assert 'id="drain-form"' not in alice.get("/nodes/w8/").content.decode()
+    assert alice.post("/nodes/w8/drain/").status_code == 403
+    assert Node.objects.get(name="w8").state == NodeState.ONLINE
+    staff = Client()
+    staff.force_login(cast.admin)
+    assert staff.post("/nodes/nope/drain/").status_code == 404
+    assert staff.get("/nodes/w8/drain/").status_code == 405
+
+
+def test_the_page_log_has_times_and_marks_where_each_attempt_begins(alice, cast):
+    from jobs.models import LogLine
+
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
+                             timeout_s=5, state=JobState.RUNNING, attempt=2, token="t")
+    for attempt in (1, 2):
+        LogLine.objects.create(job=job, attempt=attempt, seq=1, text="sleeping 120 s",
+                               ts=job.created_at)
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    log = html[html.index('id="job-log"'):].split("</pre>")[0]
+    assert log.count("attempt-mark") == 2
+    assert log.index("── attempt 1 ──") < log.index("── attempt 2 ──")
+    import re
+
+    assert len(re.findall(r'<span class="ts"[^>]*>\d\d:\d\d:\d\d</span> sleeping 120 s', log)) == 2
+
+
+def test_a_sweeps_page_lists_each_trials_parameters_and_score_with_the_best_marked(alice, cast):
+    trials = [{"trial": i, "params": {"learning_rate": lr, "max_depth": depth},
+               "val_score": score, "iterations": 100, "seconds": 2.5, "job": None}
+              for i, (lr, depth, score) in enumerate([(0.1, 3, 0.71), (0.3, None, 0.74)])]
+    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="train.sweep", queue="train",
+                             timeout_s=5, state=JobState.SUCCEEDED,
+                             result={"trials": trials, "metric": "accuracy",
+                                     "best": {"trial": 1, "val_score": 0.74}})
+    html = alice.get(f"/jobs/{job.pk}/").content.decode()
+    table = html[html.index('id="sweep-trials"'):].split("</table>")[0]
+    assert "<th data-sort=\"text\">learning_rate</th>" in table and ">accuracy</th>" in table
+    assert "<code>0.3</code>" in table and "<code>null</code>" in table
+    best = table[table.index('id="sweep-best"'):].split("</tr>")[0]
+    assert "0.7400" in best and ">best<" in best
+    assert "<h2>Trials" in html and "<h2>Partitions" not in html

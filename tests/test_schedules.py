@@ -2,6 +2,7 @@
 missed, once however many reconcilers), bad schedules that record why, and the pages, the API
 and the admin, each showing a team's schedules to its members only."""
 
+import re
 import threading
 from datetime import timedelta
 
@@ -757,3 +758,18 @@ def test_scheduled_runs_count_against_the_teams_submit_rate(teams, monkeypatch):
         assert all("over its submit rate" in s.last_error for s in refused)
     finally:
         cache.clear()
+
+
+def test_the_form_shows_the_next_five_run_times(teams):
+    schedule = make(teams.alice, cron="0 3 * * *")
+    html = client_for(teams.alice).get(f"/schedules/{schedule.pk}/").content.decode()
+    shown = re.findall(r'<time datetime="([^"]+)">', html.split('id="next-runs"')[1]
+                       .split("</p>")[0])
+    expected, moment = [], timezone.now()
+    for _ in range(5):
+        moment = next_after("0 3 * * *", moment)
+        expected.append(moment.isoformat())
+    assert shown == expected
+    bad = client_for(teams.alice).post(f"/schedules/{schedule.pk}/", {
+        "name": "x", "team": "ml", "cron": "99 * * * *", "kind": "diag.noop", "enabled": "on"})
+    assert bad.status_code == 400 and 'id="next-runs"' not in bad.content.decode()

@@ -31,8 +31,10 @@ def jobs_with(key):
 
 
 def create(client, name):
-    """POST the form; the new key as the page shows it."""
-    response = client.post("/tokens/", {"name": name})
+    """POST the form and follow its redirect; the new key as the page shows it."""
+    posted = client.post("/tokens/", {"name": name})
+    assert posted.status_code == 302 and posted["Location"] == "/tokens/"
+    response = client.get("/tokens/")
     assert response.status_code == 200
     html = response.content.decode()
     match = re.search(r'id="new-key" readonly value="([^"]+)"', html)
@@ -45,7 +47,7 @@ def test_creating_a_token_shows_its_key_once_and_the_key_works(alice, cast):
     token = ApiToken.objects.get(user=cast.alice, name="laptop")
     assert token.key_hash == hash_key(key) and key.startswith(token.prefix)
     assert "portalctl login --url http://testserver" in html
-    # Only in this response: nothing a browser or proxy may keep, no redirect, no session.
+    # Nothing a browser or proxy may keep; out of the session once the page has shown it.
     assert "no-store" in response["Cache-Control"]
     assert key not in str(dict(alice.session))
 
@@ -54,6 +56,21 @@ def test_creating_a_token_shows_its_key_once_and_the_key_works(alice, cast):
     assert token.last_used_at is not None
     assert AuditEntry.objects.filter(action="apitoken.create", target_id=str(token.pk),
                                      actor=cast.alice, via="page").exists()
+
+
+def test_reloading_after_a_create_makes_no_second_token_and_hides_the_key(alice, cast):
+    _, _, key = create(alice, "laptop")
+    again = alice.get("/tokens/").content.decode()
+    assert key not in again and 'id="new-key"' not in again
+    assert ApiToken.objects.filter(user=cast.alice, name="laptop").count() == 1
+
+
+def test_a_key_left_in_the_session_is_shown_to_its_owner_only(alice, cast):
+    token, key = ApiToken.issue(cast.bob, "bobs")
+    session = alice.session
+    session["tokens.new_key"] = {"id": token.pk, "key": key}
+    session.save()
+    assert key not in alice.get("/tokens/").content.decode()
 
 
 def test_the_list_shows_my_tokens_but_never_a_key_again(alice, bob, cast):

@@ -25,7 +25,14 @@ const Charts = (() => {
   }
 
   // Utilization (percent) over time: cpu, mem and, where there are GPUs, gpu.
-  function utilization(el, series) {
+  // The x axis is the whole window (a single point, or none, still gets a time axis), and the
+  // server's empty points are gaps: a time nothing was sampled is not drawn as a line.
+  function windowRange(windowMs) {
+    const now = Date.now();
+    return [new Date(now - windowMs).toISOString(), new Date(now).toISOString()];
+  }
+
+  function utilization(el, series, windowMs) {
     // cpu and mem always (live points extend them even when the history is empty); gpu where
     // some node has one.
     const traces = ["cpu", "mem", "gpu"]
@@ -35,7 +42,8 @@ const Charts = (() => {
                        connectgaps: false}));
     return draw(el, traces, {yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"},
                              xaxis: {type: "date", gridcolor: "#eef0f3", nticks: 6,
-                                     tickangle: 0},
+                                     tickangle: 0,
+                                     ...(windowMs ? {range: windowRange(windowMs)} : {})},
                              legend: {orientation: "h", y: -0.3}, margin: {l: 44, r: 12, t: 8,
                                                                           b: 44}});
   }
@@ -61,6 +69,7 @@ const Charts = (() => {
       el.data.forEach((trace) => { trace.x = trace.x.slice(drop); trace.y = trace.y.slice(drop); });
       Plotly.redraw(el);
     }
+    Plotly.relayout(el, {"xaxis.range": windowRange(windowMs)});
   }
 
   function bars(el, categories, groups, extra = {}) {
@@ -76,6 +85,20 @@ const Charts = (() => {
                       marker: {size: 4}, line: {color: COLORS.cpu}}],
                 {height: 200, showlegend: false, xaxis: {title: {text: "step"}, gridcolor: "#eef0f3"},
                  yaxis: {gridcolor: "#eef0f3", rangemode: "normal"}});
+  }
+
+  // Several series by step on one chart (loss and val_loss), a legend when more than one.
+  const SERIES_COLORS = ["#2f6fed", "#b54708", "#12805c", "#7a5af8"];
+  function metrics(el, series) {
+    const traces = series.map(({name, points}, i) => ({
+      x: points.map((p) => p.step), y: points.map((p) => p.value), name: esc(name),
+      type: "scatter", mode: points.length > 60 ? "lines" : "lines+markers", marker: {size: 4},
+      line: {color: SERIES_COLORS[i % SERIES_COLORS.length], width: 2}}));
+    return draw(el, traces, {height: 200, showlegend: series.length > 1,
+                             legend: {orientation: "h", y: 1.12, x: 0},
+                             margin: {l: 50, r: 12, t: series.length > 1 ? 24 : 8, b: 36},
+                             xaxis: {title: {text: "step"}, gridcolor: "#eef0f3"},
+                             yaxis: {gridcolor: "#eef0f3", rangemode: "normal"}});
   }
 
   // Every attempt as a bar: queued (grey) then running, coloured by how it ended.
@@ -97,9 +120,11 @@ const Charts = (() => {
       ran.marker.color.push(COLORS[a.state] || COLORS.running);
       ran.customdata.push(`${a.state} · ${((started ? finished - started : 0) / 1000).toFixed(1)} s`);
     });
+    const narrow = el.clientWidth < 500;  // a phone: fewer, unrotated clock times
     return draw(el, [queued, ran], {barmode: "overlay", height: 60 + 34 * attempts.length,
                                     showlegend: false, margin: {l: 110, r: 12, t: 8, b: 44},
-                                    xaxis: {type: "date", gridcolor: "#eef0f3"},
+                                    xaxis: {type: "date", gridcolor: "#eef0f3", tickangle: 0,
+                                            nticks: narrow ? 3 : 8, tickformat: "%H:%M:%S"},
                                     yaxis: {autorange: "reversed", type: "category"}});
   }
 
@@ -117,5 +142,5 @@ const Charts = (() => {
                  showgrid: false}, margin: {l: 50, r: 50, t: 8, b: 32}});
   }
 
-  return {esc, utilization, extend, bars, metric, timeline, partitions, COLORS};
+  return {esc, utilization, extend, bars, metric, metrics, timeline, partitions, COLORS};
 })();

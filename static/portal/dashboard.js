@@ -84,7 +84,7 @@ const Dashboard = (() => {
     if (!list) return;
     list.querySelector(".empty")?.remove();
     const item = el("li", {class: `notice notice-${level}`},
-                    el("time", {}, new Date().toLocaleTimeString()), " ");
+                    el("time", {title: Portal.exact(new Date())}, Portal.clock(new Date())), " ");
     item.append(text);
     list.prepend(item);
     while (list.children.length > 30) list.lastChild.remove();
@@ -148,7 +148,7 @@ const Dashboard = (() => {
 
     async function loadSeries() {
       const series = await getJSON(`/api/v1/cluster/metrics/?window=${windowS}&points=240`);
-      await Charts.utilization($("chart-util"), series);
+      await Charts.utilization($("chart-util"), series, windowS * 1000);
     }
 
     function liveUtilization() {
@@ -171,7 +171,7 @@ const Dashboard = (() => {
       list.querySelector(`[data-alert="${CSS.escape(id)}"]`)?.remove();
       if (!alert.resolved_at) {
         const item = el("li", {data: {alert: id}, class: "alert", title: alert.subject},
-                        el("time", {}, new Date(alert.fired_at).toLocaleTimeString()), " ");
+                        el("time", {title: Portal.exact(alert.fired_at)}, Portal.when(alert.fired_at)), " ");
         item.append(alert.message);
         list.prepend(item);
       }
@@ -243,7 +243,7 @@ const Dashboard = (() => {
     }
     async function loadSeries() {
       const series = await getJSON(`/api/v1/nodes/${encodeURIComponent(name)}/metrics/?window=${windowS}&points=240`);
-      await Charts.utilization($("chart-node"), series);
+      await Charts.utilization($("chart-node"), series, windowS * 1000);
     }
     windowPicker($("windows"), windowS, (w) => { windowS = w; loadSeries().catch(() => {}); });
     setInterval(() => { const s = $("node-seen"); s.textContent = ago(s.dataset.at); }, 1000);

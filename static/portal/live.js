@@ -7,9 +7,39 @@ const Portal = (() => {
 
   function setStatus(state) {
     if (!indicator) return;
+    indicator.hidden = false;  // shown only on pages that stream: elsewhere it would say nothing
     indicator.dataset.state = state;
     indicator.querySelector(".live-text").textContent = state;
   }
+
+  // One way to write a time: in UTC, said so; exact on hover ("2026-12-04 20:15:28 UTC"), and
+  // relative ("3 min ago") where that says more. <time datetime=... data-relative> is kept so.
+  const pad = (n) => String(n).padStart(2, "0");
+  function exact(t) {
+    const d = new Date(t);
+    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${clock(d)}`;
+  }
+  function clock(t) {
+    const d = new Date(t);
+    return `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} UTC`;
+  }
+  function when(t) {
+    const seconds = (Date.now() - new Date(t)) / 1000;
+    if (seconds < -60 || seconds >= 86400) return exact(t).replace(/:\d\d UTC$/, " UTC");
+    if (seconds < 45) return "just now";
+    if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+    return `${Math.round(seconds / 3600)} h ago`;
+  }
+  function stampTimes(root = document) {
+    root.querySelectorAll("time[datetime]").forEach((el) => {
+      const at = el.getAttribute("datetime");
+      if (!at || Number.isNaN(new Date(at).getTime())) return;
+      el.title = exact(at);
+      if (el.dataset.relative !== undefined) el.textContent = when(at);
+    });
+  }
+  stampTimes();
+  setInterval(() => stampTimes(), 30000);
 
   async function getJSON(url) {
     const response = await fetch(url, {credentials: "same-origin", headers: {Accept: "application/json"}});
@@ -106,23 +136,31 @@ const Portal = (() => {
     let lastLogSeq = 0;
     log.querySelectorAll("[data-seq]").forEach((line) => { lastLogSeq = Math.max(lastLogSeq, +line.dataset.seq); });
 
-    // Progress, with a rate and an ETA from the last 20 s of reports.
+    // Progress, with a rate and an ETA from the last 20 s of reports. Every sample is the
+    // fraction done, whoever gave it (the snapshot has only the fraction, live reports also count
+    // done of total): the rate in items is the fraction's rate times the total. Until reports
+    // span a few seconds, nothing is said rather than a guess.
     const samples = [];
-    function showProgress(fraction, done, total, unit) {
+    const RATE_AFTER_MS = 3000;
+    let total = null, unit = "";
+    function showProgress(fraction, done, reportedTotal, reportedUnit) {
       if (fraction === null || fraction === undefined) return;
       $("job-progress").value = fraction;
       $("job-progress-text").textContent = `${Math.round(fraction * 100)} %`;
+      if (reportedTotal) { total = reportedTotal; unit = reportedUnit || unit; }
       const now = Date.now();
-      const counted = done !== undefined && done !== null && total;
-      samples.push({t: now, x: counted ? done : fraction});
+      if (samples.length && fraction < samples[samples.length - 1].x) samples.length = 0;  // a new attempt
+      samples.push({t: now, x: fraction});
       while (samples.length > 2 && now - samples[0].t > 20000) samples.shift();
-      const first = samples[0], last = samples[samples.length - 1];
-      const perSecond = last.t > first.t ? (last.x - first.x) / ((last.t - first.t) / 1000) : 0;
+      const first = samples[0];
+      const perSecond = now - first.t >= RATE_AFTER_MS ? (fraction - first.x) / ((now - first.t) / 1000) : 0;
       let text = "";
       if (perSecond > 0) {
-        const left = counted ? (total - done) / perSecond : (1 - fraction) / perSecond;
-        text = counted ? `${perSecond.toFixed(perSecond < 10 ? 1 : 0)} ${unit || "items"}/s` : "";
-        text += `${text ? " · " : ""}ETA ${duration(left)}`;
+        if (total) {
+          const items = perSecond * total;
+          text = `${items.toFixed(items < 10 ? 1 : 0)} ${unit || "items"}/s · `;
+        }
+        text += `ETA ${duration((1 - fraction) / perSecond)}`;
       }
       $("job-rate").textContent = fraction >= 1 ? "" : text;
     }
@@ -149,16 +187,35 @@ const Portal = (() => {
       });
       $("log-hits").textContent = search.value.trim() ? `${hits} matching` : "";
     }
-    function appendLog(key, level, text) {
-      if (log.querySelector(`[data-key="${key}"]`)) return;
+    // Each line with its time; a marker where another attempt's lines begin (a retried job
+    // says "sleeping 120 s" once per attempt).
+    const keyOf = (el) => el.dataset.key || "";
+    let lastAttempt = [...log.querySelectorAll(".line[data-key]")].map((el) => keyOf(el).split(":")[0]).pop() || null;
+    function logLine(className, key, parts) {
       const line = document.createElement("span");
-      line.className = `line level-${level}`;
-      line.dataset.key = key;
-      line.textContent = `${text}\n`;
+      line.className = className;
+      if (key) line.dataset.key = key;
+      line.append(...parts, "\n");
+      return line;
+    }
+    function place(line) {
       if (paused) { waiting.push(line); pause.textContent = `Resume (${waiting.length})`; return; }
       line.hidden = !matches(line);
       log.appendChild(line);
-      if (follow.checked) log.scrollTop = log.scrollHeight;
+    }
+    function appendLog(key, level, text, ts) {
+      if (log.querySelector(`[data-key="${key}"]`)) return;
+      const attempt = key.split(":")[0];
+      if (attempt !== lastAttempt) {
+        place(logLine("line attempt-mark", "", [`── attempt ${attempt} ──`]));
+        lastAttempt = attempt;
+      }
+      const stamp = document.createElement("span");
+      stamp.className = "ts";
+      stamp.textContent = ts ? clock(ts).replace(" UTC", "") : "";
+      if (ts) stamp.title = exact(ts);
+      place(logLine(`line level-${level}`, key, [stamp, ` ${text}`]));
+      if (follow.checked && !paused) log.scrollTop = log.scrollHeight;
     }
     pause.addEventListener("click", () => {
       paused = !paused;
@@ -185,7 +242,7 @@ const Portal = (() => {
       lastAttempts = attempts;
       const rows = attempts.map((a) => {
         const tr = document.createElement("tr");
-        const time = (t) => (t ? new Date(t).toLocaleTimeString() : "—");
+        const time = (t) => (t ? clock(t) : "—");
         [a.number, a.state, a.node || "—", time(a.started_at), time(a.finished_at), a.error]
           .forEach((value) => { const td = document.createElement("td"); td.textContent = value; tr.append(td); });
         return tr;
@@ -210,32 +267,57 @@ const Portal = (() => {
       }));
     }
 
-    // Metric charts: one per name, extended live.
-    const charts = new Map();
-    function chartFor(name) {
-      if (charts.has(name)) return charts.get(name);
+    // Metric charts: one per name, except that a validation series (val_loss) is drawn over
+    // its training one (loss). A series of a single point is a figure, not a chart.
+    const charts = new Map();  // chart key -> its box
+    const metricPoints = new Map();  // series name -> [{step, value}]
+    const chartKey = (name) => {
+      const base = name.startsWith("val_") ? name.slice(4) : null;
+      return base && (base === "loss" || metricPoints.has(base)) ? base : name;
+    };
+    function chartFor(key) {
+      if (charts.has(key)) return charts.get(key);
       $("job-metrics-box").hidden = false;
       const figure = document.createElement("figure");
       const caption = document.createElement("figcaption");
-      caption.textContent = name;
+      caption.textContent = key;
       const box = document.createElement("div");
       box.className = "chart";
       figure.append(caption, box);
       $("job-metrics").append(figure);
-      charts.set(name, box);
-      Charts.metric(box, name, []);
+      charts.set(key, box);
       // A new chart can change the grid: the others take their new widths.
       charts.forEach((other) => { if (other !== box && other.data) Plotly.Plots.resize(other); });
       return box;
     }
+    function drawChart(key) {
+      const box = chartFor(key);
+      const names = [...metricPoints.keys()].filter((name) => chartKey(name) === key);
+      const caption = box.parentElement.querySelector("figcaption");
+      caption.textContent = names.join(" · ");
+      if (names.every((name) => metricPoints.get(name).length <= 1)) {
+        if (box.data) Plotly.purge(box);
+        box.className = "metric-figure";
+        box.textContent = names.map((name) => {
+          const point = metricPoints.get(name)[0];
+          const digits = point && Math.abs(point.value) >= 100 ? 0 : 3;
+          return point ? Number(point.value).toLocaleString(undefined, {maximumFractionDigits: digits}) : "—";
+        }).join(" · ");
+        return;
+      }
+      box.className = "chart";
+      Charts.metrics(box, names.map((name) => ({name, points: metricPoints.get(name)})));
+    }
     function showMetrics(series) {
-      Object.entries(series).forEach(([name, points]) => Charts.metric(chartFor(name), name, points));
+      Object.entries(series).forEach(([name, points]) => metricPoints.set(name, points.slice()));
+      new Set([...metricPoints.keys()].map(chartKey)).forEach(drawChart);
     }
     function addMetric(event) {
-      const box = chartFor(event.name);
-      const steps = box.data ? box.data[0].x : null;
-      if (!steps || (steps.length && event.step <= steps[steps.length - 1])) return;  // had it
-      Plotly.extendTraces(box, {x: [[event.step]], y: [[event.value]]}, [0]);
+      const points = metricPoints.get(event.name) || [];
+      if (points.length && event.step <= points[points.length - 1].step) return;  // had it
+      points.push({step: event.step, value: event.value});
+      metricPoints.set(event.name, points);
+      drawChart(chartKey(event.name));
     }
 
     // A fan-out's partitions: one row each, updated by their own events on this job's stream;
@@ -318,6 +400,7 @@ const Portal = (() => {
         $("job-result-box").hidden = false;
       }
       if (job.state && TERMINAL.has(job.state)) { $("cancel-form").hidden = true; $("job-rate").textContent = ""; }
+      if (job.state && $("retry-form")) $("retry-form").hidden = job.state !== "failed" && job.state !== "cancelled";
       if (job.attempts) { attemptsDrawn = shown(); showAttempts(job.attempts); }
       else if (shown() !== attemptsDrawn) {
         attemptsDrawn = shown();
@@ -338,7 +421,7 @@ const Portal = (() => {
         } else if (event.type === "job.progress") {
           showProgress(event.progress, event.done, event.total, event.unit);
           if (event.message !== undefined) $("job-message").textContent = event.message;
-        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text);
+        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text, event.ts);
         else if (event.type === "job.metric" && hasCharts()) addMetric(event);
       },
       async resync() {
@@ -346,7 +429,7 @@ const Portal = (() => {
         showJob(job);
         (job.partitions || []).forEach(showPartition);
         const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
-        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text));
+        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text, line.ts));
         lastLogSeq = page.next_after;
         if (hasCharts()) showMetrics((await getJSON(`/api/v1/jobs/${id}/metrics/`)).series);
         return {[`job-${id}`]: job.stream_seq};
@@ -355,14 +438,25 @@ const Portal = (() => {
   }
 
   function watchList(table) {
-    const filter = table.dataset.state || "";
+    // Rows on the page follow their jobs in place. A new job that matches the filters goes on
+    // top where the top is its place (newest first, first page); elsewhere it is only counted.
+    const filter = table.dataset.state || "", kind = table.dataset.kind || "";
+    const q = (table.dataset.q || "").toLowerCase();
+    const internal = new Set((table.dataset.internal || "").split(",").filter(Boolean));
+    const onTop = table.dataset.liveNew === "1";
+    const seen = new Set();
     function cell(child) {
       const td = document.createElement("td");
       td.append(child);
       return td;
     }
+    function matches(event) {
+      return event.type === "job.state" && event.kind && !internal.has(event.kind) &&
+        (!filter || filter === event.state) && (!kind || kind === event.kind) &&
+        (!q || String(event.name || "").toLowerCase().includes(q));
+    }
     function addRow(event) {
-      // A job that appeared after the page loaded: newest first, built as text, never HTML.
+      // Built as text, never HTML.
       const id = String(event.job || event.id);
       const link = document.createElement("a");
       link.href = `/jobs/${id}/`;
@@ -377,38 +471,52 @@ const Portal = (() => {
       row.dataset.job = id;
       const node = cell(event.node || "");
       node.dataset.field = "node";
-      const created = new Date().toISOString().replace("T", " ").slice(0, 19);
+      const created = document.createElement("time");
+      created.textContent = when(new Date());
+      created.title = exact(new Date());
       row.append(cell(link), cell(event.name || ""), cell(event.kind || ""), cell(state),
-                 cell(progress), node, cell(created));
+                 cell(progress), cell(event.team || ""), cell(event.owner || ""), node,
+                 cell(created), cell("—"));
       row.cells[1].className = "name";
       setState(state, event.state);
       table.tBodies[0].querySelector("tr.empty")?.remove();
       table.tBodies[0].prepend(row);
       return row;
     }
+    function announce(event) {
+      const id = String(event.job || event.id);
+      if (seen.has(id)) return;
+      seen.add(id);
+      document.getElementById("new-count").textContent = seen.size;
+      document.getElementById("new-jobs").hidden = false;
+    }
     function update(event) {
       let row = table.querySelector(`tr[data-job="${event.job || event.id}"]`);
-      if (!row && event.type === "job.state" && event.kind && (!filter || filter === event.state)) {
-        row = addRow(event);
+      if (!row && matches(event)) {
+        if (onTop) row = addRow(event);
+        else { announce(event); return; }
       }
       if (!row) return;
       if (event.state) setState(row.querySelector('[data-field="state"]'), event.state);
       if (event.progress !== undefined && event.progress !== null) row.querySelector('[data-field="progress"]').value = event.progress;
       if (event.node !== undefined) row.querySelector('[data-field="node"]').textContent = event.node;
     }
+    const query = new URLSearchParams({limit: "50"});
+    if (filter) query.set("state", filter);
+    if (kind) query.set("kind", kind);
+    if (q) query.set("q", table.dataset.q);
     new Stream("/ws/cluster/", {
       onEvent(event) { if (event.type === "job.state" || event.type === "job.progress") update(event); },
       // A job's final state cannot go stale, whenever it arrives.
       keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),
       async resync() {
-        // Jobs made while the socket was away (or before it could carry them: a user's first
-        // job makes their team) are added too, oldest first so the newest ends on top.
-        const page = await getJSON("/api/v1/jobs/?limit=50");
-        [...page.results].reverse().forEach((job) => update({type: "job.state", ...job}));
+        if (!onTop) return {};  // the rows shown are not the newest: nothing to add from there
+        const page = await getJSON(`/api/v1/jobs/?${query}`);
+        page.results.forEach(update);  // rows shown follow; none is added from here
         return {};
       },
     });
   }
 
-  return {watchJob, watchList, Stream};
+  return {watchJob, watchList, Stream, exact, clock, when, stampTimes};
 })();

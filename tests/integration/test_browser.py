@@ -1,19 +1,26 @@
 """In a real browser (Debian's Chromium driven by Playwright) against the live cluster: logging
 in, submitting through the form, watching a job run live, cancelling it, updates that race a
 page's snapshot, inline form errors, pages that load nothing from elsewhere, and user-supplied
-text that stays text.
+text that stays text; and what a first-time user meets: no page wider than a phone, the form's
+defaults without a warehouse, errors summed up at the top, a sane ETA, the 7 d chart inside its
+window, the token page safe to reload, Retry and a Cancel that asks first.
 
 Screenshots land in test-artifacts/ for a person to look at."""
 
 import re
+import signal
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
+from accounts.models import ApiToken
 from alerts.models import AlertRule
 from jobs import services
-from jobs.models import Job
+from jobs.models import Job, NodeSample
+from portal.cluster import BIN, free_port, wait_for_port
 from tests.integration.conftest import ARTIFACTS, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -123,7 +130,9 @@ def test_a_job_submitted_through_the_form_is_watched_live_to_success_without_a_r
     expect(tab.locator("#job-progress-text")).to_have_text("100 %")
     expect(tab.locator("#job-log")).to_contain_text("done")
     # Each line once, whether it came with the snapshot or live.
-    expect(tab.locator("#job-log .line")).to_have_text(["sleeping 3 s", "done"])
+    expect(tab.locator("#job-log .line")).to_have_text([
+        "── attempt 1 ──", re.compile(r"^\d\d:\d\d:\d\d sleeping 3 s\s*$"),
+        re.compile(r"^\d\d:\d\d:\d\d done\s*$")])
     expect(tab.locator("#job-node")).to_have_text(re.compile(r"^w[12]$"))
     expect(tab.locator("#job-result")).to_contain_text('"slept": 3')
     expect(tab.locator("#cancel-form")).to_be_hidden()
@@ -171,6 +180,13 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     cancel = tab.get_by_role("button", name="Cancel")
     expect(cancel).to_be_visible()
 
+    asked = []
+    tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    cancel.click()  # dismissed: nothing happens
+    tab.wait_for_timeout(500)
+    assert asked and asked[0].startswith(f"Cancel job {job.pk}?")
+    assert Job.objects.get(pk=job.pk).cancel_requested_at is None
+    tab.once("dialog", lambda dialog: dialog.accept())
     with tab.expect_navigation(url=JOB_URL):  # the button posts a form, then comes back
         cancel.click()
     tab.evaluate("window.__marker = 1")
@@ -178,12 +194,21 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     expect(state).to_have_class("state state-cancelled")
     expect(cancel).to_be_hidden()
     expect(attempt_row(tab, 1)).to_have_text(re.compile(r"^1cancelledw[12]"))
+    expect(tab.locator("#job-cancelled-by")).to_contain_text(f"by {user.username}")
+    retry = tab.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()  # shown live, once the job is cancelled
     assert tab.evaluate("window.__marker") == 1, "the job page reloaded"
     tab.screenshot(path=ARTIFACTS / "job-cancelled.png", full_page=True)
+    with tab.expect_navigation(url=JOB_URL):
+        retry.click()
+    again = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
+    assert again.pk != job.pk and (again.kind, again.params) == (job.kind, job.params)
 
     done = wait_for_job(job.pk, timeout=15)
     assert done.state == "cancelled" and done.cancel_requested_at is not None
     tab.traffic.assert_clean()
+    services.cancel_job(job=again)  # leave the workers free for the next test
+    wait_for_job(again.pk, timeout=30)
 
 
 def test_a_state_change_arriving_while_the_page_loads_its_snapshot_is_not_lost(tab):
@@ -412,4 +437,158 @@ def test_an_invitation_is_accepted_on_the_teams_page(tab):
         tab.get_by_role("button", name="Accept").click()
     expect(tab.locator("#team-lab")).to_be_visible()
     assert teams.role_in(user, team.pk) == "member"
+
+
+# What a first-time user meets: no page wider than a phone, the submit form's defaults on
+# `make run`'s settings (no warehouse), errors summed up at the top, a sane ETA from the first
+# seconds of a job, the 7 d chart inside its window, and the token page safe to reload.
+
+PHONE = {"width": 390, "height": 844}
+WIDE = {"width": 1440, "height": 900}
+
+
+def as_time(text: str) -> datetime:
+    """A time as Plotly keeps it ("2026-12-04 20:15:28.123", in UTC here) or as ISO."""
+    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00").replace(" ", "T"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def page_width(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def test_no_page_is_wider_than_a_phone(tab):
+    user = log_in(tab, "phone", staff=True)
+    job = submit(user, kind="diag.fanout", params={"parts": 3, "seconds": 0}, name="wide?")
+    wait_for_job(job.pk, timeout=JOB_MS / 1000 * 2)
+    pages = ["/jobs/", "/jobs/new/", "/jobs/new/?kind=etl.sql", "/jobs/new/?kind=train.sweep",
+             f"/jobs/{job.pk}/", "/cluster/", "/nodes/w1/", "/schedules/", "/schedules/new/",
+             "/teams/", "/tokens/", "/api/docs/", "/no/such/page/"]
+    wide = {}
+    for viewport in (WIDE, PHONE):
+        tab.set_viewport_size(viewport)
+        for path in pages:
+            tab.goto(path)
+            tab.wait_for_load_state("networkidle")
+            tab.wait_for_timeout(300)  # charts draw after their data arrives
+            name = re.sub(r"[^a-z0-9]+", "-", path.strip("/")) or "root"
+            tab.screenshot(path=ARTIFACTS / f"width-{viewport['width']}-{name}.png",
+                           full_page=True)
+            if page_width(tab) > viewport["width"]:
+                wide[f"{path} at {viewport['width']}"] = page_width(tab)
+    assert wide == {}
+    # On a phone the top bar's links stay reachable: they scroll inside the bar.
+    nav = tab.locator(".topbar nav")
+    assert nav.evaluate("el => el.getBoundingClientRect().right") <= PHONE["width"]
+    tab.traffic.assert_clean()
+
+
+@pytest.fixture
+def no_warehouse_web(live):
+    """A second web server on `make run`'s settings: no WAREHOUSE_URL (the same database,
+    Redis and workers)."""
+    port = free_port()
+    env = {k: v for k, v in live.cluster.env.items() if k != "WAREHOUSE_URL"}
+    proc = live.cluster.spawn("web-plain", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p",
+                                            str(port), "portal.asgi:application"], env=env)
+    wait_for_port(port, proc=proc)
+    yield f"http://127.0.0.1:{port}"
+    live.cluster.kill("web-plain", signal.SIGTERM)
+
+
+def test_the_clickstream_form_submits_as_it_opens_without_a_warehouse(tab, no_warehouse_web):
+    log_in(tab, "clicks")
+    tab.goto(f"{no_warehouse_web}/jobs/new/?kind=etl.clickstream")
+    target = tab.locator('select[name="param-target"]')
+    expect(target).to_have_value("parquet")
+    expect(tab.locator("#field-table")).to_be_hidden()  # a warehouse-only field
+    expect(tab.locator("#field-output")).to_be_visible()
+    tab.screenshot(path=ARTIFACTS / "clickstream-form.png", full_page=True)
+    with tab.expect_navigation(url=JOB_URL):
+        tab.get_by_role("button", name="Submit", exact=True).click()
+    job = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
+    assert job.kind == "etl.clickstream" and job.params["target"] == "parquet"
+    wait_for_job(job.pk, states={"running", "succeeded"}, timeout=60)
+    tab.once("dialog", lambda dialog: dialog.accept())
+    tab.get_by_role("button", name="Cancel").click()  # frees the workers for the next test
+    wait_for_job(job.pk, timeout=60)
+
+
+def test_an_error_of_the_whole_form_is_at_the_top_and_in_view(tab, no_warehouse_web):
+    log_in(tab, "summary")
+    tab.set_viewport_size(PHONE)
+    tab.goto(f"{no_warehouse_web}/jobs/new/?kind=etl.clickstream")
+    tab.locator('select[name="param-target"]').select_option("warehouse")
+    expect(tab.locator("#field-table")).to_be_visible()
+    expect(tab.locator("#field-output")).to_be_hidden()
+    with tab.expect_navigation() as posted:
+        tab.get_by_role("button", name="Submit", exact=True).click()
+    assert posted.value.status == 400
+    summary = tab.locator("#error-summary")
+    expect(summary).to_contain_text("target 'warehouse' needs WAREHOUSE_URL")
+    expect(summary).to_be_in_viewport()  # scrolled to, below the examples
+    tab.screenshot(path=ARTIFACTS / "form-error-summary-390.png")
+    assert Job.objects.count() == 0
+
+
+def test_the_eta_is_sane_from_the_first_seconds_of_a_job(tab):
+    user = log_in(tab, "eta")
+    job = submit(user, kind="diag.sleep", params={"seconds": 60}, name="eta")
+    wait_for_job(job.pk, states={"running"}, timeout=JOB_MS / 1000)
+    time.sleep(3)  # the page opens on a job some way in, as the report had it
+    tab.goto(f"/jobs/{job.pk}/")
+    shown, deadline = [], time.monotonic() + 12
+    while time.monotonic() < deadline:
+        text = tab.locator("#job-rate").text_content()
+        if text:
+            shown.append(text)
+        tab.wait_for_timeout(250)
+    assert shown, "no rate or ETA within 12 s of opening a running job"
+    for text in shown:
+        match = re.fullmatch(r"([\d.]+) s/s · ETA (\d+):(\d\d)", text)
+        assert match, text
+        rate, eta = float(match[1]), int(match[2]) * 60 + int(match[3])
+        assert 0.5 <= rate <= 2.0, shown  # one second of sleep per second
+        assert 20 <= eta <= 75, shown
+    tab.screenshot(path=ARTIFACTS / "job-eta.png", full_page=True)
+    tab.once("dialog", lambda dialog: dialog.accept())
+    tab.get_by_role("button", name="Cancel").click()
+    wait_for_job(job.pk, timeout=60)
+
+
+def test_the_seven_day_chart_draws_its_points_inside_its_window(tab, live):
+    log_in(tab, "week")
+    deadline = time.monotonic() + 20
+    while not NodeSample.objects.exists():  # the tables were emptied for this test
+        assert time.monotonic() < deadline, "the nodes have reported no utilization"
+        time.sleep(0.2)
+    started = NodeSample.objects.order_by("ts").values_list("ts", flat=True).first()
+    tab.goto("/cluster/")
+    with tab.expect_response(re.compile(r"/api/v1/cluster/metrics/\?window=604800")):
+        tab.get_by_role("button", name="7 d").click()
+    tab.wait_for_timeout(500)
+    drawn = tab.evaluate("""() => { const el = document.getElementById("chart-util");
+        return {x: el.data[0].x, range: el.layout.xaxis.range}; }""")
+    now = datetime.now(UTC)
+    stamps = [as_time(x) for x in drawn["x"]]
+    assert stamps, "the 7 d chart has no points"
+    assert all(started - timedelta(seconds=1) <= t <= now + timedelta(seconds=5)
+               for t in stamps), (started, stamps)
+    low, high = (as_time(r) for r in drawn["range"])
+    assert timedelta(days=6.9) <= high - low <= timedelta(days=7.1)  # a week, not milliseconds
+    tab.screenshot(path=ARTIFACTS / "cluster-7d.png", full_page=True)
+
+
+def test_reloading_the_token_page_after_a_create_makes_no_second_token(tab):
+    user = log_in(tab, "tokens")
+    tab.goto("/tokens/")
+    tab.get_by_label("Name").fill("laptop")
+    tab.get_by_role("button", name="Create token").click()
+    expect(tab).to_have_url(re.compile(r"/tokens/$"))
+    key = tab.locator("#new-key").input_value()
+    assert key
+    tab.reload()
+    expect(tab.locator("#new-key")).to_have_count(0)
+    assert key not in tab.content()
+    assert ApiToken.objects.filter(user=user, name="laptop").count() == 1
     tab.traffic.assert_clean()
