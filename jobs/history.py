@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
-from portal.env import HEARTBEAT_S
 
 from jobs.models import Node, NodeMinute, NodeSample
+from workers.config import HEARTBEAT_S
 
 SERIES = ("cpu", "mem", "gpu")
 

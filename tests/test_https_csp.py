@@ -88,7 +88,7 @@ def pages(cast):
 
 def test_every_page_has_a_policy_without_inline_script_and_no_inline_script(pages):
     client, paths = pages
-    created = client.post("/tokens/", {"name": "laptop"})  # the page that shows a new key
+    created = client.post("/tokens/", {"name": "laptop"}, follow=True)  # shows the new key
     for path, response in [*((p, client.get(p)) for p in paths), ("/tokens/ (POST)", created)]:
         assert response.status_code == 200, path
         policy = response["Content-Security-Policy"]

@@ -30,7 +30,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, into: str, schema=None, dry_run=False, **options):
         if not Team.objects.filter(name=into).exists():
-            raise CommandError(f"no team named {into!r}")
+            if dry_run:
+                self.stdout.write(f"team {into} does not exist yet: it would be made")
+            else:
+                Team.objects.create(name=into, title=f"{into} (moved from the shared space)")
+                self.stdout.write(f"made team {into}: add its members in the admin")
         self.dry_run = dry_run
         moved = self.move_files(into)
         tables = self.move_tables(into, schema or ["public"]) if data.warehouse_url() else 0
