@@ -5,7 +5,10 @@ It reads only the environment, never Django's settings or database: a worker nee
 
 from celery import Celery
 
+from portal import broker
 from portal.env import REDIS_URL, env_int
+
+broker.install()
 
 # No Django fix-up: a worker must never load the portal's settings or touch its database.
 app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"], fixups=[])
