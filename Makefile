@@ -51,6 +51,10 @@ bench-etl: install system-deps
 bench-joblist: install system-deps
 	$(PY) -m bench.joblist
 
+## 100 seeded faults on the real processes (4 nodes, PostgreSQL); needs root for the network cuts.
+chaos: install system-deps
+	$(PY) -m chaos.campaign --faults 100 --min-redis 15 --min-cuts 10 --seed 1
+
 ## Redis killed 50 times under a busy worker node: the node must take work again each time.
 chaos-redis: install system-deps
 	$(PY) -m chaos.redis_loss --kills 50

@@ -51,6 +51,9 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         # How to start each part again, as it was first started: what supervision restarts.
         self.starters: dict[str, Callable[[], subprocess.Popen]] = {}
+        # Held while a part is killed or started, so that supervision never starts a second
+        # copy of a part that someone else is restarting.
+        self.lock = threading.RLock()
         self.quiet = quiet
         self.log = log or sys.stdout
 
@@ -112,12 +115,14 @@ class Cluster:
 
     def start_worker(self, node: str, *, concurrency: int = 2,
                      queues: str = "cpu,etl,train,gpu", extra: list[str] | None = None,
-                     labels: str = ""):
-        """A worker node; `labels` ("gpu=a100,zone=b") is its NODE_LABELS."""
-        argv = [str(BIN / "celery"), "-A", "portal.celery", "worker", "-n", f"{node}@%h",
-                "-Q", queues, "-c", str(concurrency), "-l", "warning", "--without-gossip",
-                "--without-mingle", "--without-heartbeat", *(extra or [])]
-        env = {**self.worker_env(), "NODE_LABELS": labels}
+                     labels: str = "", prefix: list[str] | None = None,
+                     env: dict[str, str] | None = None):
+        """A worker node; `labels` ("gpu=a100,zone=b") is its NODE_LABELS. `prefix` runs it
+        through another command (`ip netns exec NAME`), `env` overrides its environment."""
+        argv = [*(prefix or []), str(BIN / "celery"), "-A", "portal.celery", "worker",
+                "-n", f"{node}@%h", "-Q", queues, "-c", str(concurrency), "-l", "warning",
+                "--without-gossip", "--without-mingle", "--without-heartbeat", *(extra or [])]
+        env = {**self.worker_env(), "NODE_LABELS": labels, **(env or {})}
         self.starters[node] = lambda: self.spawn(node, argv, env=env)
         return self.starters[node]()
 
@@ -132,10 +137,12 @@ class Cluster:
 
     def restart(self, name: str) -> subprocess.Popen:
         """Start a part again the way it was started (after it died or was killed)."""
-        return self.starters[name]()
+        with self.lock:
+            return self.starters[name]()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
+        with self.lock:
+            proc = self.procs.pop(name)
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -182,7 +189,7 @@ class Supervisor:
         self.say = say or (lambda text: print(text, flush=True))
         self.started = {name: time.monotonic() for name in cluster.procs}
         self.backoff: dict[str, float] = {}
-        self.due: dict[str, float] = {}  # name -> when to start it again
+        self.due: dict[str, tuple[float, subprocess.Popen]] = {}  # when, and the dead one
         self.restarts: dict[str, int] = {}
 
     def delay(self, name: str, uptime: float) -> float:
@@ -198,18 +205,21 @@ class Supervisor:
             if name in self.due or proc.poll() is None:
                 continue
             wait = self.delay(name, now - self.started.get(name, now))
-            self.due[name] = now + wait
+            self.due[name] = (now + wait, proc)
             self.say(f"[{name}] exited with {proc.returncode}; starting it again in {wait:.0f} s")
-        for name, when in sorted(self.due.items(), key=lambda item: item[1]):
+        for name, (when, dead) in sorted(self.due.items(), key=lambda item: item[1][0]):
             if when > time.monotonic():
                 continue
             del self.due[name]
-            try:
-                self.cluster.restart(name)
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                self.say(f"[{name}] did not start again ({exc})")
-                self.due[name] = time.monotonic() + self.delay(name, 0.0)
-                continue
+            with self.cluster.lock:
+                if self.cluster.procs.get(name) is not dead:
+                    continue  # killed on purpose, or already started again by its killer
+                try:
+                    self.cluster.restart(name)
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    self.say(f"[{name}] did not start again ({exc})")
+                    self.due[name] = (time.monotonic() + self.delay(name, 0.0), dead)
+                    continue
             self.started[name] = time.monotonic()
             self.restarts[name] = self.restarts.get(name, 0) + 1
             self.say(f"[{name}] started again (restart {self.restarts[name]})")

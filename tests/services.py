@@ -16,8 +16,9 @@ from portal.cluster import free_port, wait_for_port
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, bind: tuple[str, ...] = ("127.0.0.1",)):
         self.port = port or free_port()
+        self.bind = bind
         self.dir = Path(tempfile.mkdtemp(prefix="portal-redis-"))
         self.proc: subprocess.Popen | None = None
 
@@ -30,8 +31,10 @@ class RedisServer:
         if server is None:
             raise RuntimeError("redis-server is not installed")
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning"],
+            [server, "--port", str(self.port), "--bind", *self.bind, "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning",
+             # Addresses beyond loopback are the test's own (see chaos/netns.py).
+             "--protected-mode", "yes" if self.bind == ("127.0.0.1",) else "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for_port(self.port, proc=self.proc)
         return self
@@ -66,8 +69,11 @@ class PostgresServer:
     """initdb into a temporary folder and start a server on a free port (as the postgres user
     when run as root, since PostgreSQL refuses to run as root)."""
 
-    def __init__(self):
+    def __init__(self, listen: tuple[str, ...] = ("127.0.0.1",), trust: tuple[str, ...] = ()):
+        """`listen`: the addresses it listens on; `trust`: more networks (CIDR) let in."""
         self.port = free_port()
+        self.listen = listen
+        self.trust = trust
         self.dir = Path(tempfile.mkdtemp(prefix="portal-pg-"))
         self.data = self.dir / "data"
         self.sock = self.dir / "sock"
@@ -90,7 +96,9 @@ class PostgresServer:
             self.prefix = ["runuser", "-u", "postgres", "--"]
         self._run(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-sync", "--no-instructions")
-        options = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {net} trust\n" for net in self.trust)
+        options = (f"-p {self.port} -k {self.sock} -c listen_addresses={','.join(self.listen)} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=200")
         self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60",
