@@ -175,7 +175,13 @@ class Campaign:
         self.slots: dict[str, netns.Slot | None] = {}  # node name -> its namespace
         self.names = [f"c{i + 1}" for i in range(args.nodes)]
         self.generation = collections.Counter()
-        self.ingester_generation = 0
+        # Set as start() gets that far: stop() undoes whatever was made.
+        self.pg: PostgresServer | None = None
+        self.redis: RedisServer | None = None
+        self.cluster: Cluster | None = None
+        self.log = None
+        self.stopping = threading.Event()
+        self.supervising: threading.Thread | None = None
 
     # --- the cluster ------------------------------------------------------------------------
 
@@ -213,7 +219,6 @@ class Campaign:
             self.start_node(name)
         self.api = Api(f"http://127.0.0.1:{self.port}", token, self.ledger)
         # What dies without being killed here is started again, and counted.
-        self.stopping = threading.Event()
         self.supervisor = Supervisor(self.cluster, say=lambda text: self.log.write(
             f"[supervisor] {text}\n"))
         self.supervisor.MAX_BACKOFF_S = 2.0
@@ -241,20 +246,24 @@ class Campaign:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.supervising.join(timeout=60)
+        if self.supervising:
+            self.supervising.join(timeout=60)
         for slot in self.spaces.slots if self.spaces else ():
             slot.restore()
-        for proc in self.cluster.procs.values():  # a node left stopped would not hear SIGTERM
-            try:
-                os.killpg(proc.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        self.cluster.stop()
-        self.redis.cleanup()
-        self.pg.cleanup()
+        if self.cluster:
+            for proc in self.cluster.procs.values():  # a stopped node would not hear SIGTERM
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self.cluster.stop()
+        for server in (self.redis, self.pg):
+            if server:
+                server.cleanup()
         if self.spaces:
             self.spaces.remove()
-        self.log.close()
+        if self.log:
+            self.log.close()
 
     # --- reading the database ---------------------------------------------------------------
 
@@ -381,10 +390,11 @@ class Campaign:
                      min_cuts=self.args.min_cuts)
         self.say(f"{len(kinds)} faults (seed {self.args.seed}): "
                  + ", ".join(f"{k} {n}" for k, n in collections.Counter(kinds).items()))
-        self.start()
-        load = Load(self.api, random.Random(self.args.seed + 1), self.args.every)
-        load.start()
+        load = None
         try:
+            self.start()
+            load = Load(self.api, random.Random(self.args.seed + 1), self.args.every)
+            load.start()
             time.sleep(5)
             for i, kind in enumerate(kinds, 1):
                 fault = self.inject(kind)
@@ -401,7 +411,8 @@ class Campaign:
                 "LIMIT 1"), self.args.drain)
             report = self.report()
         finally:
-            load.stopped.set()
+            if load:
+                load.stopped.set()
             self.stop()
         self.say(report.table())
         return 0 if report.ok else 1

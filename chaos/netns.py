@@ -61,6 +61,14 @@ class Namespaces:
             for i in range(count)]
 
     def create(self) -> Namespaces:
+        try:
+            self._create()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def _create(self) -> None:
         for i, slot in enumerate(self.slots):
             peer = f"{slot.host_if[:-1 - len(str(i))]}n{i}"
             ip("netns", "add", slot.ns)
@@ -71,7 +79,6 @@ class Namespaces:
             ip("addr", "add", f"{slot.node_ip}/30", "dev", peer, ns=slot.ns)
             ip("link", "set", peer, "up", ns=slot.ns)
             ip("link", "set", "lo", "up", ns=slot.ns)
-        return self
 
     @property
     def host_ips(self) -> tuple[str, ...]:
