@@ -182,6 +182,9 @@ class Campaign:
         self.log = None
         self.stopping = threading.Event()
         self.supervising: threading.Thread | None = None
+        # Set by SIGINT/SIGTERM or --max-minutes: no more faults; drain and report.
+        self.enough = threading.Event()
+        self.planned = 0
 
     # --- the cluster ------------------------------------------------------------------------
 
@@ -396,7 +399,12 @@ class Campaign:
             load = Load(self.api, random.Random(self.args.seed + 1), self.args.every)
             load.start()
             time.sleep(5)
+            self.planned = len(kinds)
+            ends = time.monotonic() + self.args.max_minutes * 60
             for i, kind in enumerate(kinds, 1):
+                if self.enough.is_set() or time.monotonic() > ends:
+                    self.say(f"stopped after {i - 1} of {len(kinds)} faults")
+                    break
                 fault = self.inject(kind)
                 self.ledger.faults.append(fault)
                 took = "never" if fault.recovered_s is None else f"{fault.recovered_s:.1f} s"
@@ -456,7 +464,8 @@ class Campaign:
             doubles=[j for (j,) in doubles], lost_writes=lost_writes, wrong_tables=wrong,
             answers=self.ledger.answers, errors_5xx=len(self.ledger.errors_5xx),
             errors_5xx_outside=outside, faults=self.ledger.faults,
-            unplanned=dict(self.supervisor.restarts), why_no_netns=self.why_no_netns)
+            unplanned=dict(self.supervisor.restarts), why_no_netns=self.why_no_netns,
+            planned=self.planned)
 
 
 @dataclass
@@ -476,6 +485,7 @@ class Report:
     faults: list[Fault]
     unplanned: dict[str, int]
     why_no_netns: str | None
+    planned: int = 0
 
     @property
     def not_recovered(self) -> list[Fault]:
@@ -489,10 +499,11 @@ class Report:
     def ok(self) -> bool:
         return not (self.stuck or self.vanished or self.doubles or self.lost_writes
                     or self.wrong_tables or self.errors_5xx_outside or self.not_recovered
-                    or self.not_run or self.refused)
+                    or self.not_run or self.refused or len(self.faults) < self.planned)
 
     def table(self) -> str:
-        rows = [("jobs submitted", self.submitted),
+        rows = [("faults injected", f"{len(self.faults)} of {self.planned}"),
+                ("jobs submitted", self.submitted),
                 ("  succeeded", self.states["succeeded"]),
                 ("  failed", self.states["failed"]),
                 *((f"    {error}", n) for error, n in self.failed.most_common()),
@@ -538,7 +549,8 @@ class Report:
                 ("5xx outside web-down windows", self.errors_5xx_outside),
                 ("faults not recovered from", self.not_recovered),
                 ("faults that could not run", self.not_run),
-                ("submissions never accepted", self.refused)) if broken)
+                ("submissions never accepted", self.refused),
+                ("not every fault ran", len(self.faults) < self.planned)) if broken)
         return "\n".join([*(f"  {name:<{width}}  {value}" for name, value in rows), verdict])
 
 
@@ -552,12 +564,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=1.0, help="seconds between submissions")
     parser.add_argument("--drain", type=float, default=180, help="seconds every job gets to end "
                         "after the last fault")
+    parser.add_argument("--max-minutes", type=float, default=24 * 60, help="inject no more "
+                        "faults after this long (then drain and report: a failed campaign)")
     parser.add_argument("--log", type=Path, default=Path("test-artifacts/chaos.log"))
     args = parser.parse_args(argv)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if why := netns.why_not():
         print(f"network partitions cannot run here ({why}): those faults fail the campaign")
-    return Campaign(args).run()
+    campaign = Campaign(args, say=lambda text: print(text, flush=True))
+    # Ctrl-C or SIGTERM: no more faults, but the cluster is still drained, read and removed.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: campaign.enough.set())
+    return campaign.run()
 
 
 if __name__ == "__main__":
