@@ -1,0 +1,77 @@
+"""`make run`'s supervision, on plain processes: what dies is started again with backoff, what
+is killed on purpose is left to its killer; and the fault campaign's plan."""
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+
+from chaos.campaign import KINDS, plan
+from portal.cluster import Cluster, Supervisor, node_restart_delay
+
+
+def sleeper(cluster: Cluster, name: str):
+    cluster.starters[name] = lambda: cluster.spawn(
+        name, [sys.executable, "-c", "import time; time.sleep(60)"])
+    return cluster.starters[name]()
+
+
+def wait(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_part_that_dies_is_started_again_and_one_killed_on_purpose_is_not():
+    said = []
+    cluster = Cluster(dict(os.environ), quiet=True)
+    stopping = threading.Event()
+    try:
+        first = sleeper(cluster, "ingester")
+        sleeper(cluster, "reconciler")
+        supervisor = Supervisor(cluster, say=said.append)
+        threading.Thread(target=supervisor.run, args=(stopping, 0.05), daemon=True).start()
+        os.killpg(first.pid, signal.SIGKILL)
+        assert wait(lambda: cluster.procs["ingester"].pid != first.pid
+                    and cluster.procs["ingester"].poll() is None)
+        assert said[0] == "[ingester] exited with -9; starting it again in 1 s"
+        assert said[1] == "[ingester] started again (restart 1)"
+        # A second quick death waits twice as long.
+        second = cluster.procs["ingester"]
+        os.killpg(second.pid, signal.SIGKILL)
+        assert wait(lambda: len(said) >= 3)
+        assert said[2] == "[ingester] exited with -9; starting it again in 2 s"
+        # Killed through the cluster (as a test or the campaign does): left alone.
+        cluster.kill("reconciler")
+        time.sleep(1.5)
+        assert "reconciler" not in cluster.procs
+        assert not any("reconciler" in line for line in said)
+    finally:
+        stopping.set()
+        cluster.stop()
+
+
+def test_a_node_comes_back_only_after_the_portal_could_show_it_offline():
+    cluster = Cluster(dict(os.environ), quiet=True)
+    supervisor = Supervisor(cluster, node_delay=12.0, nodes=("w1",))
+    assert supervisor.delay("w1", uptime=0.0) == 12.0
+    assert supervisor.delay("ingester", uptime=0.0) == 1.0
+    assert node_restart_delay({"NODE_OFFLINE_S": "5", "RECONCILE_EVERY_S": "0.5"}) == 6.0
+    assert node_restart_delay({"NODE_RESTART_S": "3"}) == 3.0
+
+
+def test_a_hundred_faults_hold_every_kind_and_the_asked_minimums_in_a_seeded_order():
+    faults = plan(100, random.Random(1), min_redis=15, min_cuts=10)
+    counts = Counter(faults)
+    assert len(faults) == 100 and set(counts) == set(KINDS)
+    assert counts["redis_kill"] >= 15 and counts["net_cut"] >= 10
+    assert faults == plan(100, random.Random(1), min_redis=15, min_cuts=10)
+    assert Counter(plan(7, random.Random(2))) == Counter(KINDS)
+    heavy = Counter(plan(20, random.Random(3), min_redis=8, min_cuts=6))
+    assert sum(heavy.values()) == 20 and heavy["redis_kill"] == 8 and heavy["net_cut"] == 6
