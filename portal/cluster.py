@@ -218,11 +218,24 @@ class Supervisor:
                     self.cluster.restart(name)
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     self.say(f"[{name}] did not start again ({exc})")
-                    self.due[name] = (time.monotonic() + self.delay(name, 0.0), dead)
+                    self.due[name] = (time.monotonic() + self.delay(name, 0.0),
+                                      self._put_down(name) or dead)
                     continue
             self.started[name] = time.monotonic()
             self.restarts[name] = self.restarts.get(name, 0) + 1
             self.say(f"[{name}] started again (restart {self.restarts[name]})")
+
+    def _put_down(self, name: str) -> subprocess.Popen | None:
+        """A start that failed half-way (never listened): that process goes too, so that the
+        next try is the only copy."""
+        proc = self.cluster.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        return proc
 
     def run(self, stopping: threading.Event, every: float = 0.5) -> None:
         while not stopping.is_set():

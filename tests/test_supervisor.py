@@ -75,3 +75,31 @@ def test_a_hundred_faults_hold_every_kind_and_the_asked_minimums_in_a_seeded_ord
     assert Counter(plan(7, random.Random(2))) == Counter(KINDS)
     heavy = Counter(plan(20, random.Random(3), min_redis=8, min_cuts=6))
     assert sum(heavy.values()) == 20 and heavy["redis_kill"] == 8 and heavy["net_cut"] == 6
+
+
+def test_a_start_that_fails_is_tried_again_with_the_failed_copy_put_down():
+    said = []
+    cluster = Cluster(dict(os.environ), quiet=True)
+    tries = []
+
+    def start():
+        proc = cluster.spawn("web", [sys.executable, "-c", "import time; time.sleep(60)"])
+        tries.append(proc)
+        if len(tries) == 2:  # the first restart never listens
+            raise TimeoutError("nothing listens on port 1 after 0 s")
+        return proc
+
+    cluster.starters["web"] = start
+    stopping = threading.Event()
+    try:
+        start()
+        supervisor = Supervisor(cluster, say=said.append)
+        threading.Thread(target=supervisor.run, args=(stopping, 0.05), daemon=True).start()
+        os.killpg(tries[0].pid, signal.SIGKILL)
+        assert wait(lambda: len(tries) == 3, timeout=15), said
+        assert tries[1].poll() is not None and tries[2].poll() is None
+        assert said[1] == "[web] did not start again (nothing listens on port 1 after 0 s)"
+        assert wait(lambda: said[-1] == "[web] started again (restart 1)")
+    finally:
+        stopping.set()
+        cluster.stop()
