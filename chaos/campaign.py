@@ -432,7 +432,7 @@ class Campaign:
             "SELECT id, state, error FROM jobs_job")}
         submitted = self.ledger.submitted
         failed = collections.Counter(
-            re.sub(r"\d+", "N", (jobs[j][1] or "(no error)").splitlines()[0])[:90]
+            re.sub(r"\d+", "N", (jobs[j][1] or "(no error)").splitlines()[0])[:64]
             for j in submitted if j in jobs and jobs[j][0] == "failed")
         doubles = self.sql("SELECT job_id FROM jobs_attempt WHERE state = 'succeeded' "
                            "GROUP BY job_id HAVING count(*) > 1")
