@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from chaos.campaign import KINDS, plan
-from portal.cluster import Cluster, Supervisor, node_restart_delay
+from portal.cluster import ROOT, Cluster, Supervisor, node_restart_delay
 
 
 def sleeper(cluster: Cluster, name: str):
@@ -103,3 +103,22 @@ def test_a_start_that_fails_is_tried_again_with_the_failed_copy_put_down():
     finally:
         stopping.set()
         cluster.stop()
+
+
+def test_sigint_and_sigterm_stop_the_cluster_even_when_sigint_came_in_ignored():
+    import subprocess
+
+    script = (
+        "import os, signal, sys, threading\n"
+        "from portal.cluster import install_stop_handlers\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "stopping, supervising = threading.Event(), threading.Event()\n"
+        "supervising.set()\n"
+        "install_stop_handlers(stopping, supervising)\n"
+        "os.kill(os.getpid(), getattr(signal, sys.argv[1]))\n"
+        "print('stopping' if stopping.wait(5) else 'running')\n")
+    for sig in ("SIGINT", "SIGTERM"):
+        done = subprocess.run([sys.executable, "-c", script, sig], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        assert done.stdout.strip() == "stopping", (sig, done.stderr)
