@@ -1,4 +1,5 @@
-# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl | bench-joblist
+# The one entry point: make run | test | lint | fmt | chaos | chaos-redis | bench | bench-live |
+# bench-etl | bench-joblist
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
 
 .PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl bench-joblist \
-	clean
+	chaos chaos-redis clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +50,14 @@ bench-etl: install system-deps
 ## The job list at 1,000,000 jobs: p50/p99 of the first and a deep page, with and without filters.
 bench-joblist: install system-deps
 	$(PY) -m bench.joblist
+
+## 100 seeded faults on the real processes (4 nodes, PostgreSQL); needs root for the network cuts.
+chaos: install system-deps
+	$(PY) -m chaos.campaign --faults 100 --min-redis 15 --min-cuts 10 --seed 1
+
+## Redis killed 50 times under a busy worker node: the node must take work again each time.
+chaos-redis: install system-deps
+	$(PY) -m chaos.redis_loss --kills 50
 
 clean:
 	rm -rf $(VENV) data staticfiles .pytest_cache

@@ -13,6 +13,7 @@ import math
 import threading
 from collections import defaultdict
 
+import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -28,7 +29,13 @@ def seq_key(group: str) -> str:
 
 
 def current_seq(group: str) -> int:
-    value = redis_client().get(seq_key(group))
+    """Where a stream stands; 0 while Redis is away: a Redis that comes back empty numbers
+    from 0 again, and a page must still load (a snapshot with no stream behind it yet)."""
+    try:
+        value = redis_client().get(seq_key(group))
+    except redis.RedisError as exc:
+        log.warning("stream %s: position unknown, Redis unreachable (%s)", group, exc)
+        return 0
     return int(value) if value else 0
 
 

@@ -48,9 +48,11 @@ class Certificates:
 class RedisServer:
     """With tls (Certificates), it speaks TLS only: its plain-text port is off."""
 
-    def __init__(self, port: int | None = None, tls: Certificates | None = None):
+    def __init__(self, port: int | None = None, tls: Certificates | None = None,
+                 bind: tuple[str, ...] = ("127.0.0.1",)):
         self.port = port or free_port()
         self.tls = tls
+        self.bind = bind
         self.dir = Path(tempfile.mkdtemp(prefix="portal-redis-"))
         self.proc: subprocess.Popen | None = None
 
@@ -68,8 +70,10 @@ class RedisServer:
                      "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
                      "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [server, *ports, "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning"],
+            [server, *ports, "--bind", *self.bind, "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning",
+             # Addresses beyond loopback are the test's own (see chaos/netns.py).
+             "--protected-mode", "yes" if self.bind == ("127.0.0.1",) else "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for_port(self.port, proc=self.proc)
         return self
@@ -105,9 +109,13 @@ class PostgresServer:
     when run as root, since PostgreSQL refuses to run as root). With tls (Certificates), TCP
     clients must use TLS: a plain-text connection is rejected by pg_hba.conf."""
 
-    def __init__(self, tls: Certificates | None = None):
+    def __init__(self, tls: Certificates | None = None, listen: tuple[str, ...] = ("127.0.0.1",),
+                 trust: tuple[str, ...] = ()):
+        """`listen`: the addresses it listens on; `trust`: more networks (CIDR) let in."""
         self.tls = tls
         self.port = free_port()
+        self.listen = listen
+        self.trust = trust
         self.dir = Path(tempfile.mkdtemp(prefix="portal-pg-"))
         self.data = self.dir / "data"
         self.sock = self.dir / "sock"
@@ -130,7 +138,9 @@ class PostgresServer:
             self.prefix = ["runuser", "-u", "postgres", "--"]
         self._run(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-sync", "--no-instructions")
-        options = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {net} trust\n" for net in self.trust)
+        options = (f"-p {self.port} -k {self.sock} -c listen_addresses={','.join(self.listen)} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=200")
         if self.tls:

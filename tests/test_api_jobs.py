@@ -269,3 +269,16 @@ def test_the_openapi_schema_generates_without_a_single_warning(db):
     out = StringIO()
     call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
     assert "tokenAuth" in out.getvalue() and "/api/v1/jobs/{job_id}/metrics/" in out.getvalue()
+
+
+def test_the_job_and_cluster_pages_answer_while_redis_is_down(api, request):
+    job = post_json(api, SLEEP).json()
+    redis = request.config.portal_redis
+    redis.stop()
+    try:
+        detail = api.get(f"/api/v1/jobs/{job['id']}/")
+        summary = api.get("/api/v1/cluster/")
+    finally:
+        redis.start()
+    assert detail.status_code == 200 and detail.json()["stream_seq"] == 0
+    assert summary.status_code == 200 and summary.json()["stream_seq"] == 0

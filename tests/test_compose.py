@@ -167,6 +167,12 @@ def test_compose_defines_postgres_redis_web_worker_ingester_and_beat():
     assert set(SERVICES) <= set(compose()["services"])
 
 
+def test_every_service_is_started_again_by_docker_when_it_dies():
+    # What `make run`'s supervision does locally (see the README's "What restarts what").
+    for name in SERVICES:
+        assert service(name).get("restart") in {"unless-stopped", "always"}, name
+
+
 def test_compose_uses_only_top_level_keys_that_compose_accepts():
     allowed = {"name", "services", "volumes", "networks", "configs", "secrets", "include"}
     unknown = {key for key in compose() if key not in allowed and not key.startswith("x-")}

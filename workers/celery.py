@@ -5,12 +5,15 @@ It reads only the environment, never Django's settings or database: a worker nee
 
 from celery import Celery
 
+from workers import broker
 from workers.config import (
     BROKER_RESTORE_EVERY_S,
     BROKER_VISIBILITY_TIMEOUT,
     REDIS_URL,
     WORKER_PREFETCH,
 )
+
+broker.install()
 
 # No Django fix-up: a worker must never load the portal's settings or touch its database.
 app = Celery("portal", broker=REDIS_URL, include=["workers.tasks"], fixups=[])
