@@ -199,16 +199,10 @@ def test_the_cancel_button_ends_a_running_job_cancelled_and_then_hides(tab):
     expect(retry).to_be_visible()  # shown live, once the job is cancelled
     assert tab.evaluate("window.__marker") == 1, "the job page reloaded"
     tab.screenshot(path=ARTIFACTS / "job-cancelled.png", full_page=True)
-    with tab.expect_navigation(url=JOB_URL):
-        retry.click()
-    again = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
-    assert again.pk != job.pk and (again.kind, again.params) == (job.kind, job.params)
 
     done = wait_for_job(job.pk, timeout=15)
     assert done.state == "cancelled" and done.cancel_requested_at is not None
     tab.traffic.assert_clean()
-    services.cancel_job(job=again)  # leave the workers free for the next test
-    wait_for_job(again.pk, timeout=30)
 
 
 def test_a_state_change_arriving_while_the_page_loads_its_snapshot_is_not_lost(tab):
@@ -591,4 +585,19 @@ def test_reloading_the_token_page_after_a_create_makes_no_second_token(tab):
     expect(tab.locator("#new-key")).to_have_count(0)
     assert key not in tab.content()
     assert ApiToken.objects.filter(user=user, name="laptop").count() == 1
+    tab.traffic.assert_clean()
+
+
+def test_retry_on_a_failed_jobs_page_opens_a_new_job_with_its_parameters(tab):
+    user = log_in(tab, "retry")
+    job = submit(user, kind="diag.sleep", params={"seconds": 0, "fail": True}, name="fails")
+    tab.goto(f"/jobs/{job.pk}/")
+    expect(tab.locator("#job-state")).to_have_text("failed", timeout=JOB_MS)
+    retry = tab.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    with tab.expect_navigation(url=JOB_URL):
+        retry.click()
+    again = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
+    assert again.pk != job.pk and (again.kind, again.params) == (job.kind, job.params)
+    expect(tab.locator("#job-state")).to_have_text("failed", timeout=JOB_MS)  # it ran again
     tab.traffic.assert_clean()
