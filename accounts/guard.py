@@ -4,12 +4,17 @@ address is refused with 429 until the lockout ends, as a failed sign-in would be
 
 from __future__ import annotations
 
+import logging
+
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from redis.exceptions import RedisError
 
 from accounts.models import PREFIX_LEN
+
+log = logging.getLogger(__name__)
 
 
 def credentials(key: str | None) -> dict:
@@ -19,11 +24,21 @@ def credentials(key: str | None) -> dict:
 
 
 def locked_out(request: HttpRequest, key: str | None) -> bool:
-    return AxesProxyHandler.is_locked(request, credentials(key))
+    """Whether this address or token prefix is locked out. The counts live in the shared cache
+    (Redis): while it is away nobody is locked out, as the request throttles let requests
+    through, so a Redis restart does not take authentication down with it."""
+    try:
+        return AxesProxyHandler.is_locked(request, credentials(key))
+    except RedisError as exc:
+        log.warning("sign-in failures not checked, the cache is away: %s", exc)
+        return False
 
 
 def failed(request: HttpRequest, key: str | None, sender) -> None:
-    user_login_failed.send(sender=sender, credentials=credentials(key), request=request)
+    try:
+        user_login_failed.send(sender=sender, credentials=credentials(key), request=request)
+    except RedisError as exc:
+        log.warning("a failed token not counted, the cache is away: %s", exc)
 
 
 def request_for(scope) -> HttpRequest:
