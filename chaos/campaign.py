@@ -449,7 +449,13 @@ class Campaign:
                     continue
                 table = f"{spec['params']['table']}_events"
                 try:
-                    (rows,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+                    # In the team's schema (team data spaces): wherever the job's team put it.
+                    found = conn.execute("SELECT table_schema FROM information_schema.tables "
+                                         "WHERE table_name = %s", [table]).fetchall()
+                    if len(found) != 1:
+                        raise psycopg.errors.UndefinedTable(f"{len(found)} tables {table}")
+                    (rows,) = conn.execute(
+                        f'SELECT count(*) FROM "{found[0][0]}"."{table}"').fetchone()
                 except psycopg.Error as exc:
                     conn.rollback()
                     rows = f"unreadable ({type(exc).__name__})"
