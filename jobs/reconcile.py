@@ -200,7 +200,7 @@ class Reconciler:
         except redis.RedisError:
             caught_up = False
         if caught_up:
-            done["lost"] = recover_lost(now)
+            done["lost"] = recover_lost(now) + lifecycle.lose_lost_ranks(now)
             done["resent"] = redispatch_missing(self.client, now, self.suspects)
             reraise_cancels()
             reassert_drains()
