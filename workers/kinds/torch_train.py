@@ -33,8 +33,18 @@ from workers.context import artifacts_dir
 from workers.kinds import JobKind, Params
 from workers.kinds.train import _names, _optional_number
 
-TORCH_MISSING = "" if importlib.util.find_spec("torch") else (
-    "torch is not installed on this node: pip install 'cluster-portal[torch]'")
+
+def _torch_missing() -> str:
+    """Why this node cannot run train.torch, or "" (torch is imported only by the job)."""
+    try:
+        if importlib.util.find_spec("torch") is not None:
+            return ""
+    except (ImportError, ValueError):  # a broken or blocked install
+        pass
+    return "torch is not installed on this node: pip install 'cluster-portal[torch]'"
+
+
+TORCH_MISSING = _torch_missing()
 
 
 class TorchParams(Params):
