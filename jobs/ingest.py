@@ -109,7 +109,8 @@ class Batch:
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
         NodeSample.objects.bulk_create(self.samples)
         # A file kept again under the same name (a checkpoint each epoch) replaces the last.
-        Artifact.objects.bulk_create(self.artifacts, update_conflicts=True,
+        latest = {(a.job_id, a.attempt, a.name): a for a in self.artifacts}  # one per name
+        Artifact.objects.bulk_create(list(latest.values()), update_conflicts=True,
                                      unique_fields=["job", "attempt", "name"],
                                      update_fields=["path", "size", "sha256", "created_at"])
         for plan, event in self.fanouts:
