@@ -1,4 +1,5 @@
-# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl | bench-joblist
+# The one entry point: make run | test | lint | fmt | bench | bench-live | bench-etl | bench-joblist |
+# bench-gang
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -6,12 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
 
 .PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl bench-joblist \
+	bench-gang \
 	clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,6 +51,11 @@ bench-etl: install system-deps
 ## The job list at 1,000,000 jobs: p50/p99 of the first and a deep page, with and without filters.
 bench-joblist: install system-deps
 	$(PY) -m bench.joblist
+
+## Gangs: train.torch on 1, 2 and 4 ranks (submit -> all ranks started, epoch time,
+## rendezvous) against torchrun launching the same training by hand.
+bench-gang: install system-deps
+	$(PY) -m bench.gang
 
 clean:
 	rm -rf $(VENV) data staticfiles .pytest_cache
