@@ -219,3 +219,18 @@ def test_the_kinds_api_says_whether_a_kind_is_offered(api):
     kinds = {k["name"]: k for k in api.get("/api/v1/kinds/").json()}
     assert kinds["train.torch"]["unavailable"] == ""  # torch is installed here
     assert kinds["diag.sleep"]["unavailable"] == ""
+
+
+def test_a_file_kept_twice_in_one_batch_is_one_artifact_the_latest(api):
+    from jobs.models import Artifact
+
+    job = Job.objects.get(pk=post(api, {"kind": "diag.sleep", "params": {"seconds": 1}})
+                          .json()["id"])
+    base = {"type": "artifact", "job": job.pk, "attempt": 1, "token": job.token,
+            "name": "checkpoint.pt", "path": f"{job.pk}/1/checkpoint.pt", "ts": time.time()}
+    ingest.apply_events([{"type": "started", "job": job.pk, "attempt": 1, "token": job.token,
+                          "node": "n1", "worker": "n1@h", "ts": time.time()}])
+    ingest.apply_events([{**base, "size": 10, "sha256": "a" * 64},
+                         {**base, "size": 20, "sha256": "b" * 64}])
+    ingest.apply_events([{**base, "size": 30, "sha256": "c" * 64}])
+    assert list(Artifact.objects.filter(job=job).values_list("size", flat=True)) == [30]
