@@ -116,8 +116,8 @@ class Bench:
     def torchrun(self, world: int) -> dict:
         argv = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={world}",
                 str(ROOT / "bench" / "gang_rank.py"), json.dumps(self.params)]
-        env = {**self.cluster.worker_env(), "BENCH_RDV_PORT": str(free_port()),
-               "ARTIFACTS_DIR": str(self.artifacts), "OMP_NUM_THREADS": "1"}
+        env = {**self.cluster.worker_env(), "ARTIFACTS_DIR": str(self.artifacts),
+               "OMP_NUM_THREADS": "1"}
         t0 = time.time()
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
                              cwd=ROOT)

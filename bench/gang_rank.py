@@ -1,6 +1,6 @@
 """One rank of train.torch launched by hand under torchrun (bench.gang's baseline): the same
-training code the portal's ranks run, with torchrun's RANK and WORLD_SIZE, meeting at
-BENCH_RDV_PORT on MASTER_ADDR. Prints one JSON line per rank: when it started, and (rank 0)
+training code the portal's ranks run, with torchrun's RANK and WORLD_SIZE, meeting at its
+MASTER_ADDR and MASTER_PORT. Prints one JSON line per rank: when it started, and (rank 0)
 the kind's result.
 
     torchrun --standalone --nproc-per-node 2 bench/gang_rank.py '{"dataset": "digits"}'
@@ -28,7 +28,8 @@ class LocalContext:
         self.folder = folder
 
     def rendezvous(self, timeout_s: float) -> tuple[str, int]:
-        return os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["BENCH_RDV_PORT"])
+        """torchrun's own store: its agent serves it, every rank joins it as a client."""
+        return os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
 
     def log(self, text: str, level: str = "info") -> None:
         print(f"[rank {self.rank}] {text}", file=sys.stderr, flush=True)

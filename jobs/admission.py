@@ -22,7 +22,8 @@ from math import inf
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, ExpressionWrapper, F, IntegerField, Q, Sum, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import Team
@@ -82,16 +83,24 @@ def labels_key(labels) -> str:
     return json.dumps(labels or {}, sort_keys=True)
 
 
+def per_rank(value) -> ExpressionWrapper:
+    """`value` once per rank of a job (a gang holds a slot, its CPUs and GPUs per rank), as an
+    integer: small integers multiplied stay small integers in PostgreSQL, and would overflow."""
+    value = Value(value) if isinstance(value, int) else value
+    return ExpressionWrapper(Cast(value, IntegerField()) * Cast(F("nodes"), IntegerField())
+                             * Cast(F("slots_per_node"), IntegerField()),
+                             output_field=IntegerField())
+
+
 def held() -> tuple[dict[int, dict], dict[str, int], dict[tuple[str, str], int]]:
     """What queued and running jobs hold, in one query: per team (jobs it submitted; CPU slots
     and GPUs of those and of their fan-outs' partitions), per queue, and per queue and labels."""
     usage: dict[int, dict] = defaultdict(lambda: {"jobs": 0, "cpus": 0, "gpus": 0})
     busy: dict[str, int] = defaultdict(int)
     routes: dict[tuple[str, str], int] = defaultdict(int)
-    ranks = F("nodes") * F("slots_per_node")  # a gang holds a slot per rank
     rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue", "labels")
-            .annotate(n=Sum(ranks), jobs=Count("id", filter=Q(parent__isnull=True)),
-                      cpus=Sum(F("cpus") * ranks), gpus=Sum(F("gpus") * ranks))
+            .annotate(n=Sum(per_rank(1)), jobs=Count("id", filter=Q(parent__isnull=True)),
+                      cpus=Sum(per_rank(F("cpus"))), gpus=Sum(per_rank(F("gpus"))))
             .order_by())
     for row in rows:
         used = usage[row["team_id"]]

@@ -111,6 +111,7 @@ def broker_task_ids(client: redis.Redis) -> set[str]:
     ids: set[bytes] = set()
     names = {dispatch.route(job) for job in Job.objects.filter(state=JobState.QUEUED)
              .only("queue", "labels")[:SCAN_LIMIT]}
+    names |= {protocol.node_queue(name) for name in Node.objects.values_list("name", flat=True)}
     pipe = client.pipeline(transaction=False)
     for name in sorted(names):
         pipe.lrange(name, 0, SCAN_LIMIT)
