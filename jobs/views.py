@@ -130,7 +130,8 @@ def job_log_download(request, job_id):
     def lines():
         after = 0
         while page := selectors.job_logs(job, after=after):
-            yield "".join(f"{line.ts:%Y-%m-%d %H:%M:%S} [{line.attempt}] {line.level}: "
+            yield "".join(f"{line.ts:%Y-%m-%d %H:%M:%S} [{line.attempt}] "
+                          f"{f'rank {line.rank} ' if job.is_gang else ''}{line.level}: "
                           f"{line.text}\n" for line in page)
             after = page[-1].pk
 

@@ -17,6 +17,7 @@ into two classes at a threshold, dates into parts, categories one-hot) learnt by
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import tempfile
@@ -172,6 +173,7 @@ class Group:
     def __init__(self, ctx, timeout_s: int):
         self.ctx, self.timeout_s, self.joined = ctx, timeout_s, False
         self.seconds = 0.0
+        self.ddp = None
 
     def __enter__(self):
         import torch
@@ -191,11 +193,27 @@ class Group:
                      f"{address}:{port} in {self.seconds:.2f} s")
         return self
 
-    def __exit__(self, *exc):
-        if self.joined:
-            import torch.distributed as dist
+    def wrap(self, model):
+        """The model, in DistributedDataParallel when there are peers."""
+        if not self.joined:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
 
-            dist.destroy_process_group()
+        self.ddp = DistributedDataParallel(model)
+        return self.ddp
+
+    def __exit__(self, failed, *exc):
+        if not self.joined:
+            return
+        import torch.distributed as dist
+
+        if failed is None:  # every rank at the end before any leaves the group
+            dist.barrier()
+        # The wrapper holds the group: freed while its peers are still connected, or a gloo
+        # group's threads wait for them forever.
+        self.ddp = None
+        gc.collect()
+        dist.destroy_process_group()
 
     def mean(self, value: float) -> float:
         if not self.joined:
@@ -249,11 +267,7 @@ def run(ctx, params: TorchParams) -> dict:
     history: list[dict] = []
     epoch_seconds: list[float] = []
     with Group(ctx, params.rendezvous_timeout_s) as group:
-        trained = model
-        if group.joined:
-            from torch.nn.parallel import DistributedDataParallel
-
-            trained = DistributedDataParallel(model)
+        trained = group.wrap(model)
         for epoch in range(first, params.epochs):
             began = time.monotonic()
             order = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(
@@ -288,6 +302,7 @@ def run(ctx, params: TorchParams) -> dict:
                 keep(ctx, "checkpoint.pt", {"epoch": epoch + 1, "model": model.state_dict(),
                                              "optimizer": optimizer.state_dict()})
                 ctx.progress(epoch + 1, params.epochs, unit="epochs")
+        del trained  # only the group holds the wrapper now, and frees it in time
     if rank != 0:
         return {"rank": rank, "epochs": len(epoch_seconds)}
     keep(ctx, "model.pt", model.state_dict())
