@@ -67,3 +67,17 @@ def lost_ranks(now, limit: int = 100) -> list[tuple[Job, int, str]]:
 def attempt_ranks(job: Job) -> list[AttemptRank]:
     """The ranks of each of a gang's attempts, newest attempt first."""
     return list(AttemptRank.objects.filter(job=job).order_by("-attempt", "rank"))
+
+
+def speedup(job: Job) -> float | None:
+    """For a gang that succeeded and timed its epochs (train.torch's `epoch_s`): how many
+    times faster an epoch ran than in the latest same job (kind, parameters, team) on one
+    rank, when the history has one."""
+    mine = (job.result or {}).get("epoch_s") if isinstance(job.result, dict) else None
+    if not is_gang(job) or job.state != JobState.SUCCEEDED or not mine:
+        return None
+    single = (Job.objects.filter(team_id=job.team_id, kind=job.kind, params=job.params,
+                                 state=JobState.SUCCEEDED, nodes=1, slots_per_node=1)
+              .order_by("-id").values_list("result", flat=True).first())
+    base = single.get("epoch_s") if isinstance(single, dict) else None
+    return round(base / mine, 3) if base else None

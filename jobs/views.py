@@ -94,6 +94,7 @@ def job_detail(request, job_id):
         "job": job, "log_lines": selectors.job_log_tail(job),
         "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
         "ranks": gangs.attempt_ranks(job) if job.is_gang else [],
+        "speedup": gangs.speedup(job),
         "place_in_line": admission.place_in_line(job),
         "can_act": teams.can_act(request.user, job.team_id),
     })

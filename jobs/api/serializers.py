@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from jobs import admission
+from jobs import admission, gangs
 from jobs.models import Artifact, Attempt, AttemptRank, Job, LogLine, Node
 
 
@@ -64,17 +64,23 @@ class JobDetailSerializer(JobSerializer):
     ranks = serializers.SerializerMethodField(help_text="For a gang: each attempt's ranks, "
                                               "the node each ran on, and how it went")
     partitions = serializers.SerializerMethodField()
+    speedup = serializers.SerializerMethodField(help_text="For a gang that timed its epochs: "
+                                                "times faster than the latest same job on one "
+                                                "rank, if any")
     place_in_line = serializers.SerializerMethodField(
         help_text="For a job waiting for admission: its place among its team's waiting jobs "
         "(1 = next); `message` says what it waits for")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "attempts", "ranks", "partitions",
+        fields = [*JobSerializer.Meta.fields, "attempts", "ranks", "partitions", "speedup",
                   "place_in_line"]
         read_only_fields = fields
 
     def get_place_in_line(self, job) -> int | None:
         return admission.place_in_line(job)
+
+    def get_speedup(self, job) -> float | None:
+        return gangs.speedup(job)
 
     def get_ranks(self, job) -> list[dict]:
         return RankSerializer(job.ranks.order_by("-attempt", "rank")[:1000], many=True).data

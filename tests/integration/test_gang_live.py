@@ -113,6 +113,9 @@ def test_two_ranks_on_two_nodes_train_the_same_model_as_one(gang_nodes, http):
     assert set(a) == set(b)
     worst = max(float((a[name] - b[name]).abs().max()) for name in a)
     assert worst < 1e-4, f"the 2-rank model differs from the 1-rank one by {worst}"
+    # The history now has the same job on one rank: the gang says how it compares.
+    speedup = http.get(live.url(f"/api/v1/jobs/{job.pk}/"), timeout=10).json()["speedup"]
+    assert speedup == round(single.result["epoch_s"] / job.result["epoch_s"], 3)
 
 
 def test_a_gang_waits_whole_while_one_node_is_free_and_starts_when_a_second_frees(
