@@ -1,5 +1,5 @@
 # The one entry point: make run | test | lint | fmt | chaos | chaos-redis | bench | bench-live |
-# bench-etl | bench-joblist
+# bench-etl | bench-joblist | bench-gang
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 CHECK_ENV := DEBUG=1 DATABASE_URL=sqlite:///:memory:
 
 .PHONY: install system-deps run test test-fast lint fmt bench bench-live bench-etl bench-joblist \
-	chaos chaos-redis clean
+	chaos chaos-redis bench-gang clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -58,6 +58,11 @@ chaos: install system-deps
 ## Redis killed 50 times under a busy worker node: the node must take work again each time.
 chaos-redis: install system-deps
 	$(PY) -m chaos.redis_loss --kills 50
+
+## Gangs: train.torch on 1, 2 and 4 ranks (submit -> all ranks started, epoch time,
+## rendezvous) against torchrun launching the same training by hand.
+bench-gang: install system-deps
+	$(PY) -m bench.gang
 
 clean:
 	rm -rf $(VENV) data staticfiles .pytest_cache

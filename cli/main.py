@@ -196,7 +196,8 @@ def build_spec(args) -> dict:
     if not isinstance(params, dict):
         raise CliError("the job's params must be an object (a mapping)")
     spec["params"] = {**params, **dict(args.param or [])}
-    for field in ("name", "team", "queue", "priority", "cpus", "gpus", "max_attempts"):
+    for field in ("name", "team", "queue", "priority", "cpus", "gpus", "max_attempts", "nodes",
+                  "slots_per_node"):
         value = getattr(args, field)
         if value is not None:
             spec[field] = value
@@ -438,6 +439,10 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", type=whole, metavar="N", help="CPU slots it holds against the "
                      "team's quota (default 1)")
     sub.add_argument("--gpus", type=whole, metavar="N", help="GPUs it holds (default 0)")
+    sub.add_argument("--nodes", type=whole, metavar="N", help="a gang on N distinct nodes, "
+                     "started all together, one rank per slot (default 1)")
+    sub.add_argument("--slots-per-node", type=whole, metavar="N", dest="slots_per_node",
+                     help="slots (ranks) it takes on each of its nodes (default 1)")
     sub.add_argument("--label", action="append", type=label, metavar="KEY=VALUE",
                      help="a node label it needs, e.g. gpu=a100 (repeatable): it runs only on "
                           "nodes that have them all")

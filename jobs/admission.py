@@ -22,16 +22,20 @@ from math import inf
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, ExpressionWrapper, F, IntegerField, Q, Sum, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import Team
-from jobs import lifecycle
+from jobs import gangs, lifecycle
 from jobs.models import Job, JobState, Node, NodeState
 
 LOCK_KEY = 0x706F7274  # "port"
 WINDOW = 100  # pending jobs looked at per team, queue and pass
 HELD = (JobState.QUEUED, JobState.RUNNING)
+# A gang back from a lost rank waits this long, so that its dead node is no longer heard from
+# (gangs.FRESH_S) before it is placed again.
+SETTLE_S = gangs.FRESH_S + gangs.HEARTBEAT_S
 
 
 def _lock() -> None:
@@ -50,7 +54,8 @@ LIMITS = (("max_running_jobs", "jobs", "running jobs"), ("max_cpus", "cpus", "CP
 
 
 def wants(job, what: str) -> int:
-    return 1 if what == "jobs" else getattr(job, what)
+    """What the job holds of a quota: a gang, all its ranks' CPU slots and GPUs."""
+    return 1 if what == "jobs" else getattr(job, what) * job.nodes * job.slots_per_node
 
 
 def never_fits(team: Team, job) -> str:
@@ -78,6 +83,15 @@ def labels_key(labels) -> str:
     return json.dumps(labels or {}, sort_keys=True)
 
 
+def per_rank(value) -> ExpressionWrapper:
+    """`value` once per rank of a job (a gang holds a slot, its CPUs and GPUs per rank), as an
+    integer: small integers multiplied stay small integers in PostgreSQL, and would overflow."""
+    value = Value(value) if isinstance(value, int) else value
+    return ExpressionWrapper(Cast(value, IntegerField()) * Cast(F("nodes"), IntegerField())
+                             * Cast(F("slots_per_node"), IntegerField()),
+                             output_field=IntegerField())
+
+
 def held() -> tuple[dict[int, dict], dict[str, int], dict[tuple[str, str], int]]:
     """What queued and running jobs hold, in one query: per team (jobs it submitted; CPU slots
     and GPUs of those and of their fan-outs' partitions), per queue, and per queue and labels."""
@@ -85,8 +99,8 @@ def held() -> tuple[dict[int, dict], dict[str, int], dict[tuple[str, str], int]]
     busy: dict[str, int] = defaultdict(int)
     routes: dict[tuple[str, str], int] = defaultdict(int)
     rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue", "labels")
-            .annotate(n=Count("id"), jobs=Count("id", filter=Q(parent__isnull=True)),
-                      cpus=Sum("cpus"), gpus=Sum("gpus"))
+            .annotate(n=Sum(per_rank(1)), jobs=Count("id", filter=Q(parent__isnull=True)),
+                      cpus=Sum(per_rank(F("cpus"))), gpus=Sum(per_rank(F("gpus"))))
             .order_by())
     for row in rows:
         used = usage[row["team_id"]]
@@ -142,9 +156,46 @@ class Room:
         return ""
 
     def take(self, job) -> None:
-        self.free[(job.queue, labels_key({}))] -= 1
+        ranks = job.nodes * job.slots_per_node
+        self.free[(job.queue, labels_key({}))] -= ranks
         if job.labels:
-            self.free[(job.queue, labels_key(job.labels))] -= 1
+            self.free[(job.queue, labels_key(job.labels))] -= ranks
+
+
+class GangRoom:
+    """Free slots node by node, for gangs: each needs `nodes` distinct online nodes serving its
+    queue, with its labels, each with `slots_per_node` free slots. A gang is placed whole in
+    one pass or not at all, and holds nothing while it waits: two gangs cannot each hold part
+    of what the other needs."""
+
+    def __init__(self, now):
+        self.now = now
+        self.nodes: dict[str, tuple[int, set[str], dict]] | None = None
+        self.placed: dict[int, list[str]] = {}
+
+    def place(self, job) -> str:
+        """Place the gang (kept in `placed`), or say why it waits."""
+        if self.nodes is None:
+            self.nodes = gangs.free_slots(self.now)
+        if job.attempt > 1 and job.dispatched_at and \
+                (self.now - job.dispatched_at).total_seconds() < SETTLE_S:
+            return (f"attempt {job.attempt}: waits {SETTLE_S:g} s for its last gang's nodes "
+                    "to report")
+        wanted = set((job.labels or {}).items())
+        serving = [(free, name) for name, (free, queues, labels) in self.nodes.items()
+                   if job.queue in queues and wanted <= set(labels.items())]
+        fit = sorted((name for free, name in serving if free >= job.slots_per_node),
+                     key=lambda name: (-self.nodes[name][0], name))
+        if len(fit) < job.nodes:
+            slots = "slot" if job.slots_per_node == 1 else "slots"
+            return (f"needs {job.nodes} nodes with {job.slots_per_node} free {slots} each; "
+                    f"{len(fit)} {'has' if len(fit) == 1 else 'have'} them")
+        chosen = fit[:job.nodes]
+        for name in chosen:
+            free, queues, labels = self.nodes[name]
+            self.nodes[name] = (free - job.slots_per_node, queues, labels)
+        self.placed[job.pk] = chosen
+        return ""
 
 
 TEAM_FIELDS = ("name", "max_running_jobs", "max_cpus", "max_gpus", "share")
@@ -193,6 +244,7 @@ def admit() -> Pass:
         teams = {team_id: line[0].team for team_id, line in waiting_lines.items()}
         usage, busy, routes = held()
         room = Room(busy, routes)
+        gang_room = GangRoom(timezone.now())
         chosen: list[Job] = []
         reasons: dict[int, str] = {}
         while waiting_lines:
@@ -208,6 +260,8 @@ def admit() -> Pass:
                     del waiting_lines[team_id]
                     continue
                 reason = room.why_not(job)
+                if not reason and job.is_gang:
+                    reason = gang_room.place(job)
             line.popleft()
             if not line:
                 del waiting_lines[team_id]
@@ -220,7 +274,7 @@ def admit() -> Pass:
                 used[what] += wants(job, what)
             chosen.append(job)
         now = timezone.now()
-        admitted = lifecycle.admit(chosen, now)
+        admitted = lifecycle.admit(chosen, now, gangs=gang_room.placed)
         by_reason = defaultdict(list)
         for job_id, reason in reasons.items():
             by_reason[reason].append(job_id)

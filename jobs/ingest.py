@@ -30,6 +30,7 @@ from jobs.lifecycle import Plan
 from jobs.models import (
     TERMINAL,
     Artifact,
+    AttemptRank,
     Job,
     JobState,
     LogLine,
@@ -55,7 +56,7 @@ def at(ts: float) -> datetime:
 JOB_FIELDS = ("id", "attempt", "token", "owner_id", "team_id", "state", "cancel_requested_at",
               "kind", "name", "node", "message", "progress", "error", "max_attempts", "timeout_s",
               "parent_id", "partition", "done", "total", "queue", "labels",
-              "cpus", "gpus")
+              "cpus", "gpus", "nodes", "slots_per_node")
 
 
 class Batch:
@@ -80,6 +81,7 @@ class Batch:
             protocol.LOG: self.log, protocol.METRIC: self.metric,
             protocol.FINISHED: self.finished, protocol.ARTIFACT: self.artifact,
             protocol.LEASE: self.lease, protocol.FANOUT: self.fanout,
+            protocol.RENDEZVOUS: self.rendezvous,
         }
 
     def apply(self) -> Outbox:
@@ -87,6 +89,7 @@ class Batch:
         rows = (Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")
                 .values(*JOB_FIELDS))
         self.plans = {row["id"]: Plan(row, self.now) for row in rows}
+        self.load_ranks()
         for event in self.events:
             kind = event.get("type")
             if kind == protocol.HEARTBEAT:
@@ -105,7 +108,11 @@ class Batch:
         LogLine.objects.bulk_create(self.logs, ignore_conflicts=True)
         MetricPoint.objects.bulk_create(self.metrics, ignore_conflicts=True)
         NodeSample.objects.bulk_create(self.samples)
-        Artifact.objects.bulk_create(self.artifacts, ignore_conflicts=True)
+        # A file kept again under the same name (a checkpoint each epoch) replaces the last.
+        latest = {(a.job_id, a.attempt, a.name): a for a in self.artifacts}  # one per name
+        Artifact.objects.bulk_create(list(latest.values()), update_conflicts=True,
+                                     unique_fields=["job", "attempt", "name"],
+                                     update_fields=["path", "size", "sha256", "created_at"])
         for plan, event in self.fanouts:
             fanout.create_children(plan.row, event, self.outbox, outcomes, self.now)
         fanout.sum_progress(self.parents, self.outbox)
@@ -113,6 +120,17 @@ class Batch:
             transaction.on_commit(lambda: fanout.publish_outcomes(outcomes))
         lifecycle.stop_on_commit(*sorted(self.to_stop))
         return self.outbox
+
+    def load_ranks(self) -> None:
+        """The rank rows of the gangs' current attempts, for their plans."""
+        gangs = {job_id: plan for job_id, plan in self.plans.items() if plan.gang}
+        if not gangs:
+            return
+        for rank in AttemptRank.objects.filter(job_id__in=gangs).values(
+                "job_id", "attempt", "rank", "state", "node", "result"):
+            plan = gangs[rank["job_id"]]
+            if rank["attempt"] == plan.number:
+                plan.ranks[rank["rank"]] = rank
 
     def current(self, event) -> bool:
         """Fencing: only the job's current attempt, with its token, may change anything. A
@@ -127,7 +145,15 @@ class Batch:
         return ok
 
     def started(self, plan: Plan, e) -> None:
+        if plan.gang:
+            plan.start_rank(e.get("rank") or 0, at=at(e["ts"]), node=e.get("node", ""),
+                            worker=e.get("worker", ""))
+            return
         plan.start(at=at(e["ts"]), node=e.get("node", ""), worker=e.get("worker", ""))
+
+    def rendezvous(self, plan: Plan, e) -> None:
+        if plan.gang and not e.get("rank"):
+            plan.rendezvous(str(e.get("address") or ""), int(e.get("port") or 0))
 
     def progress(self, plan: Plan, e) -> None:
         plan.report(progress=e.get("fraction"),
@@ -137,10 +163,12 @@ class Batch:
             self.parents.add(plan.row["parent_id"])
 
     def log(self, plan: Plan, e) -> None:
+        rank = e.get("rank") or 0
         self.logs.append(LogLine(job_id=e["job"], attempt=e["attempt"], seq=e["seq"],
-                                 ts=at(e["ts"]),
+                                 ts=at(e["ts"]), rank=rank,
                                  level=e.get("level", "info")[:10], text=e.get("text", "")))
         plan.events.append({"type": "job.log", "attempt": e["attempt"], "seq": e["seq"],
+                            **({"rank": rank} if plan.gang else {}),
                             "level": e.get("level", "info"), "text": e.get("text", ""),
                             "ts": at(e["ts"]).isoformat()})
 
@@ -151,6 +179,10 @@ class Batch:
                             "value": e["value"]})
 
     def finished(self, plan: Plan, e) -> None:
+        if plan.gang:
+            plan.finish_rank(e.get("rank") or 0, e.get("outcome"), at=at(e["ts"]),
+                             result=e.get("result"), error=e.get("error", ""))
+            return
         plan.finish(e.get("outcome"), at=at(e["ts"]), result=e.get("result"),
                     error=e.get("error", ""))
 
@@ -191,10 +223,16 @@ class Batch:
             return  # a replayed or late copy: the node has said something newer
         held = e.get("attempts") or []
         if held:
+            lease = self.now + timedelta(seconds=LEASE_S)
             Job.objects.filter(
-                reduce(or_, (Q(pk=j, attempt=a, token=k) for j, a, k in held)),
+                reduce(or_, (Q(pk=j, attempt=a, token=k) for j, a, k, *_ in held)),
                 state__in=[JobState.QUEUED, JobState.RUNNING],
-            ).update(lease_expires_at=self.now + timedelta(seconds=LEASE_S))
+            ).update(lease_expires_at=lease)
+            ranks = [(j, a, r) for j, a, _, *r in held if r]
+            if ranks:  # a gang's ranks: each its own lease, so that one lost node shows
+                AttemptRank.objects.filter(
+                    reduce(or_, (Q(job_id=j, attempt=a, rank=r[0]) for j, a, r in ranks)),
+                    state__in=["queued", "running"]).update(lease_expires_at=lease)
             self.to_stop |= superseded(held)
         was = node.state
         node.worker = e.get("worker", "")[:200]
@@ -218,9 +256,9 @@ def superseded(held) -> set[tuple[int, int]]:
     """Of the attempts a node says it runs, those the portal no longer gives it: moved to
     another attempt, ended, or gone. Its node is told to stop them."""
     current = {(row["pk"], row["attempt"], row["token"]) for row in Job.objects.filter(
-        pk__in={j for j, _, _ in held}, state__in=[JobState.QUEUED, JobState.RUNNING])
+        pk__in={j for j, *_ in held}, state__in=[JobState.QUEUED, JobState.RUNNING])
         .values("pk", "attempt", "token")}
-    return {(j, a) for j, a, k in held if (j, a, k) not in current}
+    return {(j, a) for j, a, k, *_ in held if (j, a, k) not in current}
 
 
 def node_event(node: Node, *, changed: bool = False) -> dict:

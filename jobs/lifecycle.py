@@ -8,9 +8,10 @@ ingester, the reconciler, fan-out and dependencies ask this module; nothing else
 or an attempt's state (tests/test_lifecycle.py checks it).
 
     pending --admit--> queued --start--> running --succeed--> succeeded
-       |                 ^  |               |  \\--fail-------> failed
-       |                 |  |               |   \\--time out---> failed
-       |                 +--lose/requeue----+    \\--cancel----> cancelled
+       |  ^              ^  |               |  \\--fail-------> failed
+       |  |              |  |               |   \\--time out---> failed
+       |  |              +--lose/requeue----+    \\--cancel----> cancelled
+       |  +--a gang's rank lost or failed: back to admission, whole-+
        +--dependency failed / cancel -----------------------> cancelled
 """
 
@@ -29,7 +30,7 @@ from audit.log import record
 from common.errors import DomainError
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit, send_again
-from jobs.models import TERMINAL, Attempt, AttemptState, Job, JobState
+from jobs.models import TERMINAL, Attempt, AttemptRank, AttemptState, Job, JobState
 from workers import protocol
 from workers.config import LEASE_S
 
@@ -37,9 +38,10 @@ log = logging.getLogger(__name__)
 S, A = JobState, AttemptState
 JOB_MOVES: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.FAILED}),
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    # A gang goes back to pending (to be placed again, whole) when one of its ranks is lost.
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.PENDING}),
     # Back to queued when an attempt is lost (or a partition failed) and attempts remain.
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED, S.PENDING}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -267,9 +269,10 @@ def create(jobs: list[Job], now, *, one_by_one: bool = False) -> list[Job]:
     return jobs
 
 
-def admit(jobs: list[Job], now) -> list[Job]:
+def admit(jobs: list[Job], now, *, gangs: dict[int, list[str]] | None = None) -> list[Job]:
     """Pending -> queued for the jobs chosen (one cancelled meanwhile stays cancelled and is
-    not sent); each is dispatched once the transaction commits."""
+    not sent); each is dispatched once the transaction commits. A gang's ranks are placed on
+    the nodes `gangs` names for it, all in the same transaction."""
     if not jobs:
         return []
     moved = update_rows(Job, {job.pk: {"state": S.QUEUED, "dispatched_at": now, "message": ""}
@@ -277,12 +280,40 @@ def admit(jobs: list[Job], now) -> list[Job]:
     admitted = [job for job in jobs if job.pk in moved]
     for job in admitted:  # as the row now is
         job.state, job.dispatched_at, job.message = S.QUEUED, now, ""
+    place_ranks([job for job in admitted if job.is_gang], gangs or {}, now)
     dispatch_on_commit(admitted)
     outbox = Outbox()
     for job in admitted:
         outbox.job(job.pk, job.team_id, state_event(job), parent=job.parent_id)
     outbox.publish_on_commit()
     return admitted
+
+
+def place_ranks(jobs: list[Job], gangs: dict[int, list[str]], now) -> None:
+    """The rank rows of gangs just admitted: rank r on the (r // slots_per_node)th of the nodes
+    placed for it; the job's node names them all."""
+    ranks = []
+    for job in jobs:
+        nodes = gangs[job.pk]
+        ranks += [AttemptRank(job=job, attempt=job.attempt, rank=rank,
+                              node=nodes[rank // job.slots_per_node])
+                  for rank in range(job.world_size)]
+        job.node = "+".join(nodes)[:100]
+    AttemptRank.objects.bulk_create(ranks)
+    if jobs:
+        update_rows(Job, {job.pk: {"node": job.node} for job in jobs})
+
+
+def end_ranks(job_id: int, number: int, now, *, why: str, lost: int | None = None) -> None:
+    """The ranks of a gang's attempt that had not ended end with it: stopped (lost, for the
+    one whose node was lost). Their nodes are told to stop them by stop_on_commit."""
+    left = AttemptRank.objects.filter(job_id=job_id, attempt=number,
+                                      state__in=[A.QUEUED, A.RUNNING])
+    if lost is not None:
+        left.filter(rank=lost).update(state=A.LOST, finished_at=now, error=why[:5000],
+                                      lease_expires_at=None)
+    left.update(state=A.CANCELLED, finished_at=now, lease_expires_at=None,
+                error=f"stopped with its gang: {why}"[:5000])
 
 
 def unblock(job: Job) -> bool:
@@ -322,6 +353,7 @@ def cancel(job: Job, *, actor=None, via: str = "api") -> Job:
                       lease_expires_at=None)
         if ended:
             claim_attempt(job.pk, job.attempt, A.CANCELLED, finished_at=now)
+            end_ranks(job.pk, job.attempt, now, why="cancelled before it started")
         else:
             asked = bool(Job.objects.filter(pk=job.pk, state=S.RUNNING,
                                             cancel_requested_at__isnull=True)
@@ -369,6 +401,8 @@ def lose(job: Job, now) -> bool:
     cancelled one ends cancelled, one past its time limit fails as timed out. Either way the
     lost attempt is fenced off (the job's token changes, so nothing it says later lands) and
     its node, should it come back, is told to stop it."""
+    if job.is_gang:  # every rank's node renews the job's lease: all of them went silent
+        return lose_gang(job, now, guard={"lease_expires_at__lt": now})
     number = job.attempt
     guard = {"attempt": number, "token": job.token, "lease_expires_at__lt": now}
     lost = f"node {job.node or 'its node'} lost"
@@ -409,6 +443,73 @@ def lose(job: Job, now) -> bool:
         what = f"failed: {job.error}" if job.state == S.FAILED else job.message
         _publish_state(job, notice=f"job {job.pk}: {what}")
     return True
+
+
+def lose_gang(job: Job, now, *, rank: int | None = None, node: str = "",
+              guard: dict | None = None) -> bool:
+    """A rank of a gang's attempt is lost (its node went silent or offline, before or after it
+    started): the whole gang stops (every rank's node is told to) and the job goes back to
+    admission as a new attempt, to be placed again on a fresh gang, while attempts remain;
+    else it fails. A cancelled one ends cancelled."""
+    from jobs import admission
+
+    number = job.attempt
+    guard = {"attempt": number, "token": job.token, **(guard or {})}
+    lost = (f"rank {rank} lost with node {node}" if rank is not None
+            else f"nodes {job.node or '?'} lost")
+    ended = {"finished_at": now, "lease_expires_at": None, "token": new_token()}
+    live = {S.QUEUED, S.RUNNING}
+    with transaction.atomic():
+        if job.cancel_requested_at:
+            won = claim(job.pk, S.CANCELLED, source=live, guard=guard,
+                        message=f"cancelled ({lost})", **ended)
+            attempt_state = A.CANCELLED
+        elif job.attempt < job.max_attempts:
+            again = gang_requeue(job, now, lost)
+            won = claim(job.pk, S.PENDING, source=live, guard=guard, **again)
+            if won:
+                Attempt.objects.create(job=job, number=number + 1, token=again["token"],
+                                       created_at=now)
+            attempt_state = A.LOST
+        else:
+            won = claim(job.pk, S.FAILED, source=live, guard=guard, message="failed",
+                        error=f"{lost} during attempt {number} of {job.max_attempts}", **ended)
+            attempt_state = A.LOST
+        if not won:
+            return False
+        claim_attempt(job.pk, number, attempt_state, finished_at=now, error=lost)
+        end_ranks(job.pk, number, now, why=lost, lost=rank)
+        stop_on_commit((job.pk, number))
+        job.refresh_from_db()
+        log.warning("job %s: %s", job.pk, job.message if job.state == S.PENDING else job.error)
+        if job.state == S.PENDING:
+            admission.admit_on_commit()
+        else:
+            _ended([job.pk])
+        what = f"failed: {job.error}" if job.state == S.FAILED else job.message
+        _publish_state(job, notice=f"job {job.pk}: {what}")
+    return True
+
+
+def gang_requeue(row, now, why: str) -> dict:
+    """A gang's fields as it goes back to admission as its next attempt (with `why`)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    number = get("attempt") + 1
+    return {"attempt": number, "token": new_token(), "node": "", "lease_expires_at": None,
+            "dispatched_at": now, "progress": None,
+            "message": (f"{why}; the whole gang back to admission as attempt {number} of "
+                        f"{get('max_attempts')}")[:500]}
+
+
+def lose_lost_ranks(now) -> int:
+    """Gangs with a rank whose node is lost (its lease expired, or, not started yet, its node
+    went offline): each goes back to admission whole (lose_gang)."""
+    from jobs import gangs
+
+    lost = gangs.lost_ranks(now)
+    for job, rank, node in lost:
+        lose_gang(job, now, rank=rank, node=node)
+    return len(lost)
 
 
 def redispatch(job: Job, now) -> bool:
@@ -461,6 +562,13 @@ class Plan:
         self.progress: dict | None = None
         self.requeued = False
         self.outcome: dict | None = None  # a partition's end, for its waiting parent
+        # A gang's ranks of this attempt, as their rows are ({rank: {"state", "node",
+        # "result"}}, loaded by the ingester), and what this batch changes on them.
+        self.number = row["attempt"]
+        self.ranks: dict[int, dict] = {}
+        self.rank_fields: dict[int, dict] = defaultdict(dict)
+        self.rendezvous_at = ""  # rank 0's "address:port", to publish after the commit
+        self.gang_ended = ""  # why the rest of the gang is stopped, once a rank ended it
 
     @property
     def state(self) -> str:
@@ -487,6 +595,59 @@ class Plan:
                 f"job {self.row['id']} moved to {node or 'a node'}, attempt {number} "
                 f"of {self.row['max_attempts']}")})
         return True
+
+    # --- a gang's ranks ---
+
+    @property
+    def gang(self) -> bool:
+        return (self.row.get("nodes") or 1) * (self.row.get("slots_per_node") or 1) > 1
+
+    def start_rank(self, rank: int, *, at, node: str, worker: str) -> None:
+        """A rank of a gang started: the job is running from its first rank's start (its node
+        names the gang's nodes, as placed)."""
+        if self.state not in (S.QUEUED, S.RUNNING) or rank not in self.ranks:
+            return
+        self.rank_fields[rank].update(state=A.RUNNING, started_at=at,
+                                      lease_expires_at=self.now + timedelta(seconds=LEASE_S))
+        self.ranks[rank]["state"] = A.RUNNING
+        if self.state == S.QUEUED:
+            self.start(at=at, node=self.row["node"], worker=worker)
+
+    def rendezvous(self, address: str, port: int) -> None:
+        if self.state == S.RUNNING and 0 in self.ranks:
+            self.rendezvous_at = f"{address}:{port}"
+            self.rank_fields[0]["address"] = self.rendezvous_at[:120]
+
+    def finish_rank(self, rank: int, outcome: str, *, at, result=None, error: str = "") -> None:
+        """A rank ended. The gang succeeds once every rank has (with rank 0's result); a rank
+        that failed or stopped ends the attempt for all of them: the job goes back to admission
+        as a new attempt while attempts remain, else fails (a cancelled one ends cancelled)."""
+        if rank not in self.ranks or self.ranks[rank]["state"] not in (A.QUEUED, A.RUNNING):
+            return
+        if self.state == S.QUEUED:
+            self.start_rank(rank, at=at, node="", worker="")
+        if self.state != S.RUNNING:
+            return
+        row = self.row
+        self.rank_fields[rank].update(state=outcome, finished_at=at, error=error[:5000],
+                                      result=result, lease_expires_at=None)
+        self.ranks[rank].update(state=outcome, result=result)
+        if outcome == S.SUCCEEDED and not row["cancel_requested_at"]:
+            if all(r["state"] == A.SUCCEEDED for r in self.ranks.values()):
+                self.finish(S.SUCCEEDED, at=at, result=self.ranks[0].get("result"))
+            return
+        first = error.splitlines()[0] if error else outcome
+        why = f"rank {rank} on {self.ranks[rank]['node']} {outcome}: {first}"[:400]
+        self.gang_ended = why
+        if row["cancel_requested_at"]:
+            self.finish(S.CANCELLED, at=at)
+        elif row["attempt"] < row["max_attempts"] and not error.startswith("timed out"):
+            self.attempt.update(state=A.FAILED, finished_at=at, error=why)
+            self._move(S.PENDING, **gang_requeue(row, self.now, why))
+            self.requeued = True
+            self.events.append(state_event(row))
+        else:
+            self.finish(S.FAILED, at=at, error=f"rank {rank}: {error or outcome}")
 
     def report(self, **fields) -> None:
         """Progress of a running job (the latest of a batch wins)."""
@@ -579,12 +740,49 @@ def write_plans(plans: dict[int, Plan], now) -> set[int]:
         jobs = list(Job.objects.filter(pk__in=requeued))
         Attempt.objects.bulk_create([Attempt(job=job, number=job.attempt, token=job.token,
                                              created_at=now) for job in jobs])
-        dispatch_on_commit(jobs)
+        dispatch_on_commit([job for job in jobs if job.state == S.QUEUED])
+    write_ranks(plans, won, now)
     ended = [job_id for job_id in won if plans[job_id].state in TERMINAL]
     parents = [job_id for job_id in ended if not plans[job_id].row["parent_id"]
                and plans[job_id].state != S.SUCCEEDED]
     _ended(ended, parents=parents)
     return won
+
+
+def write_ranks(plans: dict[int, Plan], won: set[int], now) -> None:
+    """What a batch did to gangs' ranks: their rows; rank 0's rendezvous published once
+    recorded; and a gang that ended (or went back to admission) has its other ranks ended and
+    their nodes told to stop them."""
+    from jobs import admission
+
+    rendezvous: dict[str, str] = {}
+    stop: list[tuple[int, int]] = []
+    back = False
+    for job_id, plan in plans.items():
+        for rank, fields in plan.rank_fields.items():
+            AttemptRank.objects.filter(job_id=job_id, attempt=plan.number, rank=rank).update(
+                **fields)
+        if plan.rendezvous_at and plan.state == S.RUNNING:
+            rendezvous[protocol.rendezvous_key(job_id, plan.number)] = plan.rendezvous_at
+        if plan.gang and job_id in won and (plan.state in TERMINAL or plan.requeued):
+            end_ranks(job_id, plan.number, now, why=plan.gang_ended or str(plan.state))
+            stop.append((job_id, plan.number))
+            back = back or plan.state == S.PENDING
+    stop_on_commit(*stop)
+    if back:
+        admission.admit_on_commit()
+    if rendezvous:
+        transaction.on_commit(lambda: _publish_rendezvous(rendezvous))
+
+
+def _publish_rendezvous(keys: dict[str, str]) -> None:
+    try:
+        pipe = protocol.redis_client().pipeline(transaction=False)
+        for key, value in keys.items():
+            pipe.set(key, value, ex=protocol.FLAG_TTL_S)
+        pipe.execute()
+    except Exception as exc:  # the ranks waiting for it time out, and the gang goes again
+        log.warning("rendezvous %s not published: %s", keys, exc)
 
 
 def _moves(path: list[str]) -> list[str]:

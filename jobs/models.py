@@ -32,6 +32,10 @@ class Job(models.Model):
     gpus = models.PositiveSmallIntegerField(default=0)
     # Node labels it needs ({"gpu": "a100"}): only a node with all of them runs it.
     labels = models.JSONField(default=dict, blank=True)
+    # A gang: one rank per slot on `nodes` distinct nodes, admitted all together (1 x 1: a
+    # plain job in one slot).
+    nodes = models.PositiveSmallIntegerField(default=1)
+    slots_per_node = models.PositiveSmallIntegerField(default=1)
     # Pending because a job in `after` has not succeeded yet (else pending means: waiting for
     # admission, under its team's quota and the cluster's free slots).
     blocked = models.BooleanField(default=False)
@@ -100,6 +104,14 @@ class Job(models.Model):
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.slots_per_node
+
+    @property
+    def is_gang(self) -> bool:
+        return self.world_size > 1
+
 
 class AttemptState(models.TextChoices):
     QUEUED = "queued"
@@ -133,9 +145,40 @@ class Attempt(models.Model):
         return f"job {self.job_id} attempt {self.number} ({self.state})"
 
 
+class AttemptRank(models.Model):
+    """One rank of a gang job's attempt: the node it was placed on, and how it went. A gang's
+    ranks are placed together when it is admitted; rank r runs on the (r // slots_per_node)th
+    node of the placement."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="ranks")
+    attempt = models.PositiveIntegerField()
+    rank = models.PositiveSmallIntegerField()
+    node = models.CharField(max_length=100)
+    state = models.CharField(max_length=16, choices=AttemptState.choices,
+                             default=AttemptState.QUEUED)
+    # Rank 0's rendezvous, "address:port", as its node reported it.
+    address = models.CharField(max_length=120, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "attempt", "rank"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt", "rank"],
+                                               name="attemptrank_once")]
+        indexes = [models.Index(fields=["state", "node"], name="attemptrank_state_node")]
+
+    def __str__(self):
+        return f"job {self.job_id} attempt {self.attempt} rank {self.rank} ({self.state})"
+
+
 class LogLine(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
     attempt = models.PositiveIntegerField()
+    # Which rank of a gang said it (0 for a job of one rank).
+    rank = models.PositiveSmallIntegerField(default=0)
     seq = models.PositiveIntegerField(help_text="Order within the attempt, set by the worker.")
     ts = models.DateTimeField()
     level = models.CharField(max_length=10, default="info")
@@ -144,7 +187,8 @@ class LogLine(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "attempt", "seq"], name="logline_once"),
+            models.UniqueConstraint(fields=["job", "attempt", "rank", "seq"],
+                                    name="logline_rank_once"),
         ]
 
     def __str__(self):

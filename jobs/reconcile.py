@@ -106,6 +106,7 @@ def broker_task_ids(client: redis.Redis) -> set[str]:
     ids: set[bytes] = set()
     names = {dispatch.route(job) for job in Job.objects.filter(state=JobState.QUEUED)
              .only("queue", "labels")[:SCAN_LIMIT]}
+    names |= {protocol.node_queue(name) for name in Node.objects.values_list("name", flat=True)}
     pipe = client.pipeline(transaction=False)
     for name in sorted(names):
         pipe.lrange(name, 0, SCAN_LIMIT)
@@ -178,7 +179,7 @@ def recover(client: redis.Redis, now, suspects: dict[int, int]) -> dict:
     except redis.RedisError:
         caught_up = False
     if caught_up:
-        done["lost"] = recover_lost(now)
+        done["lost"] = recover_lost(now) + lifecycle.lose_lost_ranks(now)
         done["resent"] = redispatch_missing(client, now, suspects)
         reraise_cancels()
         reassert_drains()

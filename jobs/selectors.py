@@ -62,8 +62,13 @@ def job_artifacts(job: Job) -> list[Artifact]:
     return sorted(latest.values(), key=lambda a: a.name)
 
 
-def job_logs(job: Job, *, after: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:
-    return list(LogLine.objects.filter(job=job, id__gt=after).order_by("id")[:limit])
+def job_logs(job: Job, *, after: int = 0, limit: int = LOG_PAGE,
+             rank: int | None = None) -> list[LogLine]:
+    """A job's log lines in the order they came (a gang's ranks merged, or one rank's)."""
+    lines = LogLine.objects.filter(job=job, id__gt=after)
+    if rank is not None:
+        lines = lines.filter(rank=rank)
+    return list(lines.order_by("id")[:limit])
 
 
 def job_log_tail(job: Job, *, limit: int = 200) -> list[LogLine]:

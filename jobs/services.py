@@ -31,7 +31,7 @@ from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
 SPEC_FIELDS = {"kind", "params", "name", "priority", "queue", "max_attempts", "timeout_s",
-               "after", "team", "cpus", "gpus", "labels"}
+               "after", "team", "cpus", "gpus", "labels", "nodes", "slots_per_node"}
 MAX_AFTER = 100
 MAX_LABELS = 10
 _PYDANTIC_MESSAGES = {
@@ -76,6 +76,8 @@ class JobSpec:
     cpus: int = 1
     gpus: int = 0
     labels: dict | None = None  # node labels it needs
+    nodes: int = 1  # a gang: this many distinct nodes ...
+    slots_per_node: int = 1  # ... with this many slots each, one rank per slot
 
 
 def params_errors(exc: ValidationError) -> dict[str, list[str]]:
@@ -163,13 +165,37 @@ def validate_spec(data, *, owner=None) -> JobSpec:
     # A job in the gpu queue holds at least one GPU: its team's GPU quota counts it.
     gpus = whole("gpus", at_least=int(queue == "gpu"))
     labels = _labels_field(data.get("labels", {}), queue, errors)
+    nodes = _int_field(data, "nodes", errors, default=1, low=1, high=MAX_NODES)
+    slots_per_node = _int_field(data, "slots_per_node", errors, default=1, low=1,
+                                high=MAX_SLOTS_PER_NODE)
+    if not errors and nodes > 1:
+        _nodes_field(nodes, queue, labels, errors)
     if team is not None and not errors:
-        _fits_quota(team, cpus, gpus, errors)
+        _fits_quota(team, cpus * nodes * slots_per_node, gpus * nodes * slots_per_node, errors)
     if errors:
         raise InvalidJob(errors)
     return JobSpec(kind=kind_name, params=params, name=name or kind_name, priority=priority,
                    queue=queue, max_attempts=max_attempts, timeout_s=timeout_s, after=after,
-                   team=team, cpus=cpus, gpus=gpus, labels=labels)
+                   team=team, cpus=cpus, gpus=gpus, labels=labels, nodes=nodes,
+                   slots_per_node=slots_per_node)
+
+
+MAX_NODES = 64
+MAX_SLOTS_PER_NODE = 64
+
+
+def _nodes_field(nodes: int, queue: str, labels: dict, errors) -> None:
+    """A gang bigger than the nodes its queue has (with its labels) could never start."""
+    from jobs.models import Node
+
+    wanted = set(labels.items())
+    known = sum(1 for node in Node.objects.only("labels", "queues")
+                if queue in (node.queues or []) and wanted <= set((node.labels or {}).items()))
+    if nodes > known:
+        which = f"queue {queue}" + (" with " + ", ".join(f"{k}={v}" for k, v in labels.items())
+                                    if labels else "")
+        errors["nodes"] = [f"{which} has {known} node{'s' if known != 1 else ''}, fewer than "
+                           f"{nodes}"]
 
 
 # A user in no team: their team of their own is made with their first job, and until then
@@ -202,7 +228,8 @@ def _team_field(value, owner, errors) -> Team | None:
 
 
 def _fits_quota(team: Team, cpus: int, gpus: int, errors) -> None:
-    """A job bigger than its team's whole quota could never start: refused at once."""
+    """A job bigger than its team's whole quota could never start: refused at once (a gang
+    holds its CPU slots and GPUs once per rank)."""
     for field, wanted, limit in (("cpus", cpus, team.max_cpus), ("gpus", gpus, team.max_gpus)):
         if limit is not None and wanted > limit:
             errors[field] = [f"more than team {team.name}'s quota of {limit}"]
@@ -247,6 +274,7 @@ def _new_job(owner, spec: JobSpec, now, idempotency_key=None) -> Job:
     return Job(owner=owner, team=spec.team or teams.team_for_work(owner), kind=spec.kind,
                name=spec.name, params=spec.params, queue=spec.queue, priority=spec.priority,
                cpus=spec.cpus, gpus=spec.gpus, labels=spec.labels or {},
+               nodes=spec.nodes, slots_per_node=spec.slots_per_node,
                max_attempts=spec.max_attempts, timeout_s=spec.timeout_s,
                blocked=blocked, created_at=now, idempotency_key=idempotency_key,
                message=(f"waiting for {_jobs_text(spec.after)} to succeed" if blocked
@@ -383,8 +411,8 @@ def retry_job(*, job: Job, owner, via: str = "api") -> Job:
     spec = validate_spec({
         "kind": job.kind, "params": job.params, "name": job.name, "priority": job.priority,
         "queue": job.queue, "max_attempts": job.max_attempts, "timeout_s": job.timeout_s,
-        "team": job.team.name, "cpus": job.cpus, "gpus": job.gpus, "labels": job.labels},
-        owner=owner)
+        "team": job.team.name, "cpus": job.cpus, "gpus": job.gpus, "labels": job.labels,
+        "nodes": job.nodes, "slots_per_node": job.slots_per_node}, owner=owner)
     with transaction.atomic():
         new = submit_jobs(owner=owner, specs=[spec], via=via)[0]
         record(owner, "job.retry", job, via=via, new_job=new.pk)

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from accounts import teams
 from accounts.auth import key_from_header, user_for_key
-from jobs import admission, forms, prometheus, selectors, services
+from jobs import admission, forms, gangs, prometheus, selectors, services
 from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
 from workers.kinds import all_kinds, examples, get_kind
@@ -84,12 +84,13 @@ def job_new(request):
         values, errors = forms.params_from_post(schema, request.POST)
         data = {"kind": kind.name, "params": values, "name": request.POST.get("name", ""),
                 "team": request.POST.get("team", "")}
-        priority = request.POST.get("priority", "").strip()
-        if priority:
-            try:
-                data["priority"] = int(priority)
-            except ValueError:
-                errors["priority"] = ["must be a whole number"]
+        for field in ("priority", "nodes", "slots_per_node"):
+            text = request.POST.get(field, "").strip()
+            if text:
+                try:
+                    data[field] = int(text)
+                except ValueError:
+                    errors[field] = ["must be a whole number"]
         if not errors:
             try:
                 spec = services.validate_spec(data, owner=request.user)
@@ -115,6 +116,8 @@ def job_new(request):
         "name": request.POST.get("name", ""),
         "teams": teams.acting_teams(request.user),
         "priority": request.POST.get("priority", "0"),
+        "nodes": request.POST.get("nodes", "1"),
+        "slots_per_node": request.POST.get("slots_per_node", "1"),
         "team": request.POST.get("team") or getattr(teams.default_team(request.user), "name", ""),
     }
     return render(request, "jobs/new.html", context, status=400 if errors else 200)
@@ -153,6 +156,8 @@ def job_detail(request, job_id):
     return render(request, "jobs/detail.html", {
         "job": job, "log_lines": selectors.job_log_tail(job),
         "attempts": job.attempts.order_by("number"), "artifacts": selectors.job_artifacts(job),
+        "ranks": gangs.attempt_ranks(job) if job.is_gang else [],
+        "speedup": gangs.speedup(job),
         "place_in_line": admission.place_in_line(job),
         "can_act": teams.can_act(request.user, job.team_id),
         "cancelled_by": selectors.cancelled_by(job) if job.cancel_requested_at else None,
@@ -189,7 +194,8 @@ def job_example(request, index):
     example = offered[index]
     try:
         spec = services.validate_spec(
-            {key: example[key] for key in ("kind", "name", "params")}, owner=request.user)
+            {key: example[key] for key in ("kind", "name", "params", "nodes") if key in example},
+            owner=request.user)
         job, _ = services.submit_job(owner=request.user, spec=spec, via="page")
     except services.InvalidJob as exc:
         kinds = all_kinds()
@@ -209,7 +215,8 @@ def job_log_download(request, job_id):
     def lines():
         after = 0
         while page := selectors.job_logs(job, after=after):
-            yield "".join(f"{line.ts:%Y-%m-%d %H:%M:%S} [{line.attempt}] {line.level}: "
+            yield "".join(f"{line.ts:%Y-%m-%d %H:%M:%S} [{line.attempt}] "
+                          f"{f'rank {line.rank} ' if job.is_gang else ''}{line.level}: "
                           f"{line.text}\n" for line in page)
             after = page[-1].pk
 

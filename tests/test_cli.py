@@ -754,3 +754,9 @@ def test_a_long_throttle_is_reported_not_waited_out(monkeypatch):
     client = api_module.Api("http://portal", "key", session=session)
     with pytest.raises(CliError, match="throttling this token.*600 s"):
         client.request("POST", "/api/v1/jobs/")
+
+
+def test_nodes_and_slots_per_node_go_in_the_spec_only_when_given():
+    assert build_spec(spec_args("train.torch", "--nodes", "2", "--slots-per-node", "3")) == {
+        "kind": "train.torch", "params": {}, "nodes": 2, "slots_per_node": 3}
+    assert "nodes" not in build_spec(spec_args("train.torch"))

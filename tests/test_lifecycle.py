@@ -24,6 +24,8 @@ ALLOWED = {
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.FAILED),
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.QUEUED),
+    # A gang whose rank was lost goes back to admission, to be placed again whole.
+    (S.QUEUED, S.PENDING), (S.RUNNING, S.PENDING),
 }
 ALL_PAIRS = [(a, b) for a in S.values for b in S.values if a != b]
 
@@ -48,7 +50,7 @@ def test_terminal_states_allow_no_move_at_all():
 def test_a_claim_succeeds_only_for_an_allowed_move(cast, source, target):
     job = make_job(cast.alice, state=source)
     if not states.sources(target):
-        with pytest.raises(ValueError):  # nothing moves back to pending
+        with pytest.raises(ValueError):  # nothing moves to a state no move leads to
             states.claim(job.pk, target)
         won = False
     else:

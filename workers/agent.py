@@ -56,9 +56,11 @@ class Agent:
         self.node = protocol.node_name(hostname)
         self.labels = labels or {}
         self.pools = [queue for queue in queues if "@" not in queue]
-        # Its pools and, for jobs that ask for labels, a queue per pool and subset of its own
-        # (taken up on the first tick like an undrained node's queues).
-        self.queues = [*self.pools, *protocol.label_queues(self.pools, self.labels)]
+        # Its pools; for jobs that ask for labels, a queue per pool and subset of its own; and
+        # its node's queue, where the gang ranks placed on it are sent (all taken up on the
+        # first tick like an undrained node's queues).
+        self.queues = [*self.pools, *protocol.label_queues(self.pools, self.labels),
+                       protocol.node_queue(self.node)]
         self.concurrency = concurrency
         self.sink = EventSink()
         self.sampler = Sampler()
@@ -66,7 +68,9 @@ class Agent:
         self._cancel_seen: dict[tuple[int, int], float] = {}
 
     def heartbeat(self) -> None:
-        attempts = [[spec.job, spec.attempt, spec.token] for spec, _ in active_attempts()]
+        attempts = [[spec.job, spec.attempt, spec.token, *([] if spec.rank is None
+                                                           else [spec.rank])]
+                    for spec, _ in active_attempts()]
         self.sink.emit({"type": protocol.HEARTBEAT, "node": self.node, "worker": self.hostname,
                         "attempts": attempts, "reserved": waiting_attempts(),
                         "queues": self.pools, "labels": self.labels,

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,12 +15,19 @@ from pathlib import Path
 import redis
 
 from workers import protocol
-from workers.config import CANCEL_POLL_S, HEARTBEAT_S
+from workers.config import CANCEL_POLL_S, HEARTBEAT_S, env_str
 from workers.config import artifacts_dir as artifacts_dir
 from workers.events import EventSink
 
+RENDEZVOUS_POLL_S = 0.1
 FAN_OUT_POLL_S = 0.25
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def node_address() -> str:
+    """The address this node's ranks listen on for their gang (NODE_ADDRESS, else the host
+    name's)."""
+    return env_str("NODE_ADDRESS") or socket.gethostbyname(socket.gethostname())
 
 
 class Cancelled(Exception):
@@ -59,6 +67,9 @@ class JobContext:
         self.params = spec.params
         self.parent = spec.parent  # set when this job is a partition of another's fan-out
         self.partition = spec.partition
+        # A gang's rank: rank 0 of 1 for a job that runs in one slot.
+        self.rank = spec.rank or 0
+        self.world_size = spec.world_size or 1
         self._spec = spec
         self._node, self._worker = node, worker
         self._sink = sink
@@ -69,9 +80,9 @@ class JobContext:
         self._cancel_checked = 0.0
 
     def _event(self, event_type: str, /, **fields) -> dict:
+        ranked = {} if self._spec.rank is None else {"rank": self._spec.rank}
         return {"type": event_type, "job": self.job_id, "attempt": self.attempt,
-                "token": self._spec.token,
-                **fields}
+                "token": self._spec.token, **ranked, **fields}
 
     def progress(self, done: float, total: float | None = None, *, unit: str = "",
                  message: str = "") -> None:
@@ -176,6 +187,33 @@ class JobContext:
             if outcome != "skipped":
                 return True
         return False
+
+    def rendezvous(self, timeout_s: float) -> tuple[str, int]:
+        """Where the gang's rank 0 listens. Rank 0 picks a free port on its node's address and
+        reports it; the others wait until the portal has recorded it (it publishes only the
+        current attempt's), stopping early if the gang is stopped meanwhile."""
+        if self.rank == 0:
+            address = node_address()
+            with socket.socket() as sock:
+                sock.bind((address, 0))
+                port = sock.getsockname()[1]
+            self._sink.emit(self._event(protocol.RENDEZVOUS, address=address, port=port),
+                            now=True)
+            return address, port
+        key = protocol.rendezvous_key(self.job_id, self.attempt)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                found = self._redis.get(key)
+            except redis.RedisError:
+                found = None
+            if found:
+                address, _, port = found.decode().rpartition(":")
+                return address, int(port)
+            time.sleep(RENDEZVOUS_POLL_S)
+        raise TimeoutError(f"rank {self.rank}: rank 0 did not report where it listens within "
+                           f"{timeout_s:g} s")
 
     def cancelled(self) -> bool:
         """True once a cancel was requested, or the portal gave this attempt up (it was lost

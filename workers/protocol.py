@@ -22,9 +22,22 @@ DISPATCHED = f"{PREFIX}:dispatched"
 TASK_NAME = "portal.run_attempt"
 
 
-def start_key(job_id: int, attempt: int) -> str:
-    """Set once, when one copy of an attempt's message starts: a second copy is then dropped."""
-    return f"{PREFIX}:started:{job_id}:{attempt}"
+def start_key(job_id: int, attempt: int, rank: int | None = None) -> str:
+    """Set once, when one copy of an attempt's message starts (of each rank, for a gang): a
+    second copy is then dropped."""
+    return f"{PREFIX}:started:{job_id}:{attempt}" + (f":{rank}" if rank else "")
+
+
+def rendezvous_key(job_id: int, attempt: int) -> str:
+    """Where a gang attempt's rank 0 listens, "address:port": set by the portal once it has
+    recorded what rank 0 reported, read by the other ranks before they start training."""
+    return f"{PREFIX}:rendezvous:{job_id}:{attempt}"
+
+
+def node_queue(node: str) -> str:
+    """The queue only one node takes from: a gang's ranks are sent to the nodes that admission
+    placed them on."""
+    return f"node@{node}"
 
 
 def cancel_key(job_id: int) -> str:
@@ -91,8 +104,8 @@ def label_queues(pools, labels: dict[str, str]) -> list[str]:
     return [label_queue(pool, subset) for pool in pools for subset in subsets]
 
 
-def dispatch_member(job_id: int, attempt: int) -> str:
-    return f"{job_id}:{attempt}"
+def dispatch_member(job_id: int, attempt: int, rank: int | None = None) -> str:
+    return f"{job_id}:{attempt}" + (f":{rank}" if rank else "")
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,9 @@ class AttemptSpec:
     # {"paths": ["@u/prefix", ...], "tables": ["u.table", ...]}.
     team: str | None = None
     grants: dict = field(default_factory=dict)
+    # For a gang: this message's rank of world_size ranks (None: a job of one rank).
+    rank: int | None = None
+    world_size: int = 1
 
     def to_message(self) -> dict:
         return asdict(self)
@@ -131,6 +147,7 @@ ARTIFACT = "artifact"
 FANOUT = "fanout"
 LEASE = "lease"  # renews one attempt's lease (a partition its parent runs inline)
 STOPPED = "stopped"  # a node stopped an attempt the portal no longer gave it
+RENDEZVOUS = "rendezvous"  # a gang's rank 0 says where it listens
 
 
 def node_name(hostname: str) -> str:

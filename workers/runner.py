@@ -33,20 +33,27 @@ FINISH_RETRY_S = 60.0
 
 def claim_start(client: redis.Redis, spec: protocol.AttemptSpec, node: str, worker: str) -> int:
     event = {"type": protocol.STARTED, "job": spec.job, "attempt": spec.attempt,
-             "token": spec.token, "node": node, "worker": worker, "ts": time.time()}
+             "token": spec.token, "node": node, "worker": worker, "ts": time.time(),
+             **ranked(spec)}
     if wire.checking():
         wire.check_stream(event)
-    keys = [protocol.start_key(spec.job, spec.attempt), protocol.DISPATCHED,
+    keys = [protocol.start_key(spec.job, spec.attempt, spec.rank), protocol.DISPATCHED,
             protocol.cancel_key(spec.job), protocol.EVENTS_STREAM,
             protocol.stop_key(spec.job, spec.attempt)]
-    args = [protocol.dispatch_member(spec.job, spec.attempt), node, json.dumps([event]),
+    args = [protocol.dispatch_member(spec.job, spec.attempt, spec.rank), node,
+            json.dumps([event]),
             START_KEY_TTL_S, wire.STREAM_VERSION]
     return int(client.eval(_CLAIM_START, len(keys), *keys, *args))
 
 
+def ranked(spec: protocol.AttemptSpec) -> dict:
+    """The rank field of a gang rank's events (none for a job of one rank)."""
+    return {} if spec.rank is None else {"rank": spec.rank}
+
+
 def finished_event(spec: protocol.AttemptSpec, outcome: str, *, result=None, error: str = ""):
     return {"type": protocol.FINISHED, "job": spec.job, "attempt": spec.attempt,
-            "token": spec.token,
+            "token": spec.token, **ranked(spec),
             "outcome": outcome, "result": result, "error": error[:5000]}
 
 
@@ -63,6 +70,8 @@ def run(spec: protocol.AttemptSpec, *, node: str, worker: str, sink: EventSink,
         kind = get_kind(spec.kind)
         if kind is None:
             raise LookupError(f"job kind {spec.kind!r} is not installed on node {node}")
+        if kind.unavailable:
+            raise LookupError(f"node {node} does not offer {spec.kind}: {kind.unavailable}")
         with data.team_space(data.space_of(spec.team, spec.grants)):
             result = kind.run(ctx, kind.params.model_validate(spec.params))
         json.dumps(result)

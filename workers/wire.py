@@ -49,6 +49,7 @@ class _AttemptEvent(TypedDict):
     attempt: int
     token: str
     ts: float
+    rank: NotRequired[int]  # which rank of a gang said it
 
 
 class Started(_AttemptEvent):
@@ -106,6 +107,12 @@ class Lease(_AttemptEvent):
     type: Literal["lease"]
 
 
+class Rendezvous(_AttemptEvent):
+    type: Literal["rendezvous"]
+    address: str
+    port: int
+
+
 class Stopped(TypedDict):
     __pydantic_config__ = STRICT  # type: ignore[misc]
     type: Literal["stopped"]
@@ -121,7 +128,7 @@ class Heartbeat(TypedDict):
     type: Literal["heartbeat"]
     node: str
     worker: str
-    attempts: list[list[Any]]  # [job, attempt, token] of each attempt it runs
+    attempts: list[list[Any]]  # [job, attempt, token(, rank)] of each attempt it runs
     reserved: list[list[int]]  # [job, attempt] of each message it took and has not started
     queues: list[str]
     labels: dict[str, str]
@@ -134,7 +141,7 @@ class Heartbeat(TypedDict):
 STREAM_EVENTS: dict[str, type] = {
     "started": Started, "progress": Progress, "log": Log, "metric": Metric,
     "finished": Finished, "artifact": Artifact, "fanout": FanOut, "lease": Lease,
-    "stopped": Stopped, "heartbeat": Heartbeat,
+    "stopped": Stopped, "heartbeat": Heartbeat, "rendezvous": Rendezvous,
 }
 # Version 1 names, as entries written before the upgrade still say them.
 V1_NAMES = {"t": "type", "a": "attempt", "k": "token", "p": "fraction", "msg": "message"}
@@ -178,6 +185,7 @@ class JobProgressEvent(_LiveJobEvent):
 class JobLogEvent(_LiveJobEvent):
     type: Literal["job.log"]
     attempt: int
+    rank: NotRequired[int]
     seq: int
     level: str
     text: str

@@ -2,8 +2,8 @@
 
 from rest_framework import serializers
 
-from jobs import admission
-from jobs.models import Artifact, Attempt, Job, LogLine, Node
+from jobs import admission, gangs
+from jobs.models import Artifact, Attempt, AttemptRank, Job, LogLine, Node
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -21,7 +21,7 @@ class JobSerializer(serializers.ModelSerializer):
                   "max_attempts", "node", "queue", "priority", "owner", "timeout_s",
                   "cancel_requested", "created_at", "started_at", "finished_at", "result",
                   "error", "parent", "partition", "done", "total", "unit", "after", "team",
-                  "cpus", "gpus", "labels"]
+                  "cpus", "gpus", "labels", "nodes", "slots_per_node"]
         read_only_fields = fields
 
     def get_cancel_requested(self, job) -> bool:
@@ -40,6 +40,13 @@ class AttemptSerializer(serializers.ModelSerializer):
         fields = ["number", "state", "node", "created_at", "started_at", "finished_at", "error"]
 
 
+class RankSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AttemptRank
+        fields = ["attempt", "rank", "node", "state", "address", "started_at", "finished_at",
+                  "error"]
+
+
 class PartitionSerializer(serializers.ModelSerializer):
     id = serializers.CharField(read_only=True)
 
@@ -54,17 +61,29 @@ class JobDetailSerializer(JobSerializer):
     its partitions."""
 
     attempts = AttemptSerializer(many=True, read_only=True)
+    ranks = serializers.SerializerMethodField(help_text="For a gang: each attempt's ranks, "
+                                              "the node each ran on, and how it went")
     partitions = serializers.SerializerMethodField()
+    speedup = serializers.SerializerMethodField(help_text="For a gang that timed its epochs: "
+                                                "times faster than the latest same job on one "
+                                                "rank, if any")
     place_in_line = serializers.SerializerMethodField(
         help_text="For a job waiting for admission: its place among its team's waiting jobs "
         "(1 = next); `message` says what it waits for")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "attempts", "partitions", "place_in_line"]
+        fields = [*JobSerializer.Meta.fields, "attempts", "ranks", "partitions", "speedup",
+                  "place_in_line"]
         read_only_fields = fields
 
     def get_place_in_line(self, job) -> int | None:
         return admission.place_in_line(job)
+
+    def get_speedup(self, job) -> float | None:
+        return gangs.speedup(job)
+
+    def get_ranks(self, job) -> list[dict]:
+        return RankSerializer(job.ranks.order_by("-attempt", "rank")[:1000], many=True).data
 
     def get_partitions(self, job) -> list[dict]:
         return PartitionSerializer(job.children.order_by("partition")[:1000], many=True).data
@@ -87,7 +106,7 @@ class LogLineSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LogLine
-        fields = ["seq", "attempt", "line", "ts", "level", "text"]
+        fields = ["seq", "attempt", "rank", "line", "ts", "level", "text"]
 
 
 class NodeSerializer(serializers.ModelSerializer):
@@ -103,3 +122,5 @@ class KindSerializer(serializers.Serializer):
     description = serializers.CharField()
     queue = serializers.CharField()
     params_schema = serializers.DictField(source="schema")
+    unavailable = serializers.CharField(help_text="Why the workers cannot run it (a missing "
+                                        "package), or empty")

@@ -72,6 +72,12 @@ JOB_SPEC = {
         "labels": {"type": "object", "maxProperties": services.MAX_LABELS,
                    "description": "node labels it needs",
                    "additionalProperties": {"type": "string", "maxLength": 100}},
+        "nodes": {"type": "integer", "minimum": 1, "maximum": services.MAX_NODES,
+                  "default": 1, "description": "a gang: this many distinct nodes, admitted "
+                  "all together, one rank per slot (at most the nodes its queue has)"},
+        "slots_per_node": {"type": "integer", "minimum": 1,
+                           "maximum": services.MAX_SLOTS_PER_NODE, "default": 1,
+                           "description": "slots (ranks) it takes on each of its nodes"},
     },
 }
 
@@ -188,7 +194,9 @@ class JobRetry(APIView):
 
 
 class JobLogs(APIView):
-    @extend_schema(parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
+    @extend_schema(parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int),
+                               OpenApiParameter("rank", int, description="a gang's one rank "
+                                                "(by default every rank's lines, merged)")],
                    responses=inline_serializer("JobLogs", {
                        "lines": LogLineSerializer(many=True),
                        "next_after": serializers.IntegerField(help_text="Pass as ?after= for "
@@ -201,7 +209,10 @@ class JobLogs(APIView):
                         selectors.LOG_PAGE)
         except ValueError:
             raise ValidationError({"after": ["must be a whole number"]}) from None
-        lines = selectors.job_logs(job, after=after, limit=max(limit, 1))
+        rank = request.query_params.get("rank")
+        if rank is not None:
+            rank = int_param(request.query_params, "rank", 0)
+        lines = selectors.job_logs(job, after=after, limit=max(limit, 1), rank=rank)
         return Response({"lines": LogLineSerializer(lines, many=True).data,
                          "next_after": lines[-1].id if lines else after})
 

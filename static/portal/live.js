@@ -133,6 +133,7 @@ const Portal = (() => {
     const id = root.dataset.job;
     const $ = (sel) => document.getElementById(sel);
     const log = $("job-log");
+    const gang = root.dataset.gang === "1";  // its lines say which rank wrote them
     let lastLogSeq = 0;
     log.querySelectorAll("[data-seq]").forEach((line) => { lastLogSeq = Math.max(lastLogSeq, +line.dataset.seq); });
 
@@ -421,7 +422,8 @@ const Portal = (() => {
         } else if (event.type === "job.progress") {
           showProgress(event.progress, event.done, event.total, event.unit);
           if (event.message !== undefined) $("job-message").textContent = event.message;
-        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.seq}`, event.level, event.text, event.ts);
+        } else if (event.type === "job.log") appendLog(`${event.attempt}:${event.rank || 0}:${event.seq}`, event.level,
+          event.rank === undefined ? event.text : `[rank ${event.rank}] ${event.text}`, event.ts);
         else if (event.type === "job.metric" && hasCharts()) addMetric(event);
       },
       async resync() {
@@ -429,7 +431,8 @@ const Portal = (() => {
         showJob(job);
         (job.partitions || []).forEach(showPartition);
         const page = await getJSON(`/api/v1/jobs/${id}/logs/?after=${lastLogSeq}`);
-        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.line}`, line.level, line.text, line.ts));
+        page.lines.forEach((line) => appendLog(`${line.attempt}:${line.rank}:${line.line}`, line.level,
+          gang ? `[rank ${line.rank}] ${line.text}` : line.text, line.ts));
         lastLogSeq = page.next_after;
         if (hasCharts()) showMetrics((await getJSON(`/api/v1/jobs/${id}/metrics/`)).series);
         return {[`job-${id}`]: job.stream_seq};

@@ -34,6 +34,8 @@ class JobKind:
     internal: bool = False
     # A Django permission ("app_label.codename") a user needs to submit it; None: anyone.
     permission: str | None = None
+    # Why this node cannot run it (a missing package), or "": it is listed but not offered.
+    unavailable: str = ""
 
     def schema(self) -> dict:
         return self.params.model_json_schema()
