@@ -12,6 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from jobs.models import Job, Node
+from usage import planner
 from workers import protocol
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
@@ -58,6 +59,14 @@ class PortalCollector:
                     gpu.add_metric([node.name, str(card["index"])], float(card["util"]))
         yield gpu
         yield online
+
+        nodes = GaugeMetricFamily(
+            "portal_queue_nodes_wanted", "Nodes that would run each queue's running jobs and "
+            "drain its waiting ones within TARGET_DRAIN_S, at the measured run times.",
+            labels=["queue"])
+        for queue, wanted in sorted(planner.nodes_wanted(settings.TARGET_DRAIN_S).items()):
+            nodes.add_metric([queue], wanted)
+        yield nodes
 
         depth = GaugeMetricFamily("portal_queue_depth", "Messages waiting in each queue.",
                                   labels=["queue"])

@@ -30,6 +30,7 @@ from jobs.models import Job, JobState, Node, NodeState
 from jobs.services import signal_cancel, signal_drain
 from portal.celery import app
 from schedules.services import tick as tick_schedules
+from usage import services as usage
 from workers import protocol, wire
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,10 @@ class Reconciler:
         done = {"scheduled": tick_schedules(now)}  # cron schedules that are due
         done.update(evaluate_alerts(now, deliver=deliver or notify.deliver_in_background))
         publish_summary(now)
+        done["usage"] = usage.roll_up(now)
         if self.rolled_minute != history.minute_of(now):  # once a minute
             done["rolled_up"] = history.roll_up(now)
-            done["pruned"] = sum(history.prune(now))
+            done["pruned"] = sum(history.prune(now)) + sum(usage.prune(now))
             self.rolled_minute = history.minute_of(now)
         return done
 

@@ -34,6 +34,9 @@ class JobKind:
     internal: bool = False
     # A Django permission ("app_label.codename") a user needs to submit it; None: anyone.
     permission: str | None = None
+    # May be stopped and queued again to give its slot to a team under its fair share
+    # (PREEMPTION=1): for work that loses little by starting over, or that resumes.
+    preemptible: bool = False
 
     def schema(self) -> dict:
         return self.params.model_json_schema()

@@ -1,0 +1,100 @@
+"""Fair share with memory: each team's core-seconds, decayed with a half-life, against its
+share; Slurm's classic factor 2^(-U/S), where U is the team's part of all the decayed usage
+and S its part of the shares of the teams in play."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.models import Team
+from usage.models import UsageDay
+
+HORIZON_HALF_LIVES = 10  # beyond ten half-lives a day weighs less than a thousandth
+MIN_WEIGHT = 1e-6
+
+
+@dataclass(frozen=True)
+class Standing:
+    team_id: int
+    name: str
+    share: int
+    usage: float  # decayed core-seconds
+    usage_fraction: float  # U
+    share_fraction: float  # S
+    factor: float  # 2^(-U/S): 1 unused, 0.5 exactly at its share, towards 0 beyond
+
+    @property
+    def ratio(self) -> float:
+        """How many times its share it used (U/S)."""
+        return self.usage_fraction / self.share_fraction if self.share_fraction else 0.0
+
+    @property
+    def weight(self) -> float:
+        """Its share scaled by the factor: the share itself exactly at its share, twice it
+        unused, a quarter of it at three times its share. Admission divides by this."""
+        return max(self.share * 2 * self.factor, MIN_WEIGHT)
+
+
+def half_life_h() -> float:
+    return settings.FAIR_SHARE_HALF_LIFE_H
+
+
+def decayed_usage(now: datetime, half_life: float) -> dict[int, float]:
+    """Each team's core-seconds, every day's weighed by 2^(-age/half-life), its age counted
+    from the middle of the day (never below 0)."""
+    horizon = now - timedelta(hours=half_life * HORIZON_HALF_LIVES)
+    rows = (UsageDay.objects.filter(day__gte=horizon.date(), day__lte=now.date())
+            .values("team_id", "day").annotate(core=Sum("core_s")).order_by())
+    used: dict[int, float] = {}
+    for row in rows:
+        middle = datetime.combine(row["day"], time(12), tzinfo=now.tzinfo)
+        age_h = max((now - middle).total_seconds() / 3600, 0.0)
+        used[row["team_id"]] = used.get(row["team_id"], 0.0) + row["core"] * 2 ** (
+            -age_h / half_life)
+    return used
+
+
+def standings(team_ids, now: datetime | None = None, *,
+              half_life: float | None = None) -> dict[int, Standing]:
+    """The standing of these teams and of every team with decayed usage; {} when the
+    half-life is 0 (fair share by what teams hold now only)."""
+    half_life = half_life_h() if half_life is None else half_life
+    if half_life <= 0:
+        return {}
+    now = now or timezone.now()
+    used = decayed_usage(now, half_life)
+    ids = set(team_ids) | set(used)
+    teams = dict(Team.objects.filter(pk__in=ids).values_list("pk", "name"))
+    shares = dict(Team.objects.filter(pk__in=ids).values_list("pk", "share"))
+    total_used = sum(used.values())
+    total_share = sum(max(share, 1) for share in shares.values()) or 1
+    out = {}
+    for team_id in teams:
+        share = max(shares[team_id], 1)
+        u = used.get(team_id, 0.0) / total_used if total_used else 0.0
+        s = share / total_share
+        out[team_id] = Standing(team_id, teams[team_id], share, used.get(team_id, 0.0), u, s,
+                                2 ** (-u / s))
+    return out
+
+
+def period() -> str:
+    """The half-life in words, for messages."""
+    hours = half_life_h()
+    for name, length in (("week", 168), ("day", 24), ("hour", 1)):
+        if hours == length:
+            return f"the last {name}"
+    return f"a half-life of {hours:g} h"
+
+
+def held_back(standing: Standing | None) -> str:
+    """Why fair share puts the team behind others, or "" when it is within its share."""
+    if standing is None or standing.ratio <= 1:
+        return ""
+    return (f"team {standing.name} used {standing.ratio:.1f}× its share over {period()}: "
+            "teams under their share go first")

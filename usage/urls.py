@@ -1,0 +1,8 @@
+from django.urls import path
+
+from usage import views
+
+urlpatterns = [
+    path("usage/", views.usage_page, name="usage"),
+    path("planner/", views.planner_page, name="planner"),
+]
