@@ -187,6 +187,11 @@ def weights(teams: dict[int, Team], standing: dict[int, fairshare.Standing]) -> 
             for t, team in teams.items()}
 
 
+def factor(standing: dict[int, fairshare.Standing], team_id: int) -> float:
+    """Between teams that hold as much for their weight, the one that used less goes first."""
+    return standing[team_id].factor if team_id in standing else 0.0
+
+
 def with_share(reason: str, standing: fairshare.Standing | None) -> str:
     """A wait for a slot says so when fair share puts the team behind others."""
     behind = fairshare.held_back(standing) if reason.endswith(Room.TAKEN) else ""
@@ -218,7 +223,8 @@ def admit() -> Pass:
         reasons: dict[int, str] = {}
         slot_waits: list[Job] = []  # waiting only for a free slot: preemption may give one
         while waiting_lines:
-            team_id = min(waiting_lines, key=lambda t: (usage[t]["jobs"] / weight[t], t))
+            team_id = min(waiting_lines, key=lambda t: (usage[t]["jobs"] / weight[t],
+                                                         -factor(standing, t), t))
             line = waiting_lines[team_id]
             job = line[0]
             reason = never_fits(teams[team_id], job)

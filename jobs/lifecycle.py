@@ -423,7 +423,8 @@ def preempt(job: Job, reason: str, now) -> bool:
     """Take a running attempt's slot back for a team under its fair share: the job goes back
     to pending as a new attempt that does not count against its max_attempts (each
     preemption adds one to them), its node is told to stop the old one, and the move is
-    audited and shown on the job's page and the feed. Claimed on the attempt's token, so a
+    audited and shown on the job's page and the feed; `reason` ("preempted for ...") ends
+    the old attempt. Claimed on the attempt's token, so a
     job that ended or moved meanwhile is left alone."""
     number, old_token = job.attempt, job.token
     token = new_token()
@@ -438,7 +439,7 @@ def preempt(job: Job, reason: str, now) -> bool:
                     blocked=False, message=message)
         if not won:
             return False
-        claim_attempt(job.pk, number, A.CANCELLED, finished_at=now, error=f"preempted: {reason}")
+        claim_attempt(job.pk, number, A.CANCELLED, finished_at=now, error=reason)
         Attempt.objects.create(job=job, number=number + 1, token=token, created_at=now)
         usage.record_ended([(job.pk, old_token)], outcome="preempted")
         record(None, "job.preempt", job, via="system", attempt=number, reason=reason)
