@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from audit.models import AuditEntry
 from cli.main import main
 from jobs import lifecycle
 from jobs.ingest import apply_events

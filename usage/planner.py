@@ -47,7 +47,8 @@ class Measure:
 
     def spread(self) -> dict:
         values = sorted(self.values)
-        q = statistics.quantiles(values, n=10) if len(values) >= 2 else [values[0]] * 9
+        q = (statistics.quantiles(values, n=10, method="inclusive") if len(values) >= 2
+             else [values[0]] * 9)
         return {"min": round(values[0], 3), "p10": round(q[0], 3),
                 "median": round(statistics.median(values), 3), "p90": round(q[-1], 3),
                 "max": round(values[-1], 3),

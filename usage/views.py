@@ -19,5 +19,7 @@ def planner_page(request):
     kinds = [kind.name for kind in all_kinds()]
     return render(request, "usage/planner.html", {
         "kinds": kinds, "example": EXAMPLE,
-        "example_rate": round(EXAMPLE["rows"] / EXAMPLE["window_s"]),
+        "example_text": (f"{EXAMPLE['rows'] / 1e6:,.0f} million clickstream events in "
+                         f"{EXAMPLE['window_s'] / 3600:g} hours is "
+                         f"{EXAMPLE['rows'] / EXAMPLE['window_s']:,.0f} rows per second"),
         "measured": [name for name in kinds if planner.measure(name) is not None]})
