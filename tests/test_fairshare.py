@@ -130,7 +130,7 @@ def full_cluster(cast, settings):
 
 
 def test_a_preemption_requeues_exactly_the_chosen_job_and_keeps_its_attempts(
-        cast, full_cluster, redis_client, django_capture_on_commit_callbacks):
+        cast, full_cluster, redis_client, django_capture_on_commit_callbacks, client):
     assert not get_kind("train.tabular").preemptible and get_kind("diag.sleep").preemptible
     [etl_job] = waiting(cast.bob, cast.etl)
     with django_capture_on_commit_callbacks(execute=True):
@@ -153,6 +153,10 @@ def test_a_preemption_requeues_exactly_the_chosen_job_and_keeps_its_attempts(
     entry = AuditEntry.objects.get(action="job.preempt")
     assert entry.target_id == str(young.pk) and entry.detail["attempt"] == 1
     assert redis_client.get(protocol.stop_key(young.pk, 1)) == b"1"
+    # Its page says so, in its attempts.
+    client.force_login(cast.alice)
+    page = client.get(f"/jobs/{young.pk}/").content.decode()
+    assert "preempted for team etl (under its share)" in page
     # The slot it gave back went to etl's job, in the pass that followed.
     assert Job.objects.get(pk=etl_job.pk).state == JobState.QUEUED
     # Nothing more to preempt for: a second pass leaves every job alone.
