@@ -69,16 +69,15 @@ def standings(team_ids, now: datetime | None = None, *,
     now = now or timezone.now()
     used = decayed_usage(now, half_life)
     ids = set(team_ids) | set(used)
-    teams = dict(Team.objects.filter(pk__in=ids).values_list("pk", "name"))
-    shares = dict(Team.objects.filter(pk__in=ids).values_list("pk", "share"))
+    teams = {pk: (name, max(share, 1)) for pk, name, share in
+             Team.objects.filter(pk__in=ids).values_list("pk", "name", "share")}
     total_used = sum(used.values())
-    total_share = sum(max(share, 1) for share in shares.values()) or 1
+    total_share = sum(share for _, share in teams.values()) or 1
     out = {}
-    for team_id in teams:
-        share = max(shares[team_id], 1)
+    for team_id, (name, share) in teams.items():
         u = used.get(team_id, 0.0) / total_used if total_used else 0.0
         s = share / total_share
-        out[team_id] = Standing(team_id, teams[team_id], share, used.get(team_id, 0.0), u, s,
+        out[team_id] = Standing(team_id, name, share, used.get(team_id, 0.0), u, s,
                                 2 ** (-u / s))
     return out
 
