@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from time import monotonic
 
 from django.conf import settings
 from django.db.models import Sum
@@ -59,27 +60,58 @@ def decayed_usage(now: datetime, half_life: float) -> dict[int, float]:
     return used
 
 
-def standings(team_ids, now: datetime | None = None, *,
+def standings(teams, now: datetime | None = None, *,
               half_life: float | None = None) -> dict[int, Standing]:
-    """The standing of these teams and of every team with decayed usage; {} when the
-    half-life is 0 (fair share by what teams hold now only)."""
+    """The standing of these teams (ids, or {id: Team} as admission has them) and of every
+    team with decayed usage; {} when the half-life is 0 (fair share by what teams hold now
+    only). Without `now`, the decayed usage may be up to CACHE_S old: it moves slowly."""
     half_life = half_life_h() if half_life is None else half_life
     if half_life <= 0:
         return {}
-    now = now or timezone.now()
-    used = decayed_usage(now, half_life)
-    ids = set(team_ids) | set(used)
-    teams = {pk: (name, max(share, 1)) for pk, name, share in
-             Team.objects.filter(pk__in=ids).values_list("pk", "name", "share")}
+    used, known = _cached(half_life) if now is None else _usage(now, half_life)
+    if isinstance(teams, dict):
+        known = {**known, **{pk: (team.name, max(team.share, 1)) for pk, team in teams.items()}}
+    missing = set(teams) - set(known)
+    if missing:
+        known = {**known, **_teams(missing)}
     total_used = sum(used.values())
-    total_share = sum(share for _, share in teams.values()) or 1
+    total_share = sum(share for _, share in known.values()) or 1
     out = {}
-    for team_id, (name, share) in teams.items():
+    for team_id, (name, share) in known.items():
         u = used.get(team_id, 0.0) / total_used if total_used else 0.0
         s = share / total_share
         out[team_id] = Standing(team_id, name, share, used.get(team_id, 0.0), u, s,
                                 2 ** (-u / s))
     return out
+
+
+def _teams(ids) -> dict[int, tuple[str, int]]:
+    return {pk: (name, max(share, 1)) for pk, name, share in
+            Team.objects.filter(pk__in=ids).values_list("pk", "name", "share")}
+
+
+def _usage(now: datetime, half_life: float) -> tuple[dict, dict]:
+    used = decayed_usage(now, half_life)
+    return used, _teams(used)
+
+
+CACHE_S = 5.0
+_cache: dict[float, tuple[float, tuple[dict, dict]]] = {}
+
+
+def _cached(half_life: float) -> tuple[dict, dict]:
+    """Per process: admission runs after every submit and every batch of ended jobs, and a
+    week's half-life does not move in five seconds."""
+    at = monotonic()
+    hit = _cache.get(half_life)
+    if hit is None or at - hit[0] > CACHE_S:
+        hit = _cache[half_life] = (at, _usage(timezone.now(), half_life))
+    return hit[1]
+
+
+def forget() -> None:
+    """Drop the cached usage (tests that write usage and admit at once)."""
+    _cache.clear()
 
 
 def period() -> str:
