@@ -424,8 +424,8 @@ def preempt(job: Job, reason: str, now) -> bool:
     to pending as a new attempt that does not count against its max_attempts (each
     preemption adds one to them), its node is told to stop the old one, and the move is
     audited and shown on the job's page and the feed; `reason` ("preempted for ...") ends
-    the old attempt. Claimed on the attempt's token, so a
-    job that ended or moved meanwhile is left alone."""
+    the old attempt. Claimed on the attempt's token, so a job that ended or moved meanwhile
+    is left alone."""
     number, old_token = job.attempt, job.token
     token = new_token()
     message = (f"{reason}; back in line as attempt {number + 1} (a preemption does not count "
@@ -446,7 +446,7 @@ def preempt(job: Job, reason: str, now) -> bool:
         stop_on_commit((job.pk, number))
         job.refresh_from_db()
         log.info("job %s preempted: %s", job.pk, reason)
-        _publish_state(job, notice=f"job {job.pk} preempted: {message}")
+        _publish_state(job, notice=f"job {job.pk}: {message}")
         _admit_next()
     return True
 
