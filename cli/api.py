@@ -121,6 +121,9 @@ class Api:
     def nodes(self) -> list[dict]:
         return self.get("/api/v1/nodes/")
 
+    def usage(self, **params) -> dict:
+        return self.get("/api/v1/usage/", **params)
+
     def submit(self, spec: dict) -> dict:
         response = self.request("POST", "/api/v1/jobs/", json=spec)
         if response.status_code not in (200, 201):

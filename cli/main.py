@@ -341,6 +341,31 @@ def cmd_decline(args, out: Out, env) -> int:
     return OK
 
 
+def hours(seconds) -> str:
+    return f"{(seconds or 0) / 3600:,.1f}"
+
+
+def wait_text(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:,.1f}s"
+
+
+def cmd_usage(args, out: Out, env) -> int:
+    params = {"since": args.since, "group_by": args.by}
+    if args.until:
+        params["until"] = args.until
+    report = connect(env).usage(**params)
+    groups = report["group_by"]
+    rows = [[*(r.get(g) for g in groups), r["jobs"], r["attempts"], r["lost"], r["preempted"],
+             hours(r["core_seconds"]), hours(r["gpu_seconds"]), wait_text(r["wait_p50_seconds"]),
+             wait_text(r["wait_p95_seconds"])] for r in report["rows"]]
+    headers = [*(g.upper() for g in groups), "JOBS", "ATTEMPTS", "LOST", "PREEMPTED", "CORE-H",
+               "GPU-H", "WAIT P50", "WAIT P95"]
+    human = (table(headers, rows) if rows else
+             f"no attempt ended between {report['since']} and {report['until']}")
+    out.result(human, report)
+    return OK
+
+
 # -- arguments -----------------------------------------------------------------------------------
 
 
@@ -492,6 +517,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("id")
     sub = command("decline", cmd_decline, "decline an invitation")
     sub.add_argument("id")
+    sub = command("usage", cmd_usage, "what the cluster was used for (attempts that ended), "
+                  "per team, user, kind, queue or day")
+    sub.add_argument("--since", default="7d", help="first day: 7d, 12h, 2w back, or an ISO "
+                     "date (default 7d)")
+    sub.add_argument("--until", help="last day, the same forms (default today)")
+    sub.add_argument("--by", default="team", help="team, user, kind, queue or day, or several "
+                     "comma-separated: day,team (default team)")
 
     command("nodes", cmd_nodes, "the worker nodes, their state and utilization")
     command("kinds", cmd_kinds, "the job kinds you can submit")

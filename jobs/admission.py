@@ -4,6 +4,9 @@ A submitted job waits in `pending` until its team's quota (jobs, CPU slots, GPUs
 has room for it and, when the pool's nodes are known, until the pool has a free slot. Teams that
 compete for free slots take turns by fair share: the team holding the fewest jobs for its
 `share` goes next, so a team with a thousand pending jobs does not starve a team with one.
+With FAIR_SHARE_HALF_LIFE_H, the share is weighed by what the team used before (its decayed
+core-seconds, usage.fairshare): a team far over its share waits behind those under theirs,
+and with PREEMPTION=1 their jobs may even be given slots back (jobs.preemption).
 Within a team, higher priority first, then first come first served.
 
 A pass runs after every submit (in its transaction), after the ingester ends jobs, and on each
@@ -27,8 +30,9 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.models import Team
-from jobs import gangs, lifecycle
+from jobs import gangs, lifecycle, preemption
 from jobs.models import Job, JobState, Node, NodeState
+from usage import fairshare
 
 LOCK_KEY = 0x706F7274  # "port"
 WINDOW = 100  # pending jobs looked at per team, queue and pass
@@ -120,6 +124,8 @@ class Room:
     that no node has ever served is not limited here (its jobs wait in the broker for one); one
     whose nodes are all offline has no room."""
 
+    TAKEN = "is taken"  # how a wait for a free slot ends (and nothing else)
+
     def __init__(self, busy: dict[str, int], routes: dict[tuple[str, str], int]):
         self.busy, self.routes = busy, routes
         self.nodes = list(Node.objects.values_list("state", "queues", "labels", "concurrency"))
@@ -149,10 +155,10 @@ class Room:
         if self._left(job.queue, {}) < 1:
             if not self.capacity(job.queue, {}):
                 return f"queue {job.queue}: no node serving it is online"
-            return f"queue {job.queue}: every slot is taken"
+            return f"queue {job.queue}: every slot {self.TAKEN}"
         if job.labels and self._left(job.queue, job.labels) < 1:
             text = ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))
-            return f"queue {job.queue}: every slot of the nodes with {text} is taken"
+            return f"queue {job.queue}: every slot of the nodes with {text} {self.TAKEN}"
         return ""
 
     def take(self, job) -> None:
@@ -225,6 +231,24 @@ def lines() -> dict[int, deque[Job]]:
     return by_team
 
 
+def weights(teams: dict[int, Team], standing: dict[int, fairshare.Standing]) -> dict:
+    """What each team's held jobs are divided by to find who goes next: its share, weighed by
+    its fair-share factor when usage is remembered (FAIR_SHARE_HALF_LIFE_H > 0)."""
+    return {t: standing[t].weight if t in standing else max(team.share, 1)
+            for t, team in teams.items()}
+
+
+def factor(standing: dict[int, fairshare.Standing], team_id: int) -> float:
+    """Between teams that hold as much for their weight, the one that used less goes first."""
+    return standing[team_id].factor if team_id in standing else 0.0
+
+
+def with_share(reason: str, standing: fairshare.Standing | None) -> str:
+    """A wait for a slot says so when fair share puts the team behind others."""
+    behind = fairshare.held_back(standing) if reason.endswith(Room.TAKEN) else ""
+    return f"{reason}; {behind}"[:500] if behind else reason
+
+
 @dataclass
 class Pass:
     """What one pass did: the jobs it admitted (queued at `at`), and why the others wait."""
@@ -245,11 +269,14 @@ def admit() -> Pass:
         usage, busy, routes = held()
         room = Room(busy, routes)
         gang_room = GangRoom(timezone.now())
+        standing = fairshare.standings(teams)
+        weight = weights(teams, standing)
         chosen: list[Job] = []
         reasons: dict[int, str] = {}
+        slot_waits: list[Job] = []  # waiting only for a free slot: preemption may give one
         while waiting_lines:
-            team_id = min(waiting_lines,
-                          key=lambda t: (usage[t]["jobs"] / max(teams[t].share, 1), t))
+            team_id = min(waiting_lines, key=lambda t: (usage[t]["jobs"] / weight[t],
+                                                         -factor(standing, t), t))
             line = waiting_lines[team_id]
             job = line[0]
             reason = never_fits(teams[team_id], job)
@@ -266,7 +293,9 @@ def admit() -> Pass:
             if not line:
                 del waiting_lines[team_id]
             if reason:  # this one waits; the next of its team may fit
-                reasons[job.pk] = reason
+                reasons[job.pk] = with_share(reason, standing.get(team_id))
+                if reason.endswith(Room.TAKEN):
+                    slot_waits.append(job)
                 continue
             room.take(job)
             used = usage[team_id]
@@ -275,6 +304,7 @@ def admit() -> Pass:
             chosen.append(job)
         now = timezone.now()
         admitted = lifecycle.admit(chosen, now, gangs=gang_room.placed)
+        preemption.preempt_for(slot_waits, standing, now)
         by_reason = defaultdict(list)
         for job_id, reason in reasons.items():
             by_reason[reason].append(job_id)

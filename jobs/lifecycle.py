@@ -13,6 +13,11 @@ or an attempt's state (tests/test_lifecycle.py checks it).
        |  |              +--lose/requeue----+    \\--cancel----> cancelled
        |  +--a gang's rank lost or failed: back to admission, whole-+
        +--dependency failed / cancel -----------------------> cancelled
+       ^                                    |
+       +--------------preempt---------------+  (back in line as a new attempt)
+
+Every attempt that ran leaves a usage row when it ends (jobs.usage.record_ended), in the
+same transaction as the move that ended it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.log import record
 from common.errors import DomainError
+from jobs import usage
 from jobs.broadcast import Outbox
 from jobs.dispatch import dispatch_on_commit, send_again
 from jobs.models import TERMINAL, Attempt, AttemptRank, AttemptState, Job, JobState
@@ -40,7 +47,8 @@ JOB_MOVES: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.FAILED}),
     # A gang goes back to pending (to be placed again, whole) when one of its ranks is lost.
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.PENDING}),
-    # Back to queued when an attempt is lost (or a partition failed) and attempts remain.
+    # Back to queued when an attempt is lost (or a partition failed) and attempts remain;
+    # back to pending when preempted, or a gang's rank was lost (admission decides again).
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED, S.PENDING}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
@@ -433,6 +441,7 @@ def lose(job: Job, now) -> bool:
         if not won:
             return False
         claim_attempt(job.pk, number, attempt_state, finished_at=now, error=lost)
+        usage.record_ended([(job.pk, guard["token"])])
         stop_on_commit((job.pk, number))
         job.refresh_from_db()
         log.warning("job %s: %s", job.pk, job.message if job.state == S.QUEUED else job.error)
@@ -510,6 +519,45 @@ def lose_lost_ranks(now) -> int:
     for job, rank, node in lost:
         lose_gang(job, now, rank=rank, node=node)
     return len(lost)
+
+
+def preempt(job: Job, reason: str, now) -> bool:
+    """Take a running attempt's slot back for a team under its fair share: the job goes back
+    to pending as a new attempt that does not count against its max_attempts (each
+    preemption adds one to them), its node is told to stop the old one, and the move is
+    audited and shown on the job's page and the feed; `reason` ("preempted for ...") ends
+    the old attempt. Claimed on the attempt's token, so a job that ended or moved meanwhile
+    is left alone."""
+    number, old_token = job.attempt, job.token
+    token = new_token()
+    message = (f"{reason}; back in line as attempt {number + 1} (a preemption does not count "
+               "against its attempts)")[:500]
+    with transaction.atomic():
+        won = claim(job.pk, S.PENDING, source={S.RUNNING},
+                    guard={"attempt": number, "token": old_token,
+                           "cancel_requested_at__isnull": True},
+                    attempt=number + 1, max_attempts=F("max_attempts") + 1, token=token,
+                    node="", lease_expires_at=None, dispatched_at=None, progress=None,
+                    blocked=False, message=message)
+        if not won:
+            return False
+        claim_attempt(job.pk, number, A.CANCELLED, finished_at=now, error=reason)
+        Attempt.objects.create(job=job, number=number + 1, token=token, created_at=now)
+        usage.record_ended([(job.pk, old_token)], outcome="preempted")
+        record(None, "job.preempt", job, via="system", attempt=number, reason=reason)
+        stop_on_commit((job.pk, number))
+        job.refresh_from_db()
+        log.info("job %s preempted: %s", job.pk, reason)
+        _publish_state(job, notice=f"job {job.pk}: {message}")
+        _admit_next()
+    return True
+
+
+def _admit_next() -> None:
+    """A pass once this commits: the slot given back goes to the next in line."""
+    from jobs import admission
+
+    admission.admit_on_commit()
 
 
 def redispatch(job: Job, now) -> bool:
@@ -735,6 +783,8 @@ def write_plans(plans: dict[int, Plan], now) -> set[int]:
     if attempts:
         update_rows(Attempt, attempts, key="token",
                     where={"state": [A.QUEUED.value, A.RUNNING.value]})
+    usage.record_ended([(job_id, plans[job_id].token) for job_id in won
+                        if plans[job_id].attempt.get("finished_at")])
     requeued = [job_id for job_id in won if plans[job_id].requeued]
     if requeued:
         jobs = list(Job.objects.filter(pk__in=requeued))

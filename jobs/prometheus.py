@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from jobs import planner
 from jobs.models import Job, Node
 from workers import protocol
 
@@ -58,6 +59,14 @@ class PortalCollector:
                     gpu.add_metric([node.name, str(card["index"])], float(card["util"]))
         yield gpu
         yield online
+
+        nodes = GaugeMetricFamily(
+            "portal_queue_nodes_wanted", "Nodes that would run each queue's running jobs and "
+            "drain its waiting ones within TARGET_DRAIN_S, at the measured run times.",
+            labels=["queue"])
+        for queue, wanted in sorted(planner.nodes_wanted(settings.TARGET_DRAIN_S).items()):
+            nodes.add_metric([queue], wanted)
+        yield nodes
 
         depth = GaugeMetricFamily("portal_queue_depth", "Messages waiting in each queue.",
                                   labels=["queue"])

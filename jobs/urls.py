@@ -18,4 +18,5 @@ urlpatterns = [
     path("nodes/<str:name>/undrain/", views.node_drain, {"draining": False},
          name="node-undrain"),
     path("metrics", views.metrics, name="metrics"),
+    path("planner/", views.planner_page, name="planner"),
 ]

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from accounts import teams
 from accounts.auth import key_from_header, user_for_key
-from jobs import admission, forms, gangs, prometheus, selectors, services
+from jobs import admission, forms, gangs, planner, prometheus, selectors, services
 from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
 from workers.kinds import all_kinds, examples, get_kind
@@ -296,3 +296,19 @@ def metrics(request):
     if not user.is_staff:
         return HttpResponse("staff only\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(prometheus.registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+# The Planner page: its answers come from POST /api/v1/capacity/plan/ in the browser.
+PLANNER_EXAMPLE = {"kind": "etl.clickstream", "rows": 800_000_000, "window_s": 21_600}
+
+
+@login_required
+def planner_page(request):
+    kinds = [kind.name for kind in all_kinds()]
+    rows, window = PLANNER_EXAMPLE["rows"], PLANNER_EXAMPLE["window_s"]
+    return render(request, "usage/planner.html", {
+        "kinds": kinds, "example": PLANNER_EXAMPLE,
+        "example_text": (f"{rows / 1e6:,.0f} million clickstream events in {window / 3600:g} "
+                         f"hours is {rows / window:,.0f} rows per second"),
+        "measured": [name for name in kinds if planner.measure(name) is not None]})
+

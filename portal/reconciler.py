@@ -17,6 +17,7 @@ from alerts.evaluate import evaluate as evaluate_alerts
 from jobs import history
 from jobs import reconcile as recovery
 from schedules.services import tick as tick_schedules
+from usage import services as usage
 from workers import protocol
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ class Reconciler:
         done = {"scheduled": tick_schedules(now)}  # cron schedules that are due
         done.update(evaluate_alerts(now, deliver=deliver or notify.deliver_in_background))
         recovery.publish_summary(now)
+        done["usage"] = usage.roll_up(now)
         if self.rolled_minute != history.minute_of(now):  # once a minute
             done["rolled_up"] = history.roll_up(now)
-            done["pruned"] = sum(history.prune(now))
+            done["pruned"] = sum(history.prune(now)) + sum(usage.prune(now))
             self.rolled_minute = history.minute_of(now)
         return done
 

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "spaces",
     "axes",
     "csp",
+    "usage",
 ]
 
 MIDDLEWARE = [
@@ -277,6 +278,20 @@ LIVE_CLUSTER_COALESCE_S = env_float("LIVE_CLUSTER_COALESCE_S", 1.0)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)
 NODE_MINUTES_DAYS = env_float("NODE_MINUTES_DAYS", 30.0)
+# Usage accounting: one row per ended attempt for USAGE_ATTEMPTS_KEEP_DAYS, folded into per-day
+# figures kept USAGE_KEEP_DAYS, whatever becomes of the jobs themselves.
+USAGE_KEEP_DAYS = env_float("USAGE_KEEP_DAYS", 400.0)
+USAGE_ATTEMPTS_KEEP_DAYS = env_float("USAGE_ATTEMPTS_KEEP_DAYS", 35.0)
+# Fair share with memory: core-seconds used decay with this half-life in hours; 0 orders teams
+# by what they hold right now only.
+FAIR_SHARE_HALF_LIFE_H = env_float("FAIR_SHARE_HALF_LIFE_H", 168.0)
+# Preemption back to fair share (off unless 1); a job runs at least PREEMPT_MIN_RUN_S first.
+PREEMPTION = env_bool("PREEMPTION", False)
+PREEMPT_MIN_RUN_S = env_float("PREEMPT_MIN_RUN_S", 300.0)
+# Capacity: the backlog each queue should drain within (portal_queue_nodes_wanted), and a
+# known ceiling of the warehouse's load rate in rows per second (0: none known).
+TARGET_DRAIN_S = env_float("TARGET_DRAIN_S", 3600.0)
+WAREHOUSE_MAX_ROWS_PER_S = env_float("WAREHOUSE_MAX_ROWS_PER_S", 0.0)
 
 # Alerts: mail goes through Django's email backend (the console by default), webhooks get a POST.
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -5,7 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from accounts.api import InvitationAccept, InvitationDecline, InvitationList, TeamInvite, TeamList
 from alerts.api import AlertList
 from audit.api import AuditList
+from jobs.api.capacity import CapacityPlan
 from spaces.api import GrantDetail, GrantList
+from usage.api import UsageReport
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -24,6 +26,8 @@ urlpatterns = [
          name="api-invitation-accept"),
     path("api/v1/invitations/<int:invitation_id>/decline/", InvitationDecline.as_view(),
          name="api-invitation-decline"),
+    path("api/v1/usage/", UsageReport.as_view(), name="api-usage"),
+    path("api/v1/capacity/plan/", CapacityPlan.as_view(), name="api-capacity-plan"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the Content-Security-Policy allows
     # no inline script.
@@ -32,4 +36,5 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("jobs.urls")),
     path("", include("schedules.urls")),
+    path("", include("usage.urls")),
 ]

@@ -155,3 +155,12 @@ def redis_client():
     client = protocol.redis_client()
     client.flushdb()
     return client
+
+
+@pytest.fixture(autouse=True)
+def fresh_fair_share():
+    """Fair share caches the decayed usage for a few seconds per process: each test reads its
+    own."""
+    from usage import fairshare
+
+    fairshare.forget()

@@ -24,7 +24,8 @@ ALLOWED = {
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.FAILED),
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.QUEUED),
-    # A gang whose rank was lost goes back to admission, to be placed again whole.
+    # A gang whose rank was lost goes back to admission, to be placed again whole; a
+    # preempted job goes back to admission too.
     (S.QUEUED, S.PENDING), (S.RUNNING, S.PENDING),
 }
 ALL_PAIRS = [(a, b) for a in S.values for b in S.values if a != b]

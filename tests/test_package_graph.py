@@ -7,8 +7,8 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["portal", "common", "spaces", "jobs", "accounts", "workers", "alerts", "schedules",
-            "audit", "cli"]
+PACKAGES = ["portal", "common", "spaces", "usage", "jobs", "accounts", "workers", "alerts",
+            "schedules", "audit", "cli"]
 
 
 def imports_between_packages() -> dict[str, set[str]]:

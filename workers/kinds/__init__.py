@@ -36,6 +36,9 @@ class JobKind:
     permission: str | None = None
     # Why this node cannot run it (a missing package), or "": it is listed but not offered.
     unavailable: str = ""
+    # May be stopped and queued again to give its slot to a team under its fair share
+    # (PREEMPTION=1): for work that loses little by starting over, or that resumes.
+    preemptible: bool = False
 
     def schema(self) -> dict:
         return self.params.model_json_schema()

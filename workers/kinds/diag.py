@@ -83,6 +83,7 @@ KINDS = [
         description="Sleeps for a while, reporting progress each second; can be told to fail.",
         params=SleepParams,
         run=sleep,
+        preemptible=True,
     ),
     JobKind(
         name="diag.fanout",
@@ -105,5 +106,6 @@ KINDS = [
         description="Returns at once; measures the portal's own overhead.",
         params=NoopParams,
         run=noop,
+        preemptible=True,
     ),
 ]
