@@ -10,8 +10,8 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.models import Job, JobState, MetricPoint, Node
 from jobs import planner
+from jobs.models import Job, JobState, MetricPoint, Node
 
 RATES = [1000.0, 1200.0, 800.0, 1100.0]
 
