@@ -40,14 +40,26 @@ def acting_teams(user):
                                memberships__role__in=ACTING_ROLES).order_by("name")
 
 
+def personal_team_names(user):
+    """The names a user's team of their own may take, in order: theirs, then theirs-2, ..."""
+    base = slugify(user.get_username())[:40] or f"user-{user.pk}"
+    return [f"{base}{suffix}" for suffix in ["", *(f"-{n}" for n in range(2, 50))]]
+
+
+def personal_team_name(user) -> str:
+    """The name the user's team of their own would take now (the first one free)."""
+    taken = set(Team.objects.filter(name__in=personal_team_names(user))
+                .values_list("name", flat=True))
+    return next(name for name in personal_team_names(user) if name not in taken)
+
+
 def personal_team(user) -> Team:
     """A user in no team works in one of their own, named after them, as its admin. Made by
     team_for_work only, inside the transaction that saves their first job or schedule."""
-    base = slugify(user.get_username())[:40] or f"user-{user.pk}"
-    for suffix in ["", *(f"-{n}" for n in range(2, 50))]:
+    for name in personal_team_names(user):
         try:
             with transaction.atomic():
-                team = Team.objects.create(name=f"{base}{suffix}",
+                team = Team.objects.create(name=name,
                                            title=f"{user.get_username()}'s own work")
                 Membership.objects.create(team=team, user=user, role=Role.ADMIN)
                 return team

@@ -198,15 +198,12 @@ def _nodes_field(nodes: int, queue: str, labels: dict, errors) -> None:
                            f"{nodes}"]
 
 
-# A user in no team: their team of their own is made with their first job, and until then
-# their space holds nothing of theirs (no team can have this name).
-NO_TEAM_YET = workers_data.Space("~new")
-
-
 def _space_to_check(team: Team | None, owner) -> workers_data.Space | None:
+    """Where the job's paths are looked up: its team's space; for a user in no team, the
+    space of the team of their own that their first job makes."""
     if team is not None:
         return space_for(team)
-    return NO_TEAM_YET if owner is not None else None
+    return workers_data.space_of(teams.personal_team_name(owner)) if owner is not None else None
 
 
 def _team_field(value, owner, errors) -> Team | None:

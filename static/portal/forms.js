@@ -16,11 +16,9 @@
     summary.focus({preventScroll: true});
   }
 })();
-/* A form with data-confirm asks first; a button with data-copy copies its element's text. */
+/* A button with data-copy copies its element's text (a form with data-confirm asks first:
+   pages.js, on every page). */
 (() => {
-  document.querySelectorAll("form[data-confirm]").forEach((form) => {
-    form.addEventListener("submit", (event) => { if (!window.confirm(form.dataset.confirm)) event.preventDefault(); });
-  });
   document.querySelectorAll("button[data-copy]").forEach((button) => {
     button.addEventListener("click", () => {
       const source = document.getElementById(button.dataset.copy);

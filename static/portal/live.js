@@ -514,8 +514,10 @@ const Portal = (() => {
       keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),
       async resync() {
         if (!onTop) return {};  // the rows shown are not the newest: nothing to add from there
+        // Rows shown follow, and jobs made while the socket was away (or before it could carry
+        // them: a user's first job makes their team) are added, oldest first, newest on top.
         const page = await getJSON(`/api/v1/jobs/?${query}`);
-        page.results.forEach(update);  // rows shown follow; none is added from here
+        [...page.results].reverse().forEach((job) => update({type: "job.state", ...job}));
         return {};
       },
     });
