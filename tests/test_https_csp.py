@@ -83,7 +83,7 @@ def pages(cast):
     return client, ["/accounts/login/", "/jobs/", "/jobs/new/", f"/jobs/{job.pk}/",
                     "/cluster/", "/nodes/w1/", "/schedules/", "/schedules/new/",
                     f"/schedules/{schedule.pk}/", "/teams/", "/tokens/", "/api/docs/",
-                    "/admin/", "/admin/jobs/job/"]
+                    "/usage/", "/planner/", "/admin/", "/admin/jobs/job/"]
 
 
 def test_every_page_has_a_policy_without_inline_script_and_no_inline_script(pages):

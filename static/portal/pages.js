@@ -1,5 +1,6 @@
 // What each page starts, read from its markup (the Content-Security-Policy allows no inline
-// script): data-watch, data-dashboard, data-confirm, data-autosubmit and the token copy button.
+// script): data-watch, data-dashboard, data-usage, data-planner, data-confirm, data-autosubmit
+// and the token copy button.
 (() => {
   function start() {
     const list = document.querySelector("[data-watch=list]");
@@ -12,6 +13,9 @@
     } else if (board && board.dataset.dashboard === "node") {
       Dashboard.node(board);
     }
+    const usage = document.querySelector("[data-usage]");
+    if (usage) Usage.page(usage.dataset.usage);
+    if (document.querySelector("[data-planner]")) Usage.planner();
     for (const form of document.querySelectorAll("form[data-confirm]")) {
       form.addEventListener("submit", (event) => {
         if (!window.confirm(form.dataset.confirm)) event.preventDefault();
