@@ -13,7 +13,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import Membership, Team
-from accounts.teams import default_team
+from accounts.teams import team_for_work
 from jobs.models import Job, JobState, MetricPoint
 from tests.integration.conftest import ARTIFACTS, wait_for_job
 from tests.integration.test_browser import (  # noqa: F401 (browser: a fixture)
@@ -104,7 +104,7 @@ def seed_clickstream(owner):
 
 def test_the_planner_answers_the_seed_example_and_names_a_bad_field(sized):
     user = log_in(sized, "planner")
-    default_team(user)  # a team of their own, which the history belongs to
+    team_for_work(user)  # a team of their own, which the history belongs to
     seed_clickstream(user)
     sized.goto("/planner/")
     expect(sized.locator("#plan-kind")).to_have_value("etl.clickstream")
