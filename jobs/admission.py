@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from math import inf
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, ExpressionWrapper, F, IntegerField, Q, Sum, Value
-from django.db.models.functions import Cast
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Team
@@ -46,6 +45,15 @@ def _lock() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+
+
+def _try_lock() -> bool:
+    """The pass lock if it is free now (never waits: a caller holding row locks must not)."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
+        return bool(cursor.fetchone()[0])
 
 
 def waiting() -> Q:
@@ -87,33 +95,34 @@ def labels_key(labels) -> str:
     return json.dumps(labels or {}, sort_keys=True)
 
 
-def per_rank(value) -> ExpressionWrapper:
-    """`value` once per rank of a job (a gang holds a slot, its CPUs and GPUs per rank), as an
-    integer: small integers multiplied stay small integers in PostgreSQL, and would overflow."""
-    value = Value(value) if isinstance(value, int) else value
-    return ExpressionWrapper(Cast(value, IntegerField()) * Cast(F("nodes"), IntegerField())
-                             * Cast(F("slots_per_node"), IntegerField()),
-                             output_field=IntegerField())
-
-
 def held() -> tuple[dict[int, dict], dict[str, int], dict[tuple[str, str], int]]:
     """What queued and running jobs hold, in one query: per team (jobs it submitted; CPU slots
-    and GPUs of those and of their fan-outs' partitions), per queue, and per queue and labels."""
+    and GPUs of those and of their fan-outs' partitions), per queue, and per queue and labels.
+    Written out, as lines() is: each pass runs it, and the ORM's version cost more to build
+    than to run (a gang holds a slot, its CPUs and GPUs per rank; the products are computed
+    as bigints, which small integers multiplied would overflow)."""
     usage: dict[int, dict] = defaultdict(lambda: {"jobs": 0, "cpus": 0, "gpus": 0})
     busy: dict[str, int] = defaultdict(int)
     routes: dict[tuple[str, str], int] = defaultdict(int)
-    rows = (Job.objects.filter(state__in=HELD).values("team_id", "queue", "labels")
-            .annotate(n=Sum(per_rank(1)), jobs=Count("id", filter=Q(parent__isnull=True)),
-                      cpus=Sum(per_rank(F("cpus"))), gpus=Sum(per_rank(F("gpus"))))
-            .order_by())
-    for row in rows:
-        used = usage[row["team_id"]]
-        used["jobs"] += row["jobs"]
-        used["cpus"] += row["cpus"] or 0
-        used["gpus"] += row["gpus"] or 0
-        busy[row["queue"]] += row["n"]
-        if row["labels"]:
-            routes[(row["queue"], labels_key(row["labels"]))] += row["n"]
+    ranks = "CAST(nodes AS bigint) * CAST(slots_per_node AS bigint)"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT team_id, queue, labels, SUM({ranks}), "
+            f"SUM(CASE WHEN parent_id IS NULL THEN 1 ELSE 0 END), "
+            f"SUM(CAST(cpus AS bigint) * {ranks}), SUM(CAST(gpus AS bigint) * {ranks}) "
+            f"FROM {Job._meta.db_table} WHERE state IN (%s, %s) "
+            f"GROUP BY team_id, queue, labels", [state.value for state in HELD])
+        rows = cursor.fetchall()
+    for team_id, queue, labels, n, jobs, cpus, gpus in rows:
+        if isinstance(labels, str):  # JSON comes back as its text
+            labels = json.loads(labels)
+        used = usage[team_id]
+        used["jobs"] += int(jobs or 0)
+        used["cpus"] += int(cpus or 0)
+        used["gpus"] += int(gpus or 0)
+        busy[queue] += int(n or 0)
+        if labels:
+            routes[(queue, labels_key(labels))] += int(n or 0)
     return usage, busy, routes
 
 
@@ -122,15 +131,24 @@ class Room:
     in the broker, so a worker never idles between two passes) less the jobs queued or running
     there; for a job that needs labels, also those of the online nodes that have them. A queue
     that no node has ever served is not limited here (its jobs wait in the broker for one); one
-    whose nodes are all offline has no room."""
+    whose nodes are all offline has no room.
+
+    The window adapts: for a queue where one team alone waits, there is nobody to be fair to,
+    so it may also hold in the broker as many jobs as the queue finished in the last
+    ADMIT_AHEAD_S seconds. Short jobs then never wait for a pass between two of them, and a
+    team that comes to wait later finds at most that much work ahead of it; once several teams
+    wait, the window is the slots alone again and fair share picks who goes next."""
 
     TAKEN = "is taken"  # how a wait for a free slot ends (and nothing else)
 
-    def __init__(self, busy: dict[str, int], routes: dict[tuple[str, str], int]):
+    def __init__(self, busy: dict[str, int], routes: dict[tuple[str, str], int],
+                 alone: set[str] | frozenset[str] = frozenset(), now=None):
         self.busy, self.routes = busy, routes
+        self.alone, self.now = alone, now
         self.nodes = list(Node.objects.values_list("state", "queues", "labels", "concurrency"))
         self.served = {queue for _, queues, _, _ in self.nodes for queue in queues or []}
         self.free: dict[tuple[str, str], float] = {}
+        self.extended: set[str] = set()
 
     def capacity(self, queue: str, labels: dict) -> float:
         wanted = set((labels or {}).items())
@@ -138,6 +156,14 @@ class Room:
                     if state == NodeState.ONLINE and queue in (queues or [])
                     and wanted <= set((offered or {}).items()))
         return slots * (1 + settings.ADMIT_AHEAD)
+
+    def ahead(self, queue: str) -> int:
+        """How many more of a lone team's jobs the queue may hold: what it finished in the
+        last ADMIT_AHEAD_S seconds (nothing for a queue of long jobs)."""
+        if queue not in self.alone or settings.ADMIT_AHEAD_S <= 0:
+            return 0
+        since = (self.now or timezone.now()) - timedelta(seconds=settings.ADMIT_AHEAD_S)
+        return Job.objects.filter(finished_at__gte=since, queue=queue).count()
 
     def _left(self, queue: str, labels: dict) -> float:
         key = (queue, labels_key(labels))
@@ -148,6 +174,10 @@ class Room:
                 self.free[key] = self.capacity(queue, labels) - self.routes.get(key, 0)
             else:
                 self.free[key] = self.capacity(queue, {}) - self.busy.get(queue, 0)
+        if self.free[key] < 1 and not labels and queue not in self.extended:
+            self.extended.add(queue)  # the slots are taken: the lone team's window, once
+            if self.capacity(queue, {}):
+                self.free[key] += self.ahead(queue)
         return self.free[key]
 
     def why_not(self, job) -> str:
@@ -249,6 +279,15 @@ def with_share(reason: str, standing: fairshare.Standing | None) -> str:
     return f"{reason}; {behind}"[:500] if behind else reason
 
 
+def alone(waiting_lines: dict[int, deque[Job]]) -> set[str]:
+    """The queues where one team alone has jobs waiting."""
+    teams_by_queue: dict[str, set[int]] = defaultdict(set)
+    for team_id, line in waiting_lines.items():
+        for job in line:
+            teams_by_queue[job.queue].add(team_id)
+    return {queue for queue, waiting_teams in teams_by_queue.items() if len(waiting_teams) == 1}
+
+
 @dataclass
 class Pass:
     """What one pass did: the jobs it admitted (queued at `at`), and why the others wait."""
@@ -258,17 +297,20 @@ class Pass:
     at: datetime | None = None
 
 
-def admit() -> Pass:
-    """One admission pass, in the caller's transaction (or its own)."""
+def admit(*, locked: bool = False) -> Pass:
+    """One admission pass, in the caller's transaction (or its own); `locked`: the caller
+    holds the pass lock already."""
     with transaction.atomic(savepoint=False):
-        _lock()
+        if not locked:
+            _lock()
         waiting_lines = lines()
         if not waiting_lines:
             return Pass()
         teams = {team_id: line[0].team for team_id, line in waiting_lines.items()}
         usage, busy, routes = held()
-        room = Room(busy, routes)
-        gang_room = GangRoom(timezone.now())
+        now = timezone.now()
+        room = Room(busy, routes, alone=alone(waiting_lines), now=now)
+        gang_room = GangRoom(now)
         standing = fairshare.standings(teams)
         weight = weights(teams, standing)
         chosen: list[Job] = []
@@ -317,6 +359,19 @@ def admit() -> Pass:
 def admit_on_commit() -> None:
     """Run a pass once the current transaction commits (it freed quota or slots)."""
     transaction.on_commit(admit)
+
+
+def admit_now_or_on_commit() -> None:
+    """A pass in the caller's transaction, so that what it just freed goes to the next in line
+    in the same commit (the ingester: a job's end admits its successor, and both are written
+    at once); if another pass holds the lock, one once this commits instead. The lock is only
+    tried: the caller holds row locks, and a pass that waits for the lock while holding them
+    could deadlock with one that holds the lock and updates those rows."""
+    with transaction.atomic(savepoint=False):
+        if _try_lock():
+            admit(locked=True)
+        else:
+            admit_on_commit()
 
 
 def place_in_line(job: Job) -> int | None:

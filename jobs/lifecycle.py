@@ -206,16 +206,21 @@ def _publish_state(job: Job, *, notice: str = "") -> None:
     outbox.publish_on_commit()
 
 
-def _ended(job_ids: list[int], *, parents: list[int] = ()) -> None:
+def _ended(job_ids: list[int], *, parents: list[int] = (), admit_now: bool = False) -> None:
     """What follows jobs ending, once the transaction commits: the jobs that wait for them move
-    on, their quota and slots go to the next in line, and a parent's partitions end with it."""
+    on, their quota and slots go to the next in line, and a parent's partitions end with it.
+    With `admit_now` (the ingester's batches), the next in line are admitted in this same
+    transaction when the pass lock is free."""
     from jobs import admission, dependencies
 
     if not job_ids:
         return
     ended = list(job_ids)
     transaction.on_commit(lambda: dependencies.after_ended(ended))
-    admission.admit_on_commit()
+    if admit_now:
+        admission.admit_now_or_on_commit()
+    else:
+        admission.admit_on_commit()
     if parents:
         stopped = list(parents)
         transaction.on_commit(lambda: cancel_children(*stopped))
@@ -795,7 +800,7 @@ def write_plans(plans: dict[int, Plan], now) -> set[int]:
     ended = [job_id for job_id in won if plans[job_id].state in TERMINAL]
     parents = [job_id for job_id in ended if not plans[job_id].row["parent_id"]
                and plans[job_id].state != S.SUCCEEDED]
-    _ended(ended, parents=parents)
+    _ended(ended, parents=parents, admit_now=True)
     return won
 
 
