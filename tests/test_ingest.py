@@ -119,6 +119,31 @@ def test_broadcasts_wait_for_the_commit(job, django_capture_on_commit_callbacks)
     assert len(callbacks) == 1
 
 
+def test_a_jobs_end_admits_its_successor_in_the_same_transaction(job, cast, settings,
+                                                                  django_capture_on_commit_callbacks):
+    settings.ADMIT_AHEAD = 0
+    settings.ADMIT_AHEAD_S = 0
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
+    apply_events([ev(job, "started", node="w1")])
+    successor = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop",
+                                   queue="cpu", state=JobState.PENDING, attempt=1, token="t2",
+                                   timeout_s=60)
+    Attempt.objects.create(job=successor, number=1, token="t2")
+    with django_capture_on_commit_callbacks() as callbacks:
+        Batch([ev(job, "finished", outcome="succeeded")]).apply()
+        # Before anything runs after the commit, the successor holds the slot the job left:
+        # the batch that recorded the end also admitted it.
+        successor.refresh_from_db()
+        assert successor.state == JobState.QUEUED and successor.dispatched_at is not None
+    assert Job.objects.get(pk=job.pk).state == JobState.SUCCEEDED
+    sent = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("jobs.dispatch.send", sent.append)
+        for callback in callbacks:
+            callback()
+    assert [spec.job for batch in sent for spec, _ in batch] == [successor.pk]
+
+
 def test_a_malformed_event_is_dropped_without_blocking_the_others(job, redis_client):
     batch = [{"t": "log", "job": job.pk, "a": 1, "k": "tok1", "ts": time.time()},  # no seq
              ev(job, "started", node="w1")]

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, Membership, Team
@@ -192,6 +193,45 @@ def test_fair_share_lets_a_small_team_in_before_a_big_backlog(api, cast, setting
     finish(int(ml_jobs[1]["id"]))  # now each team holds one: ml's next goes in
     assert list(Job.objects.filter(team=cast.ml, state="queued").values_list("pk", flat=True)) \
         == [int(ml_jobs[2]["id"])]
+
+
+def test_a_lone_team_may_hold_what_its_queue_just_finished_in_the_broker(api, cast, settings):
+    settings.ADMIT_AHEAD = 0
+    settings.ADMIT_AHEAD_S = 60
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
+    for _ in range(3):  # the queue finished three jobs within the last ADMIT_AHEAD_S
+        Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
+                           state=JobState.SUCCEEDED, finished_at=timezone.now(), timeout_s=60)
+    ml_jobs = post_json(api, [{"kind": "diag.noop"}] * 10).json()
+    # ml alone waits: its one slot, and three more waiting in the broker.
+    assert [j["state"] for j in ml_jobs].count("queued") == 1 + 3
+    # Another team waits now: the slots alone count, and fair share decides the next.
+    etl = post_json(client_for(cast.bob), {"kind": "diag.noop"}).json()
+    assert etl["state"] == "pending" and etl["message"] == "queue cpu: every slot is taken"
+    finish(int(ml_jobs[0]["id"]))
+    assert Job.objects.filter(team=cast.ml, state="queued").count() == 3
+    assert Job.objects.get(pk=etl["id"]).state == "pending"  # 3 held, 1 slot: none free
+
+
+def test_without_recent_finishes_a_lone_team_has_the_slots_alone(api, settings):
+    settings.ADMIT_AHEAD = 0
+    settings.ADMIT_AHEAD_S = 60
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=2)
+    jobs = post_json(api, [{"kind": "diag.sleep", "params": {"seconds": 1}}] * 5).json()
+    assert [j["state"] for j in jobs].count("queued") == 2
+
+
+def test_a_list_of_jobs_costs_the_queries_of_one(api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post_json(api, {"kind": "diag.noop"})  # the first of a user's jobs may make their team
+    counts = []
+    for size in (2, 50):
+        with CaptureQueriesContext(connection) as queries:
+            assert post_json(api, [{"kind": "diag.noop"}] * size).status_code == 201
+        counts.append(len(queries))
+    assert counts[1] == counts[0]
 
 
 def test_a_job_waiting_for_another_is_not_admitted_until_it_succeeded(api, cast):
