@@ -24,7 +24,7 @@ from jobs.lifecycle import (  # noqa: F401  (their long-standing home for caller
     state_event,
 )
 from jobs.models import Job, JobState
-from spaces.selectors import space_for
+from spaces.selectors import space_for_submit
 from workers import data as workers_data
 from workers import protocol, wire
 from workers.kinds import get_kind
@@ -110,9 +110,13 @@ def int_bounds() -> dict[str, tuple[int, int, int]]:
             "gpus": (0, 64, 0)}
 
 
-def validate_spec(data, *, owner=None) -> JobSpec:
+def validate_spec(data, *, owner=None, memo: dict | None = None) -> JobSpec:
     """Check one submitted job; raise InvalidJob with per-field messages. With the submitting
-    user, a kind they may not submit is refused first, before its parameters say anything."""
+    user, a kind they may not submit is refused first, before its parameters say anything.
+    `memo` (a dict kept across the jobs of one request, see validate_specs) remembers the
+    owner's teams and their data spaces, so a list of 500 jobs does not look them up 500
+    times."""
+    memo = {} if memo is None else memo
     if not isinstance(data, dict):
         raise InvalidJob({"non_field_errors": ["a job must be a JSON object"]})
     errors: dict = {}
@@ -132,13 +136,13 @@ def validate_spec(data, *, owner=None) -> JobSpec:
         raise NotPermitted({"kind": [f"you may not submit {kind.name} jobs: ask an admin for "
                                      "the permission"]})
     # The team first: its paths and tables are checked inside its data space.
-    team = _team_field(data.get("team"), owner, errors) if owner is not None else None
+    team = _team_field(data.get("team"), owner, errors, memo) if owner is not None else None
     params = data.get("params", {})
     if not isinstance(params, dict):
         errors["params"] = {"non_field_errors": ["must be a JSON object"]}
     elif kind is not None and not ("team" in errors and team is None):
         try:
-            with workers_data.team_space(_space_to_check(team, owner)):
+            with workers_data.team_space(_space_to_check(team, owner, memo)):
                 params = kind.params.model_validate(params, strict=True).model_dump(
                     mode="json")
         except ValidationError as exc:
@@ -180,6 +184,21 @@ def validate_spec(data, *, owner=None) -> JobSpec:
                    slots_per_node=slots_per_node)
 
 
+def validate_specs(items: list, *, owner) -> tuple[list[JobSpec], list[dict], int]:
+    """Check a list of submitted jobs: (the specs, each item's errors ({} if none), the status
+    of the worst refusal). The owner's teams and data spaces are looked up once for all."""
+    memo: dict = {}
+    specs, errors, worst = [], [], 400
+    for item in items:
+        try:
+            specs.append(validate_spec(item, owner=owner, memo=memo))
+            errors.append({})
+        except InvalidJob as exc:
+            errors.append(exc.errors)
+            worst = max(worst, exc.status)
+    return specs, errors, worst
+
+
 MAX_NODES = 64
 MAX_SLOTS_PER_NODE = 64
 
@@ -198,27 +217,35 @@ def _nodes_field(nodes: int, queue: str, labels: dict, errors) -> None:
                            f"{nodes}"]
 
 
-def _space_to_check(team: Team | None, owner) -> workers_data.Space | None:
+def _remembered(memo: dict, key, lookup):
+    if key not in memo:
+        memo[key] = lookup()
+    return memo[key]
+
+
+def _space_to_check(team: Team | None, owner, memo: dict) -> workers_data.Space | None:
     """Where the job's paths are looked up: its team's space; for a user in no team, the
     space of the team of their own that their first job makes."""
     if team is not None:
-        return space_for(team)
+        return _remembered(memo, ("space", team.pk), lambda: space_for_submit(team))
     return workers_data.space_of(teams.personal_team_name(owner)) if owner is not None else None
 
 
-def _team_field(value, owner, errors) -> Team | None:
+def _team_field(value, owner, errors, memo: dict) -> Team | None:
     """The team the job is for: one the owner may submit to (any, for staff); by default the
     first they joined. None for a user in no team: their own is made when the job is saved."""
     if value is None or value == "":
-        team = teams.default_team(owner)
-        if team is None and not teams.in_no_team(owner):
+        team = _remembered(memo, "default team", lambda: teams.default_team(owner))
+        if team is None and not _remembered(memo, "in no team",
+                                            lambda: teams.in_no_team(owner)):
             errors["team"] = ["you may only view your teams' jobs: ask a team admin to make "
                               "you a member"]
         return team
     if not isinstance(value, str):
         errors["team"] = ["must be a team's name"]
         return None
-    team = teams.acting_teams(owner).filter(name=value).first()
+    team = _remembered(memo, ("team", value),
+                       lambda: teams.acting_teams(owner).filter(name=value).first())
     if team is None:
         errors["team"] = [f"you may not submit jobs to team {value!r}"]
     return team

@@ -210,7 +210,7 @@ CHANNEL_LAYERS = {
 # together. Its keys start with PORTAL_REDIS_PREFIX; cache.clear() empties the whole database.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "common.cache.PortalRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": config.REDIS_PREFIX,
         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},

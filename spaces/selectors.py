@@ -51,6 +51,12 @@ def space_for(team: Team) -> data.Space:
     return data.space_of(team.name, grants_held(team.pk))
 
 
+def space_for_submit(team: Team) -> data.Space:
+    """The team's space as its next attempt's message will carry it (team_for_dispatch's,
+    at most DISPATCH_CACHE_S old): what a submitted job's paths are checked in."""
+    return data.space_of(team.name, team_for_dispatch(team.pk)[1])
+
+
 def grants_of(team: Team) -> QuerySet[DataGrant]:
     """The grants a team gave and holds."""
     from django.db.models import Q

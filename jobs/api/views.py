@@ -151,14 +151,7 @@ class JobList(ListAPIView):
         if not items or len(items) > settings.JOB_MAX_BATCH:
             raise ValidationError({"non_field_errors": [
                 f"a list must hold 1 to {settings.JOB_MAX_BATCH} jobs"]})
-        specs, errors, worst = [], [], status.HTTP_400_BAD_REQUEST
-        for item in items:
-            try:
-                specs.append(services.validate_spec(item, owner=request.user))
-                errors.append({})
-            except services.InvalidJob as exc:
-                errors.append(exc.errors)
-                worst = max(worst, exc.status)
+        specs, errors, worst = services.validate_specs(items, owner=request.user)
         if any(errors):
             return Response(errors, status=worst)
         jobs = services.submit_jobs(owner=request.user, specs=specs)
