@@ -140,28 +140,26 @@ def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None
     key_field = meta.get_field(key)
     typed = connection.vendor == "postgresql"
 
-    def param(field, value):
-        prepared = field.get_db_prep_value(value, connection)
-        if typed:  # untyped parameters in a CASE would be taken for text
-            return f"CAST(%s AS {field.db_type(connection)})", [prepared]
-        return "%s", [prepared]
+    def placeholder(field) -> str:  # untyped parameters in a CASE would be taken for text
+        return f"CAST(%s AS {field.db_type(connection)})" if typed else "%s"
 
+    key_sql = placeholder(key_field)
+    keys = {row_key: key_field.get_db_prep_value(row_key, connection) for row_key in rows}
     sets, params = [], []
     names = sorted({name for fields in rows.values() for name in fields})
     for name in names:
         field = meta.get_field(name)
+        when = f"WHEN {key_sql} THEN {placeholder(field)}"
         whens = []
         for row_key, fields in rows.items():
             if name in fields:
-                key_sql, key_params = param(key_field, row_key)
-                value_sql, value_params = param(field, fields[name])
-                whens.append(f"WHEN {key_sql} THEN {value_sql}")
-                params += key_params + value_params
+                whens.append(when)
+                params += [keys[row_key], field.get_db_prep_value(fields[name], connection)]
         column = quote(field.column)
         sets.append(f"{column} = CASE {quote(key_field.column)} {' '.join(whens)} "
                     f"ELSE {column} END")
     conditions = [f"{quote(key_field.column)} IN ({', '.join(['%s'] * len(rows))})"]
-    params += [key_field.get_db_prep_value(k, connection) for k in rows]
+    params += list(keys.values())
     for name, value in (where or {}).items():
         field = meta.get_field(name)
         if isinstance(value, list | tuple | set | frozenset):
@@ -174,9 +172,10 @@ def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None
         field = meta.get_field(name)
         whens = []
         for row_key, value in values.items():
-            key_sql, key_params = param(key_field, row_key)
             whens.append(f"WHEN {key_sql} THEN %s")
-            params += key_params + [field.get_db_prep_value(value, connection)]
+            key_value = keys[row_key] if row_key in keys else \
+                key_field.get_db_prep_value(row_key, connection)
+            params += [key_value, field.get_db_prep_value(value, connection)]
         conditions.append(f"{quote(field.column)} = CASE {quote(key_field.column)} "
                           f"{' '.join(whens)} END")
     sql = (f"UPDATE {quote(meta.db_table)} SET {', '.join(sets)} "
