@@ -9,8 +9,10 @@ core-seconds, usage.fairshare): a team far over its share waits behind those und
 and with PREEMPTION=1 their jobs may even be given slots back (jobs.preemption).
 Within a team, higher priority first, then first come first served.
 
-A pass runs after every submit (in its transaction), after the ingester ends jobs, and on each
-reconciler pass (quota edits, nodes coming and going). Passes are serialized by an advisory lock
+A pass runs after every submit (in its transaction), when the ingester ends jobs (in the
+transaction that records their end, so a job's successor is queued in the same commit), and on
+each reconciler pass (quota edits, nodes coming and going). While one team alone waits for a
+queue, the window grows with what the queue has just finished (Room). Passes are serialized by an advisory lock
 on PostgreSQL, so fifty simultaneous submits cannot overshoot a quota; each waiting job's
 message says why it waits, and `place_in_line` says how many go before it.
 """
