@@ -12,9 +12,9 @@ Within a team, higher priority first, then first come first served.
 A pass runs after every submit (in its transaction), when the ingester ends jobs (in the
 transaction that records their end, so a job's successor is queued in the same commit), and on
 each reconciler pass (quota edits, nodes coming and going). While one team alone waits for a
-queue, the window grows with what the queue has just finished (Room). Passes are serialized by an advisory lock
-on PostgreSQL, so fifty simultaneous submits cannot overshoot a quota; each waiting job's
-message says why it waits, and `place_in_line` says how many go before it.
+queue, the window grows with what the queue has just finished (Room). Passes are serialized
+by an advisory lock on PostgreSQL, so fifty simultaneous submits cannot overshoot a quota; each
+waiting job's message says why it waits, and `place_in_line` says how many go before it.
 """
 
 from __future__ import annotations
