@@ -19,7 +19,8 @@ from alerts import notify
 from alerts.evaluate import evaluate, open_alert
 from alerts.models import Alert, AlertRule
 from jobs import broadcast
-from jobs.models import Job, JobState, Node, NodeState
+from jobs.models import Job, JobState
+from nodes.models import Node, NodeState
 from portal.reconciler import Reconciler
 
 

@@ -11,7 +11,8 @@ from rest_framework.test import APIClient
 
 from accounts.teams import team_for_work
 from jobs.ingest import apply_events
-from jobs.models import Attempt, Job, JobState, LogLine, Node, NodeSample
+from jobs.models import Attempt, Job, JobState, LogLine
+from nodes.models import Node, NodeSample
 
 
 @pytest.fixture

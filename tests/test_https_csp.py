@@ -14,7 +14,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from jobs.models import Job, Node
+from jobs.models import Job
+from nodes.models import Node
 from schedules import services as schedules
 
 ROOT = Path(__file__).resolve().parent.parent

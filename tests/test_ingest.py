@@ -6,7 +6,8 @@ import time
 import pytest
 
 from jobs.ingest import Batch, Ingester, apply_events
-from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint, Node
+from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint
+from nodes.models import Node
 from workers import protocol
 
 
@@ -189,7 +190,7 @@ def test_a_late_heartbeat_neither_moves_a_node_back_nor_wakes_it(db):
 
 
 def test_node_health_goes_out_compact():
-    from jobs.ingest import compact
+    from nodes.services import compact
 
     util = {"cpu": 12.3456, "cpu_cores": [1.234, 99.99], "mem_used": 123456789.123,
             "gpus": [{"util": 55.55, "name": "A100"}], "procs": 301}

@@ -7,9 +7,9 @@ import psutil
 import pytest
 from django.utils import timezone
 
-from jobs import history
 from jobs.ingest import apply_events
-from jobs.models import Node, NodeMinute, NodeSample
+from nodes import history
+from nodes.models import Node, NodeMinute, NodeSample
 from workers.utilization import Sampler
 
 

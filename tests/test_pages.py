@@ -96,7 +96,7 @@ def test_the_admin_lists_jobs_and_nodes(cast):
     Job.objects.create(owner=cast.alice, team=cast.ml,
                              kind="diag.noop", queue="cpu", timeout_s=5)
     assert client.get("/admin/jobs/job/").status_code == 200
-    assert client.get("/admin/jobs/node/").status_code == 200
+    assert client.get("/admin/nodes/node/").status_code == 200
 
 
 def test_lists_and_optional_fields_are_typed_in_the_form(alice):
@@ -217,7 +217,7 @@ def test_the_job_list_shows_team_owner_and_duration(alice, cast):
 
 def test_staff_drain_and_undrain_a_node_from_its_page(cast):
     from audit.models import AuditEntry
-    from jobs.models import Node, NodeState
+    from nodes.models import Node, NodeState
 
     node = Node.objects.create(name="w7", state=NodeState.ONLINE)
     staff = Client()
@@ -236,7 +236,7 @@ def test_staff_drain_and_undrain_a_node_from_its_page(cast):
 
 
 def test_only_staff_may_drain_and_see_the_buttons(alice, cast):
-    from jobs.models import Node, NodeState
+    from nodes.models import Node, NodeState
 
     Node.objects.create(name="w8", state=NodeState.ONLINE)
     assert 'id="drain-form"' not in alice.get("/nodes/w8/").content.decode()

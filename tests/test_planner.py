@@ -11,7 +11,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import planner
-from jobs.models import Job, JobState, MetricPoint, Node
+from jobs.models import Job, JobState, MetricPoint
+from nodes.models import Node
 
 RATES = [1000.0, 1200.0, 800.0, 1100.0]
 

@@ -6,7 +6,8 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.models import Job, JobState, Node
+from jobs.models import Job, JobState
+from nodes.models import Node
 
 
 def scrape(client, **headers):

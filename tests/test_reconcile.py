@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from accounts.teams import team_for_work
 from jobs.ingest import ALIVE_KEY
-from jobs.models import Attempt, Job, JobState, Node
+from jobs.models import Attempt, Job, JobState
+from nodes.models import Node
 from portal.reconciler import Reconciler
 from workers import protocol
 
