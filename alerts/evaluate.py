@@ -19,7 +19,8 @@ from django.db.models.functions import Coalesce
 from alerts import notify
 from alerts.models import Alert, AlertRule, RuleKind
 from jobs.broadcast import Outbox
-from jobs.models import TERMINAL, Job, JobState, Node, NodeState
+from jobs.models import TERMINAL, Job, JobState
+from nodes.models import Node, NodeState
 
 GROUP = "alerts"
 LIMIT = 1000  # firing keys per rule and pass: a storm of failures opens the newest ones

@@ -5,7 +5,7 @@ from accounts.models import Membership, Team
 from audit.admin import AuditedAdmin, ReadOnlyAdmin
 from jobs import admission, services
 from jobs.lifecycle import TransitionRefused
-from jobs.models import Attempt, Job, Node
+from jobs.models import Attempt, Job
 
 
 class AttemptInline(admin.TabularInline):
@@ -84,32 +84,6 @@ class AttemptAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     search_fields = ["=job__id", "node", "worker", "error"]
     exclude = ["token"]
     show_full_result_count = False
-
-
-@admin.register(Node)
-class NodeAdmin(AuditedAdmin, admin.ModelAdmin):
-    list_display = ["name", "state", "running", "concurrency", "labels", "last_heartbeat"]
-    list_filter = ["state"]
-    search_fields = ["name"]
-    readonly_fields = ["name", "state", "worker", "queues", "labels", "concurrency", "running",
-                       "utilization", "reserved", "first_seen", "last_heartbeat"]
-    actions = ["drain", "undrain"]
-
-    def has_add_permission(self, request):
-        return False
-
-    @admin.action(description="Drain: finish running jobs, take no new ones")
-    def drain(self, request, queryset):
-        for node in queryset:
-            services.drain_node(node=node, draining=True, actor=request.user, via="admin")
-        self.message_user(request, f"Draining {queryset.count()} nodes.", messages.SUCCESS)
-
-    @admin.action(description="Undrain: take jobs again")
-    def undrain(self, request, queryset):
-        for node in queryset:
-            services.drain_node(node=node, draining=False, actor=request.user, via="admin")
-        self.message_user(request, f"{queryset.count()} nodes take jobs again.",
-                          messages.SUCCESS)
 
 
 # Teams are registered here, beside the jobs they hold: their page counts those jobs, and a

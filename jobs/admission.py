@@ -32,7 +32,8 @@ from django.utils import timezone
 
 from accounts.models import Team
 from jobs import gangs, lifecycle, preemption
-from jobs.models import Job, JobState, Node, NodeState
+from jobs.models import Job, JobState
+from nodes.models import Node, NodeState
 from usage import fairshare
 
 LOCK_KEY = 0x706F7274  # "port"

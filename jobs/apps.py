@@ -7,5 +7,10 @@ class JobsConfig(AppConfig):
     def ready(self):
         from accounts import teams
         from jobs import selectors
+        from jobs.broadcast import Outbox
+        from nodes import selectors as node_selectors
+        from nodes import services as node_services
 
         teams.provide_job_load(selectors.team_load)
+        node_selectors.provide_attempts_on(selectors.node_attempts)
+        node_services.provide_outbox(Outbox)

@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from django.db.models import Count, F, Q
 
-from jobs.models import AttemptRank, AttemptState, Job, JobState, Node, NodeState
+from jobs.models import AttemptRank, AttemptState, Job, JobState
+from nodes.models import Node, NodeState
 from workers.config import HEARTBEAT_S
 
 LIVE = (JobState.QUEUED, JobState.RUNNING)

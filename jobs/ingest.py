@@ -24,7 +24,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import fanout, history, lifecycle
+from jobs import fanout, lifecycle
 from jobs.broadcast import Outbox
 from jobs.lifecycle import Plan
 from jobs.models import (
@@ -35,10 +35,10 @@ from jobs.models import (
     JobState,
     LogLine,
     MetricPoint,
-    Node,
-    NodeSample,
-    NodeState,
 )
+from nodes import history
+from nodes.models import Node, NodeSample, NodeState
+from nodes.services import node_event
 from workers import protocol, wire
 from workers.config import LEASE_S
 
@@ -259,25 +259,6 @@ def superseded(held) -> set[tuple[int, int]]:
         pk__in={j for j, *_ in held}, state__in=[JobState.QUEUED, JobState.RUNNING])
         .values("pk", "attempt", "token")}
     return {(j, a) for j, a, k, *_ in held if (j, a, k) not in current}
-
-
-def node_event(node: Node, *, changed: bool = False) -> dict:
-    return {"type": "node.health", "node": node.name, "state": node.state,
-            "running": node.running, "concurrency": node.concurrency,
-            "utilization": compact(node.utilization or {}), "changed": changed,
-            "last_heartbeat": node.last_heartbeat.isoformat() if node.last_heartbeat else None}
-
-
-def compact(value):
-    """Figures to one decimal, byte counts whole: every dashboard gets every node's health,
-    and most of a frame is digits no chart shows."""
-    if isinstance(value, float):
-        return round(value, 1) if abs(value) < 1e6 else round(value)
-    if isinstance(value, dict):
-        return {key: compact(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [compact(item) for item in value]
-    return value
 
 
 def _moves(path: list[str]) -> list[str]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db.models import F
 
-from jobs.models import Job, JobState, MetricPoint, Node, NodeState
+from jobs.models import Job, JobState, MetricPoint
+from nodes.models import Node, NodeState
 from workers.kinds import get_kind
 
 SAMPLES = 200  # the latest succeeded runs a figure is made from

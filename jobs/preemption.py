@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from jobs import lifecycle
-from jobs.models import Job, JobState, Node
+from jobs.models import Job, JobState
+from nodes.models import Node
 from usage.fairshare import Standing, period
 from workers.kinds import all_kinds
 

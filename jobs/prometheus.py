@@ -12,7 +12,8 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from jobs import planner
-from jobs.models import Job, Node
+from jobs.models import Job
+from nodes.models import Node
 from workers import protocol
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)

@@ -21,9 +21,11 @@ from django.conf import settings
 
 from jobs import admission, dependencies, dispatch, fanout, lifecycle, selectors
 from jobs.broadcast import Outbox
-from jobs.ingest import ALIVE_KEY, node_event
-from jobs.models import Job, JobState, Node, NodeState
-from jobs.services import signal_cancel, signal_drain
+from jobs.ingest import ALIVE_KEY
+from jobs.models import Job, JobState
+from jobs.services import signal_cancel
+from nodes.models import Node, NodeState
+from nodes.services import node_event, signal_drain
 from workers import protocol, wire
 from workers.celery import app
 

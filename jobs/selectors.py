@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from accounts import teams
 from jobs.broadcast import team_group
-from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint, Node
+from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint
+from nodes.models import Node
 from workers import wire
 
 LOG_PAGE = 1000
@@ -97,10 +98,6 @@ def job_groups(user) -> list[str]:
 
 def job_group(job_id: int) -> str:
     return wire.job_group(job_id)
-
-
-def nodes() -> QuerySet[Node]:
-    return Node.objects.order_by("name")
 
 
 def node_attempts(user, node: Node, *, limit: int = 50) -> list[Attempt]:

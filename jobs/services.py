@@ -15,7 +15,6 @@ from accounts.models import Team
 from audit.log import record, record_many
 from common.errors import DomainError
 from jobs import admission, lifecycle
-from jobs.broadcast import Outbox
 from jobs.lifecycle import (  # noqa: F401  (their long-standing home for callers)
     WAITING_FOR_ADMISSION,
     cancel_children,
@@ -26,7 +25,6 @@ from jobs.lifecycle import (  # noqa: F401  (their long-standing home for caller
 from jobs.models import Job, JobState
 from spaces.selectors import space_for_submit
 from workers import data as workers_data
-from workers import protocol, wire
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
@@ -205,7 +203,7 @@ MAX_SLOTS_PER_NODE = 64
 
 def _nodes_field(nodes: int, queue: str, labels: dict, errors) -> None:
     """A gang bigger than the nodes its queue has (with its labels) could never start."""
-    from jobs.models import Node
+    from nodes.models import Node
 
     wanted = set(labels.items())
     known = sum(1 for node in Node.objects.only("labels", "queues")
@@ -267,7 +265,7 @@ def _labels_field(value, queue, errors) -> dict:
         errors["labels"] = [f"must be an object of at most {MAX_LABELS} text labels"]
         return {}
     if value:
-        from jobs.models import Node
+        from nodes.models import Node
 
         wanted = set(value.items())
         if not any(wanted <= set((node.labels or {}).items()) and queue in (node.queues or [])
@@ -441,35 +439,3 @@ def retry_job(*, job: Job, owner, via: str = "api") -> Job:
         new = submit_jobs(owner=owner, specs=[spec], via=via)[0]
         record(owner, "job.retry", job, via=via, new_job=new.pk)
     return new
-
-
-def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
-    """Drain a node (it finishes what it runs and takes nothing new), or put it back to work."""
-    from jobs.ingest import node_event
-    from jobs.models import Node, NodeState
-
-    with transaction.atomic():
-        if draining:
-            Node.objects.filter(pk=node.pk).update(state=NodeState.DRAINING)
-        else:
-            Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
-                state=NodeState.ONLINE)
-        node.refresh_from_db()
-        if actor is not None:
-            record(actor, "node.drain" if draining else "node.undrain", node, via=via)
-        transaction.on_commit(lambda: signal_drain(node.name, draining))
-        outbox = Outbox()
-        outbox.add([wire.CLUSTER], node_event(node, changed=True))
-        outbox.publish_on_commit()
-    return node
-
-
-def signal_drain(name: str, draining: bool) -> None:
-    try:
-        client = protocol.redis_client()
-        if draining:
-            client.set(protocol.drain_key(name), 1)
-        else:
-            client.delete(protocol.drain_key(name))
-    except Exception as exc:  # the reconciler raises it again from the database
-        log.warning("drain flag for node %s not set: %s", name, exc)

@@ -12,11 +12,6 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job-log-download"),
-    path("cluster/", views.cluster, name="cluster"),
-    path("nodes/<str:name>/", views.node_detail, name="node-detail"),
-    path("nodes/<str:name>/drain/", views.node_drain, {"draining": True}, name="node-drain"),
-    path("nodes/<str:name>/undrain/", views.node_drain, {"draining": False},
-         name="node-undrain"),
     path("metrics", views.metrics, name="metrics"),
     path("planner/", views.planner_page, name="planner"),
 ]

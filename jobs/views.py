@@ -225,33 +225,6 @@ def job_log_download(request, job_id):
 
 
 @login_required
-def cluster(request):
-    return render(request, "cluster/overview.html", {"nodes": selectors.nodes()})
-
-
-@login_required
-def node_detail(request, name):
-    node = selectors.nodes().filter(name=name).first()
-    if node is None:
-        raise Http404("No such node.")
-    return render(request, "cluster/node.html", {
-        "node": node, "attempts": selectors.node_attempts(request.user, node)})
-
-
-@login_required
-@require_POST
-def node_drain(request, name, draining: bool):
-    """Staff: the node finishes what it runs and takes nothing new, or takes jobs again."""
-    if not request.user.is_staff:
-        return HttpResponse("staff only\n", status=403, content_type="text/plain")
-    node = selectors.nodes().filter(name=name).first()
-    if node is None:
-        raise Http404("No such node.")
-    services.drain_node(node=node, draining=draining, actor=request.user, via="page")
-    return redirect("node-detail", name=node.name)
-
-
-@login_required
 @require_POST
 def job_cancel(request, job_id):
     job = selectors.job_for(request.user, job_id)

@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from alerts import notify
 from alerts.evaluate import evaluate as evaluate_alerts
-from jobs import history
 from jobs import reconcile as recovery
+from nodes import history
 from schedules.services import tick as tick_schedules
 from usage import services as usage
 from workers import protocol

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "channels",
     "portal",
     "accounts",
+    "nodes",
     "jobs",
     "alerts",
     "schedules",
@@ -250,7 +251,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JobStateEnum": "jobs.models.JobState",
         "AttemptStateEnum": "jobs.models.AttemptState",
-        "NodeStateEnum": "jobs.models.NodeState",
+        "NodeStateEnum": "nodes.models.NodeState",
     },
 }
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include("jobs.api.urls")),
+    path("api/v1/", include("nodes.api.urls")),
     path("api/v1/", include("schedules.api_urls")),
     path("api/v1/audit/", AuditList.as_view(), name="api-audit"),
     path("api/v1/alerts/", AlertList.as_view(), name="api-alerts"),
@@ -35,6 +36,7 @@ urlpatterns = [
          name="api-docs"),
     path("", include("accounts.urls")),
     path("", include("jobs.urls")),
+    path("", include("nodes.urls")),
     path("", include("schedules.urls")),
     path("", include("usage.urls")),
 ]

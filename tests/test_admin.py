@@ -8,7 +8,8 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
-from jobs.models import Attempt, Job, JobState, Node
+from jobs.models import Attempt, Job, JobState
+from nodes.models import Node
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def jobs(api):
 @pytest.mark.parametrize("path", [
     "/admin/jobs/job/", "/admin/jobs/job/?state__exact=queued&team__id__exact=1",
     "/admin/jobs/job/?q=admin-1", "/admin/jobs/attempt/", "/admin/jobs/attempt/?state=queued",
-    "/admin/jobs/node/", "/admin/accounts/team/", "/admin/accounts/membership/",
+    "/admin/nodes/node/", "/admin/accounts/team/", "/admin/accounts/membership/",
     "/admin/accounts/apitoken/", "/admin/schedules/schedule/", "/admin/alerts/alertrule/",
     "/admin/audit/auditentry/"])
 def test_every_model_is_listed_filtered_and_searched(staff, jobs, path):
@@ -61,9 +62,9 @@ def test_cancel_and_retry_actions_go_through_the_services_and_are_audited(staff,
 
 def test_drain_and_undrain_actions_are_audited(staff):
     node = Node.objects.create(name="w5", queues=["cpu"], concurrency=2)
-    staff.post("/admin/jobs/node/", {"action": "drain", "_selected_action": [node.pk]})
+    staff.post("/admin/nodes/node/", {"action": "drain", "_selected_action": [node.pk]})
     assert Node.objects.get(pk=node.pk).state == "draining"
-    staff.post("/admin/jobs/node/", {"action": "undrain", "_selected_action": [node.pk]})
+    staff.post("/admin/nodes/node/", {"action": "undrain", "_selected_action": [node.pk]})
     assert Node.objects.get(pk=node.pk).state == "online"
     assert list(AuditEntry.objects.filter(target_type="node").order_by("id")
                 .values_list("action", flat=True)) == ["node.drain", "node.undrain"]

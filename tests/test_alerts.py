@@ -13,14 +13,15 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.teams import team_for_work
 from alerts import evaluate as evaluation
 from alerts import notify
 from alerts.evaluate import evaluate, open_alert
 from alerts.models import Alert, AlertRule
 from jobs import broadcast
-from jobs.models import Job, JobState, Node, NodeState
+from jobs.models import Job, JobState
+from nodes.models import Node, NodeState
 from portal.reconciler import Reconciler
+from tests.factories import make_job
 
 
 @pytest.fixture(autouse=True)
@@ -112,10 +113,8 @@ def run_pass(django_capture_on_commit_callbacks):
 
 def job(owner, *, state=JobState.QUEUED, ago_min=0, queue="etl", **fields):
     at = timezone.now() - timedelta(minutes=ago_min)
-    return Job.objects.create(owner=owner, team=team_for_work(owner),
-                             kind="diag.noop", name="nightly", queue=queue,
-                              timeout_s=600, state=state, created_at=at, dispatched_at=at,
-                              **fields)
+    return make_job(owner, state, attempt=0, name="nightly", queue=queue, created_at=at,
+                    dispatched_at=at, **fields)
 
 
 def test_the_default_rules_watch_everything_and_tell_nobody(db):

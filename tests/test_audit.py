@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from alerts.models import Alert, AlertRule
 from audit.log import record, record_many
 from audit.models import AuditEntry
-from jobs.models import Node
+from nodes.models import Node
 
 
 @pytest.fixture

@@ -559,7 +559,8 @@ def test_submit_prints_the_id_and_a_bad_param_names_its_field(portal, capsys):
 
 def test_submit_with_a_team_resources_and_labels_and_status_shows_them(portal, capsys):
     from accounts.models import Membership, Team
-    from jobs.models import Job, Node
+    from jobs.models import Job
+    from nodes.models import Node
 
     team = Team.objects.create(name="cli-team", max_running_jobs=0)  # nothing admitted
     Membership.objects.create(team=team, user=portal.owner, role="member")
@@ -658,7 +659,7 @@ def test_logs_print_every_line_in_order(portal, capsys):
 def test_nodes_and_kinds_are_tables_or_json(portal, capsys):
     from django.utils import timezone
 
-    from jobs.models import Node
+    from nodes.models import Node
 
     Node.objects.create(name="w1", state="online", running=1, concurrency=2,
                         last_heartbeat=timezone.now(),

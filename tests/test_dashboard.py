@@ -1,4 +1,4 @@
-"""The cluster overview, node and job pages' data: aggregates, series, attempts, log download."""
+"""The cluster overview and job pages' data: aggregates, attempts, log download, artifacts."""
 
 from datetime import timedelta
 from pathlib import Path
@@ -9,9 +9,10 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.teams import team_for_work
 from jobs.ingest import apply_events
-from jobs.models import Attempt, Job, JobState, LogLine, Node, NodeSample
+from jobs.models import Job, JobState, LogLine
+from nodes.models import Node
+from tests.factories import make_job
 
 
 @pytest.fixture
@@ -19,12 +20,6 @@ def alice(cast):
     client = Client()
     client.force_login(cast.alice)
     return client
-
-
-def make_job(owner, state, queue="cpu", **fields):
-    return Job.objects.create(owner=owner, team=team_for_work(owner),
-                             kind="diag.sleep", queue=queue, timeout_s=60,
-                              state=state, attempt=1, token=f"t{Job.objects.count()}", **fields)
 
 
 def test_the_summary_counts_every_state_queue_and_finished_minute(api, cast):
@@ -55,23 +50,8 @@ def test_the_summary_counts_every_state_queue_and_finished_minute(api, cast):
     assert isinstance(body["stream_seq"], int)
 
 
-def test_the_cluster_series_averages_all_nodes_into_few_points(api):
-    now = timezone.now()
-    for name, cpu in (("w1", 10.0), ("w2", 30.0)):
-        node = Node.objects.create(name=name)
-        NodeSample.objects.bulk_create(
-            NodeSample(node=node, ts=now - timedelta(seconds=s), cpu=cpu, mem=50.0)
-            for s in range(1, 600))
-    body = api.get("/api/v1/cluster/metrics/?window=900&points=30").json()
-    assert body["source"] == "raw" and 10 <= len(body["t"]) <= 31
-    assert all(abs(v - 20.0) < 0.01 for v in body["cpu"])
-    assert set(body["gpu"]) == {None}
-    assert api.get("/api/v1/cluster/metrics/?window=abc").status_code == 400
-
-
 def test_a_job_shows_each_attempt_and_its_node(api, cast):
     job = make_job(cast.alice, JobState.QUEUED)
-    Attempt.objects.create(job=job, number=1, token=job.token)
     apply_events([{"t": "started", "job": job.pk, "a": 1, "k": job.token,
                    "ts": timezone.now().timestamp(), "node": "w3", "worker": "w3@box"}])
     attempts = api.get(f"/api/v1/jobs/{job.pk}/").json()["attempts"]
@@ -91,17 +71,6 @@ def test_the_log_downloads_whole_as_text_and_only_for_who_may_see_it(alice, cast
     bob = Client()
     bob.force_login(cast.bob)
     assert bob.get(f"/jobs/{job.pk}/log.txt").status_code == 404
-
-
-def test_the_node_page_lists_only_the_jobs_the_user_may_see(cast, alice):
-    Node.objects.create(name="w1")
-    mine = make_job(cast.alice, JobState.RUNNING, name="alice-job")
-    theirs = make_job(cast.bob, JobState.RUNNING, name="bob-secret")
-    for job in (mine, theirs):
-        Attempt.objects.create(job=job, number=1, token=job.token, node="w1", state="running")
-    html = alice.get("/nodes/w1/").content.decode()
-    assert "alice-job" in html and "bob-secret" not in html
-    assert alice.get("/nodes/nope/").status_code == 404
 
 
 def test_the_dashboard_pages_load_plotly_from_this_server(alice):

@@ -17,6 +17,7 @@ from jobs.api.views import JOB_SPEC
 from jobs.lifecycle import TransitionRefused
 from jobs.models import Job, JobState
 from schedules.services import InvalidSchedule
+from tests.factories import make_job
 
 
 def test_every_domain_error_is_one_kind_with_a_status_and_per_field_errors():
@@ -30,12 +31,10 @@ def test_every_domain_error_is_one_kind_with_a_status_and_per_field_errors():
         assert isinstance(error.errors, dict) and error.errors
 
 
-def ended_job(cast, **fields):
-    values = {"owner": cast.alice, "team": cast.ml, "kind": "diag.sleep",
-              "params": {"seconds": 1}, "name": "old", "queue": "cpu", "timeout_s": 60,
-              "state": JobState.FAILED, "token": "t", "created_at": timezone.now(),
-              "finished_at": timezone.now(), **fields}
-    return Job.objects.create(**values)
+def ended_job(cast, *, state=JobState.FAILED, **fields):
+    values = {"kind": "diag.sleep", "params": {"seconds": 1}, "name": "old", "timeout_s": 60,
+              "created_at": timezone.now(), "finished_at": timezone.now(), **fields}
+    return make_job(cast.alice, state, attempt=0, token="t", team=cast.ml, **values)
 
 
 @pytest.mark.parametrize(("fields", "field"), [

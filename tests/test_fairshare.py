@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from jobs import admission, lifecycle
-from jobs.models import Attempt, Job, JobState, Node
+from jobs.models import Attempt, Job, JobState
+from nodes.models import Node
 from tests.factories import make_job
 from usage import fairshare
 from usage.models import AttemptUsage, UsageDay

@@ -13,7 +13,8 @@ import pytest
 from django.utils import timezone
 
 from jobs import admission, dispatch, ingest, lifecycle
-from jobs.models import Attempt, AttemptRank, Job, JobState, Node, NodeState
+from jobs.models import Attempt, AttemptRank, Job, JobState
+from nodes.models import Node, NodeState
 from workers import protocol
 
 pytestmark = pytest.mark.django_db

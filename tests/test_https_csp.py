@@ -14,8 +14,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from jobs.models import Job, Node
+from jobs.models import JobState
+from nodes.models import Node
 from schedules import services as schedules
+from tests.factories import make_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,8 +75,8 @@ HANDLER = re.compile(r"<[^>]+\son[a-z]+\s*=", re.IGNORECASE)
 
 @pytest.fixture
 def pages(cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", name="n",
-                             queue="cpu", timeout_s=60, token="t", created_at=timezone.now())
+    job = make_job(cast.alice, JobState.PENDING, attempt=0, token="t", team=cast.ml, name="n",
+                   timeout_s=60, created_at=timezone.now())
     Node.objects.create(name="w1", last_heartbeat=timezone.now())
     schedule = schedules.create_schedule(user=cast.alice, data={
         "name": "s", "team": "ml", "cron": "0 3 * * *", "kind": "diag.noop"})

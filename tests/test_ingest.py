@@ -6,17 +6,15 @@ import time
 import pytest
 
 from jobs.ingest import Batch, Ingester, apply_events
-from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint, Node
+from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint
+from nodes.models import Node
+from tests.factories import make_job
 from workers import protocol
 
 
 @pytest.fixture
 def job(cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.sleep", queue="cpu", timeout_s=60,
-                             state=JobState.QUEUED, attempt=1, token="tok1")
-    Attempt.objects.create(job=job, number=1, token="tok1")
-    return job
+    return make_job(cast.alice, team=cast.ml, kind="diag.sleep", timeout_s=60)
 
 
 def ev(job, kind, attempt=1, token="tok1", **fields):
@@ -92,9 +90,8 @@ def test_progress_is_coalesced_to_the_latest(job):
 
 
 def test_a_heartbeat_renews_the_leases_of_the_attempts_it_holds_only(job, cast):
-    other = Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.sleep", queue="cpu", timeout_s=60,
-                               state=JobState.RUNNING, attempt=1, token="other")
+    other = make_job(cast.alice, JobState.RUNNING, team=cast.ml, kind="diag.sleep",
+                     timeout_s=60, token="other", attempt_row=False)
     apply_events([ev(job, "started", node="w1")])
     Job.objects.filter(pk=job.pk).update(lease_expires_at=None)
     apply_events([{"t": "heartbeat", "node": "w1", "worker": "w1@box", "ts": time.time(),
@@ -168,11 +165,7 @@ def test_a_finish_whose_start_was_lost_still_ends_the_job(job):
 def test_many_jobs_in_one_batch_each_get_their_own_outcome(cast):
     jobs = []
     for i in range(20):
-        j = Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", queue="cpu", timeout_s=60,
-                               state=JobState.QUEUED, attempt=1, token=f"tok-{i}")
-        Attempt.objects.create(job=j, number=1, token=f"tok-{i}")
-        jobs.append(j)
+        jobs.append(make_job(cast.alice, team=cast.ml, timeout_s=60, token=f"tok-{i}"))
     events = []
     for i, j in enumerate(jobs):
         events.append(ev(j, "started", token=f"tok-{i}", node=f"w{i % 2}"))
@@ -211,15 +204,6 @@ def test_a_late_heartbeat_neither_moves_a_node_back_nor_wakes_it(db):
     Node.objects.filter(pk=node.pk).update(state="offline", last_heartbeat=None)
     apply_events([{**beat, "ts": now - 600}])  # a backlog replayed after an outage
     assert Node.objects.get(pk=node.pk).state == "offline"
-
-
-def test_node_health_goes_out_compact():
-    from jobs.ingest import compact
-
-    util = {"cpu": 12.3456, "cpu_cores": [1.234, 99.99], "mem_used": 123456789.123,
-            "gpus": [{"util": 55.55, "name": "A100"}], "procs": 301}
-    assert compact(util) == {"cpu": 12.3, "cpu_cores": [1.2, 100.0], "mem_used": 123456789,
-                             "gpus": [{"util": 55.5, "name": "A100"}], "procs": 301}
 
 
 def test_an_entry_written_before_version_2_is_read_with_its_one_letter_names(job):

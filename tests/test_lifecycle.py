@@ -11,7 +11,6 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from accounts.teams import team_for_work
 from jobs import lifecycle as states
 from jobs.ingest import apply_events
 from jobs.models import Attempt, AttemptState, Job, JobState, LogLine
@@ -32,9 +31,9 @@ ALL_PAIRS = [(a, b) for a in S.values for b in S.values if a != b]
 
 
 def make_job(owner, state=S.QUEUED, **fields):
-    return Job.objects.create(owner=owner, team=team_for_work(owner),
-                             kind="diag.noop", queue="cpu", timeout_s=60,
-                              state=state, attempt=1, token="t1", **fields)
+    """The job alone, without its attempt's row: what a claim moves."""
+    return make_job_with_attempt(owner, state, token="t1", timeout_s=60, attempt_row=False,
+                                 **fields)
 
 
 def test_the_table_allows_exactly_the_documented_moves():

@@ -1,14 +1,14 @@
 """The packages form a tree, not a circle: workers at the bottom (no Django), then common,
-audit, accounts, jobs, alerts and schedules, with portal (settings, URLs, ASGI, the reconciler,
-the local cluster) on top. Every import counts, those inside functions too."""
+audit, accounts, nodes, jobs, alerts and schedules, with portal (settings, URLs, ASGI, the
+reconciler, the local cluster) on top. Every import counts, those inside functions too."""
 
 import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["portal", "common", "spaces", "usage", "jobs", "accounts", "workers", "alerts",
-            "schedules", "audit", "cli"]
+PACKAGES = ["portal", "common", "spaces", "usage", "jobs", "nodes", "accounts", "workers",
+            "alerts", "schedules", "audit", "cli"]
 
 
 def imports_between_packages() -> dict[str, set[str]]:
@@ -52,3 +52,10 @@ def test_the_check_sees_a_circle_when_there_is_one():
     except CycleError:
         return
     raise AssertionError("a circle went unseen")
+
+
+def test_nodes_sit_below_jobs():
+    """Jobs are placed on nodes, so jobs import nodes; what nodes need of jobs (the attempts a
+    node's page lists, the outbox of the dashboards' streams) the jobs app hands them."""
+    graph = imports_between_packages()
+    assert "nodes" in graph["jobs"] and "jobs" not in graph["nodes"]

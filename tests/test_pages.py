@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 
 from jobs.models import Job, JobState
+from tests.factories import make_job
 
 
 @pytest.fixture
@@ -55,35 +56,28 @@ def test_an_empty_field_takes_the_kinds_default(alice):
 
 
 def test_the_list_shows_my_jobs_only(alice, cast):
-    Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", name="mine", queue="cpu",
-                       timeout_s=5)
-    Job.objects.create(owner=cast.bob, team=cast.etl,
-                             kind="diag.noop", name="bobs", queue="cpu", timeout_s=5)
+    make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, name="mine", timeout_s=5)
+    make_job(cast.bob, JobState.PENDING, attempt=0, team=cast.etl, name="bobs", timeout_s=5)
     html = alice.get("/jobs/").content.decode()
     assert "mine" in html and "bobs" not in html
 
 
 def test_someone_elses_job_page_is_not_found(alice, cast):
-    job = Job.objects.create(owner=cast.bob, team=cast.etl,
-                             kind="diag.noop", queue="cpu", timeout_s=5)
+    job = make_job(cast.bob, JobState.PENDING, attempt=0, team=cast.etl, timeout_s=5)
     assert alice.get(f"/jobs/{job.pk}/").status_code == 404
     assert alice.post(f"/jobs/{job.pk}/cancel/").status_code == 404
 
 
 def test_user_text_on_the_job_page_is_escaped(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", queue="cpu", timeout_s=5,
-                             name="<script>alert(1)</script>")
+    job = make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, timeout_s=5,
+                   name="<script>alert(1)</script>")
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 def test_the_cancel_button_cancels_a_queued_job(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", queue="cpu", timeout_s=5,
-                             state=JobState.QUEUED, attempt=1, token="t")
+    job = make_job(cast.alice, JobState.QUEUED, token="t", team=cast.ml, timeout_s=5)
     response = alice.post(f"/jobs/{job.pk}/cancel/")
     assert response.status_code == 302
     job.refresh_from_db()
@@ -93,10 +87,9 @@ def test_the_cancel_button_cancels_a_queued_job(alice, cast):
 def test_the_admin_lists_jobs_and_nodes(cast):
     client = Client()
     client.force_login(cast.admin)
-    Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", queue="cpu", timeout_s=5)
+    make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, timeout_s=5)
     assert client.get("/admin/jobs/job/").status_code == 200
-    assert client.get("/admin/jobs/node/").status_code == 200
+    assert client.get("/admin/nodes/node/").status_code == 200
 
 
 def test_lists_and_optional_fields_are_typed_in_the_form(alice):
@@ -116,8 +109,8 @@ def test_lists_and_optional_fields_are_typed_in_the_form(alice):
 
 
 def test_a_failed_job_offers_retry_which_opens_the_new_job(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
-                             timeout_s=5, state=JobState.FAILED, params={"seconds": 1})
+    job = make_job(cast.alice, JobState.FAILED, attempt=0, team=cast.ml, kind="diag.sleep",
+                   timeout_s=5, params={"seconds": 1})
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="retry-form"' in html and 'id="retry-form" hidden' not in html
     response = alice.post(f"/jobs/{job.pk}/retry/")
@@ -127,8 +120,7 @@ def test_a_failed_job_offers_retry_which_opens_the_new_job(alice, cast):
 
 
 def test_retry_is_hidden_while_a_job_runs_and_refused_to_others(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
-                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    job = make_job(cast.alice, JobState.QUEUED, token="t", team=cast.ml, timeout_s=5)
     assert 'id="retry-form" hidden' in alice.get(f"/jobs/{job.pk}/").content.decode()
     bob = Client()
     bob.force_login(cast.bob)
@@ -137,8 +129,7 @@ def test_retry_is_hidden_while_a_job_runs_and_refused_to_others(alice, cast):
 
 
 def test_a_cancelled_job_says_who_cancelled_it_and_asks_first(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
-                             timeout_s=5, state=JobState.QUEUED, attempt=1, token="t")
+    job = make_job(cast.alice, JobState.QUEUED, token="t", team=cast.ml, timeout_s=5)
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     assert f'data-confirm="Cancel job {job.pk}?' in html
     alice.post(f"/jobs/{job.pk}/cancel/")
@@ -147,10 +138,8 @@ def test_a_cancelled_job_says_who_cancelled_it_and_asks_first(alice, cast):
 
 
 def test_parameters_and_results_are_shown_as_json(alice, cast):
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
-                             timeout_s=5, state=JobState.SUCCEEDED,
-                             params={"flag": True, "none": None, "name": "x"},
-                             result={"ok": False})
+    job = make_job(cast.alice, JobState.SUCCEEDED, attempt=0, team=cast.ml, timeout_s=5,
+                   params={"flag": True, "none": None, "name": "x"}, result={"ok": False})
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     params = html[html.index('id="job-params">'):].split("</pre>")[0]
     assert "&quot;flag&quot;: true" in params and "&quot;none&quot;: null" in params
@@ -159,8 +148,8 @@ def test_parameters_and_results_are_shown_as_json(alice, cast):
 
 
 def _jobs(cast, count, **fields):
-    return [Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
-                               **{"kind": "diag.noop", "name": f"job {i}", **fields})
+    return [make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, timeout_s=5,
+                     **{"kind": "diag.noop", "name": f"job {i}", **fields})
             for i in range(count)]
 
 
@@ -173,8 +162,8 @@ def _listed(html: str) -> list[int]:
 def test_the_job_list_filters_by_kind_and_name_on_the_server(alice, cast):
     sleeps = _jobs(cast, 2, kind="diag.sleep")
     _jobs(cast, 2)
-    nightly = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
-                                 kind="diag.noop", name="Nightly load")
+    nightly = make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, timeout_s=5,
+                       name="Nightly load")
     assert _listed(alice.get("/jobs/?kind=diag.sleep").content.decode()) == [
         j.pk for j in reversed(sleeps)]
     assert _listed(alice.get("/jobs/?q=nightly").content.decode()) == [nightly.pk]
@@ -185,8 +174,8 @@ def test_the_job_list_filters_by_kind_and_name_on_the_server(alice, cast):
 
 def test_the_job_list_pages_by_id_both_ways_and_hides_partitions(alice, cast):
     jobs = _jobs(cast, 120)
-    Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
-                       kind="diag.noop", parent=jobs[0], partition=0)
+    make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, timeout_s=5, parent=jobs[0],
+             partition=0)
     first = alice.get("/jobs/").content.decode()
     ids = [j.pk for j in reversed(jobs)]
     assert _listed(first) == ids[:50]
@@ -207,52 +196,18 @@ def test_the_job_list_shows_team_owner_and_duration(alice, cast):
     from django.utils import timezone
 
     now = timezone.now()
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, queue="cpu", timeout_s=5,
-                             kind="diag.noop", state=JobState.SUCCEEDED,
-                             started_at=now - timedelta(minutes=3), finished_at=now)
+    job = make_job(cast.alice, JobState.SUCCEEDED, attempt=0, team=cast.ml, timeout_s=5,
+                   started_at=now - timedelta(minutes=3), finished_at=now)
     html = alice.get("/jobs/").content.decode()
     row = html[html.index(f'<tr data-job="{job.pk}">'):].split("</tr>")[0]
     assert "<td>ml</td>" in row and "<td>alice</td>" in row and ">3 min 0 s<" in row
 
 
-def test_staff_drain_and_undrain_a_node_from_its_page(cast):
-    from audit.models import AuditEntry
-    from jobs.models import Node, NodeState
-
-    node = Node.objects.create(name="w7", state=NodeState.ONLINE)
-    staff = Client()
-    staff.force_login(cast.admin)
-    html = staff.get("/nodes/w7/").content.decode()
-    assert 'id="drain-form"' in html and 'data-confirm="Drain w7?' in html
-    assert staff.post("/nodes/w7/drain/")["Location"] == "/nodes/w7/"
-    node.refresh_from_db()
-    assert node.state == NodeState.DRAINING
-    assert 'id="undrain-form"' in staff.get("/nodes/w7/").content.decode()
-    staff.post("/nodes/w7/undrain/")
-    node.refresh_from_db()
-    assert node.state == NodeState.ONLINE
-    assert set(AuditEntry.objects.filter(via="page").values_list("action", flat=True)) == {
-        "node.drain", "node.undrain"}
-
-
-def test_only_staff_may_drain_and_see_the_buttons(alice, cast):
-    from jobs.models import Node, NodeState
-
-    Node.objects.create(name="w8", state=NodeState.ONLINE)
-    assert 'id="drain-form"' not in alice.get("/nodes/w8/").content.decode()
-    assert alice.post("/nodes/w8/drain/").status_code == 403
-    assert Node.objects.get(name="w8").state == NodeState.ONLINE
-    staff = Client()
-    staff.force_login(cast.admin)
-    assert staff.post("/nodes/nope/drain/").status_code == 404
-    assert staff.get("/nodes/w8/drain/").status_code == 405
-
-
 def test_the_page_log_has_times_and_marks_where_each_attempt_begins(alice, cast):
     from jobs.models import LogLine
 
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
-                             timeout_s=5, state=JobState.RUNNING, attempt=2, token="t")
+    job = make_job(cast.alice, JobState.RUNNING, attempt=2, token="t", team=cast.ml,
+                   kind="diag.sleep", timeout_s=5)
     for attempt in (1, 2):
         LogLine.objects.create(job=job, attempt=attempt, seq=1, text="sleeping 120 s",
                                ts=job.created_at)
@@ -269,10 +224,10 @@ def test_a_sweeps_page_lists_each_trials_parameters_and_score_with_the_best_mark
     trials = [{"trial": i, "params": {"learning_rate": lr, "max_depth": depth},
                "val_score": score, "iterations": 100, "seconds": 2.5, "job": None}
               for i, (lr, depth, score) in enumerate([(0.1, 3, 0.71), (0.3, None, 0.74)])]
-    job = Job.objects.create(owner=cast.alice, team=cast.ml, kind="train.sweep", queue="train",
-                             timeout_s=5, state=JobState.SUCCEEDED,
-                             result={"trials": trials, "metric": "accuracy",
-                                     "best": {"trial": 1, "val_score": 0.74}})
+    job = make_job(cast.alice, JobState.SUCCEEDED, attempt=0, team=cast.ml, kind="train.sweep",
+                   queue="train", timeout_s=5,
+                   result={"trials": trials, "metric": "accuracy",
+                           "best": {"trial": 1, "val_score": 0.74}})
     html = alice.get(f"/jobs/{job.pk}/").content.decode()
     table = html[html.index('id="sweep-trials"'):].split("</table>")[0]
     assert "<th data-sort=\"text\">learning_rate</th>" in table and ">accuracy</th>" in table

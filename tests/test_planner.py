@@ -11,17 +11,17 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import planner
-from jobs.models import Job, JobState, MetricPoint, Node
+from jobs.models import JobState, MetricPoint
+from nodes.models import Node
+from tests.factories import make_job
 
 RATES = [1000.0, 1200.0, 800.0, 1100.0]
 
 
 def succeeded(owner, team, kind, seconds, **fields):
     end = timezone.now()
-    return Job.objects.create(owner=owner, team=team, kind=kind, timeout_s=600,
-                              queue=fields.pop("queue", "cpu"), state=JobState.SUCCEEDED,
-                              attempt=1, started_at=end - timedelta(seconds=seconds),
-                              finished_at=end, **fields)
+    return make_job(owner, JobState.SUCCEEDED, team=team, kind=kind,
+                    started_at=end - timedelta(seconds=seconds), finished_at=end, **fields)
 
 
 @pytest.fixture
@@ -113,10 +113,9 @@ def test_metrics_ask_for_the_nodes_that_drain_each_queue_in_the_target(cast, set
         succeeded(cast.alice, cast.ml, "diag.sleep", seconds)
     Node.objects.create(name="w1", queues=["cpu"], concurrency=4)
     for _ in range(30):  # 30 jobs of 20 s each: 600 s of work, 10 slots for a minute
-        Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
-                           timeout_s=60, state=JobState.PENDING)
-    Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.sleep", queue="cpu",
-                       timeout_s=60, state=JobState.RUNNING)
+        make_job(cast.alice, JobState.PENDING, attempt=0, team=cast.ml, kind="diag.sleep",
+                 timeout_s=60)
+    make_job(cast.alice, JobState.RUNNING, attempt=0, team=cast.ml, kind="diag.sleep", timeout_s=60)
     key = ApiToken.issue(cast.admin)[1]
     text = Client().get("/metrics", HTTP_AUTHORIZATION=f"Token {key}").content.decode()
     family = {f.name: f for f in text_string_to_metric_families(text)}[

@@ -6,7 +6,9 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.models import Job, JobState, Node
+from jobs.models import JobState
+from nodes.models import Node
+from tests.factories import make_job
 
 
 def scrape(client, **headers):
@@ -31,10 +33,9 @@ def test_a_staff_token_scrapes_jobs_nodes_queues_and_histograms(cast, redis_clie
     now = timezone.now()
     for state, kind in [("succeeded", "diag.noop"), ("succeeded", "diag.noop"),
                         ("failed", "diag.sleep")]:
-        Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind=kind, queue="cpu", timeout_s=60, state=state,
-                           created_at=now - timedelta(seconds=3),
-                           started_at=now - timedelta(seconds=2), finished_at=now)
+        make_job(cast.alice, state, attempt=0, team=cast.ml, kind=kind, timeout_s=60,
+                 created_at=now - timedelta(seconds=3), started_at=now - timedelta(seconds=2),
+                 finished_at=now)
     Node.objects.create(name="w1", utilization={"cpu": 12.5, "mem": 40.0,
                                                 "gpus": [{"index": 0, "util": 77.0}]})
     redis_client.rpush("cpu", "a", "b")
@@ -56,7 +57,5 @@ def test_a_staff_token_scrapes_jobs_nodes_queues_and_histograms(cast, redis_clie
 def test_a_staff_session_may_scrape(cast):
     client = Client()
     client.force_login(cast.admin)
-    Job.objects.create(owner=cast.alice, team=cast.ml,
-                             kind="diag.noop", queue="cpu", timeout_s=60,
-                       state=JobState.QUEUED)
+    make_job(cast.alice, JobState.QUEUED, attempt=0, team=cast.ml, timeout_s=60)
     assert "portal_jobs" in families(scrape(client))

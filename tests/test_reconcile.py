@@ -6,10 +6,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounts.teams import team_for_work
 from jobs.ingest import ALIVE_KEY
-from jobs.models import Attempt, Job, JobState, Node
+from jobs.models import Attempt, Job, JobState
+from nodes.models import Node
 from portal.reconciler import Reconciler
+from tests.factories import make_job
 from workers import protocol
 
 
@@ -26,20 +27,9 @@ def caught_up(redis_client):
     return redis_client
 
 
-def running_job(owner, *, attempt=1, max_attempts=3, lease_ago=5, **fields):
-    now = timezone.now()
-    job = Job.objects.create(owner=owner, team=team_for_work(owner),
-                             kind="diag.noop", queue="cpu", timeout_s=600,
-                             state=JobState.RUNNING, attempt=attempt, token=f"tok{attempt}",
-                             max_attempts=max_attempts, node="w1", started_at=now,
-                             lease_expires_at=now - timedelta(seconds=lease_ago), **fields)
-    Attempt.objects.create(job=job, number=attempt, token=f"tok{attempt}", state="running")
-    return job
-
-
 def test_a_lost_attempt_goes_back_to_the_queue_as_the_next_attempt(
         cast, caught_up, django_capture_on_commit_callbacks):
-    job = running_job(cast.alice)
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=5)
     with django_capture_on_commit_callbacks(execute=True):
         assert reconcile_once()["lost"] == 1
     job.refresh_from_db()
@@ -54,7 +44,7 @@ def test_a_lost_attempt_goes_back_to_the_queue_as_the_next_attempt(
 
 
 def test_a_lost_last_attempt_fails_the_job_saying_the_node_was_lost(cast, caught_up):
-    job = running_job(cast.alice, attempt=3, max_attempts=3)
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=5, attempt=3, max_attempts=3)
     reconcile_once()
     job.refresh_from_db()
     assert job.state == "failed"
@@ -62,21 +52,22 @@ def test_a_lost_last_attempt_fails_the_job_saying_the_node_was_lost(cast, caught
 
 
 def test_a_lost_attempt_of_a_cancelled_job_ends_it_cancelled(cast, caught_up):
-    job = running_job(cast.alice, cancel_requested_at=timezone.now())
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=5,
+                   cancel_requested_at=timezone.now())
     reconcile_once()
     job.refresh_from_db()
     assert job.state == "cancelled"
 
 
 def test_a_live_lease_is_left_alone(cast, caught_up):
-    job = running_job(cast.alice, lease_ago=-10)
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=-10)
     reconcile_once()
     job.refresh_from_db()
     assert (job.state, job.attempt) == ("running", 1)
 
 
 def test_no_lease_expires_while_the_ingester_is_down_or_behind(cast, redis_client):
-    job = running_job(cast.alice)
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=5)
     reconcile_once()  # no ingester has ever said it is alive
     redis_client.xgroup_create(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, id="0",
                                mkstream=True)
@@ -91,12 +82,7 @@ def test_no_lease_expires_while_the_ingester_is_down_or_behind(cast, redis_clien
 
 
 def queued_job(owner, *, dispatched_ago):
-    job = Job.objects.create(owner=owner, team=team_for_work(owner),
-                             kind="diag.noop", queue="cpu", timeout_s=600,
-                             state=JobState.QUEUED, attempt=1, token="tok1",
-                             dispatched_at=timezone.now() - timedelta(seconds=dispatched_ago))
-    Attempt.objects.create(job=job, number=1, token="tok1")
-    return job
+    return make_job(owner, dispatched_at=timezone.now() - timedelta(seconds=dispatched_ago))
 
 
 def test_a_queued_job_whose_message_redis_lost_is_sent_again(cast, caught_up):
@@ -144,7 +130,8 @@ def test_a_queued_job_that_starts_between_two_passes_is_not_sent_again(cast, cau
 
 
 def test_a_cancel_that_redis_forgot_is_raised_again(cast, caught_up):
-    job = running_job(cast.alice, lease_ago=-10, cancel_requested_at=timezone.now())
+    job = make_job(cast.alice, JobState.RUNNING, lease_ago=-10,
+                   cancel_requested_at=timezone.now())
     reconcile_once()
     assert caught_up.exists(protocol.cancel_key(job.pk))
 

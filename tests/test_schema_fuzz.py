@@ -16,7 +16,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from accounts.models import ApiToken
-from jobs.models import LogLine, MetricPoint, Node
+from jobs.models import LogLine, MetricPoint
+from nodes.models import Node
 
 EXAMPLES = 25
 

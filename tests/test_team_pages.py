@@ -10,12 +10,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, Invitation, Membership, Role
 from audit.models import AuditEntry
-from jobs.models import Job, JobState
-
-
-def job(team, owner, state, cpus=1, gpus=0):
-    return Job.objects.create(owner=owner, team=team, kind="diag.sleep", queue="cpu",
-                              timeout_s=60, state=state, cpus=cpus, gpus=gpus)
+from jobs.models import JobState
+from tests.factories import make_job
 
 
 def logged_in(client, user):
@@ -75,12 +71,12 @@ def test_the_page_needs_a_login(client, cast):
 def test_the_page_lists_only_my_teams_with_quota_usage_and_members(client, cast):
     cast.ml.title, cast.ml.max_running_jobs, cast.ml.max_cpus = "Machine learning", 4, 16
     cast.ml.save()
-    job(cast.ml, cast.alice, JobState.RUNNING, cpus=4)
-    job(cast.ml, cast.alice, JobState.QUEUED, cpus=1)
-    job(cast.ml, cast.alice, JobState.PENDING)
-    job(cast.ml, cast.alice, JobState.PENDING)
-    job(cast.ml, cast.alice, JobState.SUCCEEDED, cpus=8)  # ended: holds nothing
-    job(cast.etl, cast.bob, JobState.RUNNING, cpus=2)
+    make_job(cast.alice, JobState.RUNNING, team=cast.ml, cpus=4)
+    make_job(cast.alice, JobState.QUEUED, team=cast.ml, cpus=1)
+    make_job(cast.alice, JobState.PENDING, team=cast.ml)
+    make_job(cast.alice, JobState.PENDING, team=cast.ml)
+    make_job(cast.alice, JobState.SUCCEEDED, team=cast.ml, cpus=8)  # ended: holds nothing
+    make_job(cast.bob, JobState.RUNNING, team=cast.etl, cpus=2)
 
     text = page(logged_in(client, cast.alice))
     assert 'href="/teams/"' in text  # the nav link
@@ -104,8 +100,8 @@ def test_staff_see_every_team_and_may_manage_it(client, cast):
 def test_the_api_lists_my_teams_and_nothing_of_the_others(cast, ml_admin):
     cast.etl.max_gpus = 2
     cast.etl.save()
-    job(cast.etl, cast.bob, JobState.RUNNING, cpus=3, gpus=1)
-    job(cast.etl, cast.bob, JobState.PENDING)
+    make_job(cast.bob, JobState.RUNNING, team=cast.etl, cpus=3, gpus=1)
+    make_job(cast.bob, JobState.PENDING, team=cast.etl)
 
     response = api_as(cast.bob).get("/api/v1/teams/")
     assert response.status_code == 200

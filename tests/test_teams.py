@@ -11,8 +11,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, Membership, Team
 from jobs import admission, lifecycle, services
-from jobs.models import Job, JobState, Node
+from jobs.models import Job, JobState
 from jobs.selectors import job_groups
+from nodes.models import Node
 
 SLEEP = {"kind": "diag.sleep", "params": {"seconds": 1}}
 

@@ -1,9 +1,9 @@
-"""How jobs, log lines and nodes look on the wire (read-only: writes go through services)."""
+"""How jobs and log lines look on the wire (read-only: writes go through services)."""
 
 from rest_framework import serializers
 
 from jobs import admission, gangs
-from jobs.models import Artifact, Attempt, AttemptRank, Job, LogLine, Node
+from jobs.models import Artifact, Attempt, AttemptRank, Job, LogLine
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -107,13 +107,6 @@ class LogLineSerializer(serializers.ModelSerializer):
     class Meta:
         model = LogLine
         fields = ["seq", "attempt", "rank", "line", "ts", "level", "text"]
-
-
-class NodeSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Node
-        fields = ["name", "state", "last_heartbeat", "queues", "concurrency", "running",
-                  "utilization"]
 
 
 class KindSerializer(serializers.Serializer):

@@ -11,13 +11,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/logs/", views.JobLogs.as_view(), name="api-job-logs"),
     path("jobs/<str:job_id>/metrics/", views.JobMetrics.as_view(), name="api-job-metrics"),
     path("cluster/", views.ClusterSummary.as_view(), name="api-cluster"),
-    path("cluster/metrics/", views.ClusterMetrics.as_view(), name="api-cluster-metrics"),
     path("jobs/<str:job_id>/artifacts/", views.JobArtifacts.as_view(), name="api-job-artifacts"),
     path("jobs/<str:job_id>/artifacts/<str:name>", views.JobArtifactFile.as_view(),
          name="api-job-artifact"),
-    path("nodes/", views.NodeList.as_view(), name="api-nodes"),
-    path("nodes/<str:name>/metrics/", views.NodeMetrics.as_view(), name="api-node-metrics"),
-    path("nodes/<str:name>/drain/", views.NodeDrain.as_view(draining=True), name="api-node-drain"),
-    path("nodes/<str:name>/undrain/", views.NodeDrain.as_view(draining=False),
-         name="api-node-undrain"),
 ]

@@ -1,11 +1,8 @@
 """The REST API under /api/v1/: thin views over the services and selectors."""
 
-from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.http import FileResponse
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -17,24 +14,25 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from common.pagination import NewestFirst
+from common.query import int_param
 from common.throttling import SubmitThrottle
-from jobs import history, selectors, services
+from jobs import selectors, services
 from jobs.api.serializers import (
     ArtifactSerializer,
     JobDetailSerializer,
     JobSerializer,
     KindSerializer,
     LogLineSerializer,
-    NodeSerializer,
 )
 from jobs.broadcast import current_seq
 from jobs.models import JobState
+from nodes import selectors as node_selectors
+from nodes.api.serializers import NodeSerializer
 from workers.context import artifacts_dir
 from workers.kinds import all_kinds
 
@@ -236,12 +234,6 @@ class JobArtifactFile(APIView):
         return FileResponse(open(path, "rb"), as_attachment=True, filename=artifact.name)
 
 
-class NodeList(APIView):
-    @extend_schema(responses=NodeSerializer(many=True))
-    def get(self, request):
-        return Response(NodeSerializer(selectors.nodes(), many=True).data)
-
-
 class ClusterSummary(APIView):
     @extend_schema(responses=inline_serializer("ClusterSummary", {
         "at": serializers.DateTimeField(),
@@ -257,80 +249,5 @@ class ClusterSummary(APIView):
         """The cluster overview's snapshot: aggregates over every team's jobs, and the nodes."""
         seq = current_seq("cluster")
         return Response({**selectors.cluster_summary(),
-                         "nodes": NodeSerializer(selectors.nodes(), many=True).data,
+                         "nodes": NodeSerializer(node_selectors.nodes(), many=True).data,
                          "stream_seq": seq})
-
-
-class ClusterMetrics(APIView):
-    @extend_schema(
-        parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME,
-                                     description="ISO 8601 time"),
-                    OpenApiParameter("window", int, description="seconds back from now"),
-                    OpenApiParameter("points", int, description="at most this many (10-1000)")],
-        responses=inline_serializer("ClusterSeries", {
-            "source": serializers.CharField(), "t": serializers.ListField(),
-            "cpu": serializers.ListField(), "mem": serializers.ListField(),
-            "gpu": serializers.ListField()}))
-    def get(self, request):
-        """Utilization averaged over every node, downsampled on the server."""
-        return Response(history.series(None, since=since_param(request.query_params),
-                                       points=int_param(request.query_params, "points", 300)))
-
-
-class NodeMetrics(APIView):
-    @extend_schema(
-        parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME,
-                                     description="ISO 8601 time"),
-                    OpenApiParameter("window", int, description="seconds back from now"),
-                    OpenApiParameter("points", int, description="at most this many (10-1000)")],
-        responses=inline_serializer("NodeSeries", {
-            "source": serializers.CharField(), "t": serializers.ListField(),
-            "cpu": serializers.ListField(), "mem": serializers.ListField(),
-            "gpu": serializers.ListField()}))
-    def get(self, request, name):
-        node = selectors.nodes().filter(name=name).first()
-        if node is None:
-            raise NotFound("No such node.")
-        return Response(history.series(node, since=since_param(request.query_params),
-                                       points=int_param(request.query_params, "points", 300)))
-
-
-def int_param(params, name: str, default: int) -> int:
-    try:
-        return int(params.get(name, default))
-    except ValueError:
-        raise ValidationError({name: ["must be a whole number"]}) from None
-
-
-def since_param(params):
-    if "since" in params:
-        try:
-            since = parse_datetime(params["since"])
-            # In UTC: PostgreSQL takes offsets up to 15:59 only (Python up to 23:59).
-            since = since and (since.astimezone(UTC) if since.tzinfo
-                               else since.replace(tzinfo=UTC))
-        except (ValueError, OverflowError):  # month 13, an offset of 99 h, before year 1
-            since = None
-        if since is None:
-            raise ValidationError({"since": ["must be an ISO 8601 date and time"]})
-        return since
-    window = int_param(params, "window", 900)
-    if not 1 <= window <= 365 * 86400:
-        raise ValidationError({"window": ["must be between 1 and 31536000 seconds"]})
-    return timezone.now() - timedelta(seconds=window)
-
-
-class NodeDrain(APIView):
-    """Staff only: drain a node (POST .../drain/) or put it back to work (.../undrain/)."""
-
-    permission_classes = [IsAdminUser]
-    draining = True
-
-    @extend_schema(request=None, responses=NodeSerializer)
-    def post(self, request, name):
-        node = selectors.nodes().filter(name=name).first()
-        if node is None:
-            raise NotFound("No such node.")
-        node = services.drain_node(node=node, draining=self.draining, actor=request.user,
-                                   via="api")
-        return Response(NodeSerializer(node).data)

@@ -65,7 +65,7 @@ class LiveCluster:
         self.wait_for_nodes(*(names or ("w1", "w2")))
 
     def wait_for_nodes(self, *names: str, timeout: float = 60) -> None:
-        from jobs.models import Node
+        from nodes.models import Node
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

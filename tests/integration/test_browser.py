@@ -19,7 +19,8 @@ from playwright.sync_api import expect, sync_playwright
 from accounts.models import ApiToken
 from alerts.models import AlertRule
 from jobs import services
-from jobs.models import Job, NodeSample
+from jobs.models import Job
+from nodes.models import NodeSample
 from portal.cluster import BIN, free_port, wait_for_port
 from tests.integration.conftest import ARTIFACTS, wait_for_job
 

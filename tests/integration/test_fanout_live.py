@@ -59,7 +59,7 @@ def test_a_node_killed_mid_fan_out_loses_no_partition_and_runs_none_twice(live, 
     try:
         done = wait_for_job(job["id"], timeout=120)
     except TimeoutError as exc:
-        from jobs.models import Node
+        from nodes.models import Node
         state = [(c.partition, c.pk, c.state, c.attempt, c.node) for c in
                  Job.objects.filter(parent_id=job["id"])]
         nodes = list(Node.objects.values_list("name", "state", "reserved", "running"))

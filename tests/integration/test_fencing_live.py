@@ -24,7 +24,7 @@ def start_node(live):
     proc = live.cluster.start_worker(NODE, concurrency=1, queues="cpu", labels="fence=w8")
     live.wait_for_nodes(NODE)
     deadline = time.monotonic() + 30
-    from jobs.models import Node
+    from nodes.models import Node
 
     while not Node.objects.filter(name=NODE, labels=LABELS).exists():
         assert time.monotonic() < deadline, "w8 never reported its labels"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from django.test import Client
 
-from jobs.models import Attempt, AttemptRank, Job, LogLine, MetricPoint, Node
+from jobs.models import Attempt, AttemptRank, Job, LogLine, MetricPoint
+from nodes.models import Node
 from tests.integration.conftest import wait_for_job
 from tests.integration.test_jobs_live import submit
 

@@ -258,8 +258,8 @@ def test_the_cluster_stream_carries_node_health_and_my_jobs_only(live, http, use
 def test_a_drained_node_finishes_its_job_takes_no_new_one_and_returns_when_undrained(live, http):
     from django.contrib.auth import get_user_model
 
-    from jobs.models import Node
-    from jobs.services import drain_node
+    from nodes.models import Node
+    from nodes.services import drain_node
 
     running = submit(live, http, sleep_job(3))
     first_node = wait_for_job(running["id"], states={"running"}, timeout=30).node

@@ -14,7 +14,8 @@ from playwright.sync_api import expect
 
 from accounts.models import Membership, Team
 from accounts.teams import team_for_work
-from jobs.models import Job, JobState, MetricPoint
+from jobs.models import JobState, MetricPoint
+from tests.factories import make_job, make_partitions
 from tests.integration.conftest import ARTIFACTS, wait_for_job
 from tests.integration.test_browser import (  # noqa: F401 (browser: a fixture)
     Traffic,
@@ -89,15 +90,12 @@ def test_the_usage_page_stacks_teams_over_days_with_top_users_and_shares(sized):
 def seed_clickstream(owner):
     team = Team.objects.get(memberships__user=owner)
     end = timezone.now()
-    parent = Job.objects.create(owner=owner, team=team, kind="etl.clickstream", queue="cpu",
-                                timeout_s=600, state=JobState.SUCCEEDED,
-                                started_at=end - timedelta(seconds=90), finished_at=end,
-                                result={"rows": 1_000_000, "rows_per_s": 11_000.0})
-    for i, rate in enumerate([2600.0, 2900.0, 3100.0, 2750.0]):
-        part = Job.objects.create(owner=owner, team=team, kind="etl.clickstream.part",
-                                  queue="etl", timeout_s=600, state=JobState.SUCCEEDED,
-                                  parent=parent, partition=i, attempt=1,
-                                  started_at=end - timedelta(seconds=85), finished_at=end)
+    parent = make_job(owner, JobState.SUCCEEDED, attempt=0, team=team, kind="etl.clickstream",
+                      started_at=end - timedelta(seconds=90), finished_at=end,
+                      result={"rows": 1_000_000, "rows_per_s": 11_000.0})
+    parts = make_partitions(parent, [JobState.SUCCEEDED] * 4, queue="etl",
+                            started_at=end - timedelta(seconds=85), finished_at=end)
+    for part, rate in zip(parts, [2600.0, 2900.0, 3100.0, 2750.0], strict=True):
         MetricPoint.objects.create(job=part, attempt=1, name="rows_per_s", step=0, value=rate,
                                    ts=end)
 

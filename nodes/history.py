@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from jobs.models import Node, NodeMinute, NodeSample
+from nodes.models import Node, NodeMinute, NodeSample
 from workers.config import HEARTBEAT_S
 
 SERIES = ("cpu", "mem", "gpu")

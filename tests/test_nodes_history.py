@@ -1,4 +1,5 @@
-"""Node utilization: the agent's figures, raw samples, minute rollups, retention, series."""
+"""Node utilization: the agent's figures, raw samples, minute rollups, retention, series (a
+node's, and the whole cluster's)."""
 
 import time
 from datetime import datetime, timedelta
@@ -7,9 +8,9 @@ import psutil
 import pytest
 from django.utils import timezone
 
-from jobs import history
 from jobs.ingest import apply_events
-from jobs.models import Node, NodeMinute, NodeSample
+from nodes import history
+from nodes.models import Node, NodeMinute, NodeSample
 from workers.utilization import Sampler
 
 
@@ -131,3 +132,17 @@ def test_a_time_the_node_was_down_is_a_gap_not_a_line(node):
     before, after = (datetime.fromisoformat(out["t"][gaps[0] + d]) for d in (-1, 1))
     assert after - before > timedelta(minutes=30)
     assert out["cpu"][:gaps[0]] == [10.0] * gaps[0] and set(out["cpu"][gaps[0] + 1:]) == {20.0}
+
+
+def test_the_cluster_series_averages_all_nodes_into_few_points(api):
+    now = timezone.now()
+    for name, cpu in (("w1", 10.0), ("w2", 30.0)):
+        node = Node.objects.create(name=name)
+        NodeSample.objects.bulk_create(
+            NodeSample(node=node, ts=now - timedelta(seconds=s), cpu=cpu, mem=50.0)
+            for s in range(1, 600))
+    body = api.get("/api/v1/cluster/metrics/?window=900&points=30").json()
+    assert body["source"] == "raw" and 10 <= len(body["t"]) <= 31
+    assert all(abs(v - 20.0) < 0.01 for v in body["cpu"])
+    assert set(body["gpu"]) == {None}
+    assert api.get("/api/v1/cluster/metrics/?window=abc").status_code == 400
