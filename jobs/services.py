@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from accounts import teams
 from accounts.models import Team
-from audit.log import record, record_many
+from audit import feed
+from audit.log import actor_or_none, record, record_many
 from common.errors import DomainError
 from jobs import admission, lifecycle
 from jobs.broadcast import Outbox
@@ -423,9 +424,10 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
 
     with transaction.atomic():
         if draining:
-            Node.objects.filter(pk=node.pk).update(state=NodeState.DRAINING)
+            moved = Node.objects.filter(pk=node.pk).exclude(state=NodeState.DRAINING).update(
+                state=NodeState.DRAINING)
         else:
-            Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
+            moved = Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
                 state=NodeState.ONLINE)
         node.refresh_from_db()
         if actor is not None:
@@ -433,6 +435,12 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         outbox = Outbox()
         outbox.add([wire.CLUSTER], node_event(node, changed=True))
+        if moved:
+            by = f" by {actor.get_username()}" if actor_or_none(actor) else ""
+            feed.record([feed.node_entry(node.name, "node.draining", f"node {node.name} "
+                                         f"drained{by}: it takes no new work") if draining
+                         else feed.node_entry(node.name, "node.online", f"node {node.name} "
+                                              f"undrained{by}: it takes work again")], outbox)
         outbox.publish_on_commit()
     return node
 

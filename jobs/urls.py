@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job-log-download"),
     path("cluster/", views.cluster, name="cluster"),
+    path("events/", views.events, name="events"),
     path("nodes/<str:name>/", views.node_detail, name="node-detail"),
     path("nodes/<str:name>/drain/", views.node_drain, {"draining": True}, name="node-drain"),
     path("nodes/<str:name>/undrain/", views.node_drain, {"draining": False},

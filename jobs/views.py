@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from accounts import teams
 from accounts.auth import key_from_header, user_for_key
+from audit import feed
 from jobs import admission, forms, gangs, planner, prometheus, selectors, services
 from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
@@ -229,13 +230,36 @@ def cluster(request):
     return render(request, "cluster/overview.html", {"nodes": selectors.nodes()})
 
 
+FEED_PAGE = 50
+
+
+@login_required
+def events(request):
+    """The cluster's feed, newest first, a page at a time by id (no OFFSET)."""
+    cursor = _positive_int(request.GET.get("from"))
+    entries = selectors.feed(request.user)
+    if cursor:
+        entries = entries.filter(pk__lt=cursor)
+    page = list(entries[:FEED_PAGE + 1])
+    more = len(page) > FEED_PAGE
+    page = page[:FEED_PAGE]
+    for entry in page:
+        entry.level = feed.LEVELS.get(entry.kind, "info")
+    return render(request, "cluster/events.html", {
+        "events": page, "first": bool(cursor), "live": not cursor,
+        "older": page[-1].pk if more else None})
+
+
 @login_required
 def node_detail(request, name):
     node = selectors.nodes().filter(name=name).first()
     if node is None:
         raise Http404("No such node.")
+    running = {"name": node.name, "running": node.running}
+    selectors.node_jobs(request.user, [running])
     return render(request, "cluster/node.html", {
-        "node": node, "attempts": selectors.node_attempts(request.user, node)})
+        "node": node, "attempts": selectors.node_attempts(request.user, node),
+        "running": running})
 
 
 @login_required
