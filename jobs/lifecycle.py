@@ -628,16 +628,19 @@ def resend(jobs: list[Job], now) -> int:
     return send_again(again)
 
 
-def add_partitions(parent: dict, kind, parts: dict[int, dict], queue: str, now) -> list[Job]:
+def add_partitions(parent: dict, kind, parts: dict[int, dict], queue: str, now, *,
+                   word: str = "partition") -> list[Job]:
     """A running fan-out's new partitions: child jobs created and admitted at once (they run
-    within their parent's place in its team's quota), dispatched after the commit."""
+    within their parent's place in its team's quota), dispatched after the commit; each named
+    after its parent and its index ("flights · part 3", a sweep's "tuning · trial 3")."""
     label = parent["name"] or parent["kind"]
+    word = "part" if word == "partition" else word
     # Partitions hold what their parent asked for, on the same kind of node when they run in
     # its queue (a label means nothing in another pool).
     labels = (parent["labels"] or {}) if queue == parent["queue"] else {}
     children = create([
         Job(owner_id=parent["owner_id"], team_id=parent["team_id"], kind=kind.name,
-            name=f"{label} · part {i}"[:200], labels=labels, cpus=parent["cpus"],
+            name=f"{label} · {word} {i}"[:200], labels=labels, cpus=parent["cpus"],
             gpus=parent["gpus"], params=params, queue=queue,
             max_attempts=parent["max_attempts"], timeout_s=parent["timeout_s"],
             created_at=now, parent_id=parent["id"], partition=i, message="")

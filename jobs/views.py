@@ -165,8 +165,14 @@ def job_detail(request, job_id):
         "params_json": json.dumps(job.params, indent=2, sort_keys=True),
         "result_json": "" if job.result is None else json.dumps(job.result, indent=2),
         "sweep": _sweep_trials(job) if job.kind == "train.sweep" else None,
-        "part_word": "Trials" if job.kind == "train.sweep" else "Partitions",
+        "part_word": _part_word(job.kind),
+        "parent_part_word": _part_word(job.parent.kind) if job.parent_id else "",
     })
+
+
+def _part_word(kind_name: str) -> str:
+    """What a kind's fan-out children are called: "partition", or a sweep's "trial"."""
+    return getattr(get_kind(kind_name), "part_word", "partition")
 
 
 def _sweep_trials(job) -> dict | None:
