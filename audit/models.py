@@ -42,3 +42,27 @@ class AuditEntry(models.Model):
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor or 'system'} {self.action} " \
                f"{self.target_type} {self.target_id}"
+
+
+class FeedEvent(models.Model):
+    """One line of the cluster's feed of events (a job ended or went back to the queue, a node
+    went offline...), as the dashboard shows it. Unlike the trail above, which keeps who did
+    what for good and shows it to staff, the feed is recent (bounded by FEED_KEEP and
+    FEED_KEEP_DAYS) and read by everyone: a job's events by its team's members, a node's by
+    all."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    kind = models.CharField(max_length=30, help_text='"<subject>.<what happened>", e.g. '
+                            '"job.failed", "node.offline".')
+    text = models.CharField(max_length=500)
+    # Whose job it was: its team's members see it (null: a node's event, seen by everyone).
+    team_id = models.PositiveBigIntegerField(null=True, blank=True)
+    job_id = models.PositiveBigIntegerField(null=True, blank=True)
+    node = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-id"]  # newest first; a cursor on the primary key pages it
+        indexes = [models.Index(fields=["team_id", "-id"], name="feed_team")]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind} {self.text[:80]}"

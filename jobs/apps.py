@@ -13,4 +13,5 @@ class JobsConfig(AppConfig):
 
         teams.provide_job_load(selectors.team_load)
         node_selectors.provide_attempts_on(selectors.node_attempts)
+        node_selectors.provide_jobs_on(selectors.node_jobs)
         node_services.provide_outbox(Outbox)

@@ -48,7 +48,9 @@ def create_children(parent: dict, event: dict, outbox: Outbox, outcomes: list, n
                         for i in missing)
         return []
     queue = event.get("queue") or kind.queue
-    return lifecycle.add_partitions(parent, kind, {i: parts[i] for i in missing}, queue, now)
+    word = getattr(get_kind(parent["kind"]), "part_word", "partition")
+    return lifecycle.add_partitions(parent, kind, {i: parts[i] for i in missing}, queue, now,
+                                    word=word)
 
 
 def sum_progress(parent_ids, outbox: Outbox) -> None:

@@ -24,6 +24,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit import feed
 from jobs import fanout, lifecycle
 from jobs.broadcast import Outbox
 from jobs.lifecycle import Plan
@@ -98,7 +99,7 @@ class Batch:
                 self.stopped(event)
             elif kind in self.handlers and "job" in event and self.current(event):
                 self.handlers[kind](self.plans[event["job"]], event)
-        won = lifecycle.write_plans(self.plans, self.now)
+        won = lifecycle.write_plans(self.plans, self.now, outbox=self.outbox)
         for job_id, plan in self.plans.items():
             self.publish(job_id, plan, moved=job_id in won)
         outcomes = [(plan.row["parent_id"], plan.row["partition"], plan.outcome)
@@ -203,10 +204,14 @@ class Batch:
 
     def stopped(self, e) -> None:
         """A node stopped an attempt the portal no longer gave it: the feed says so."""
+        plan = self.plans.get(e.get("job"))
+        if plan is None:  # a job that is gone: nobody's feed
+            return
         text = (f"node {e.get('node') or '?'} stopped job {e.get('job')} attempt "
                 f"{e.get('attempt')}: {e.get('reason') or 'superseded'}")
-        self.outbox.add([wire.CLUSTER], {"type": "job.notice", "job": str(e.get("job")),
-                                      "text": text})
+        feed.record([feed.job_entry("job.stopped", text, job_id=plan.row["id"],
+                                    team_id=plan.row["team_id"], node=e.get("node") or "")],
+                    self.outbox)
 
     def publish(self, job_id: int, plan: Plan, *, moved: bool) -> None:
         """Log lines and metric points are for the job's own stream; the lists need only
@@ -249,7 +254,12 @@ class Batch:
         node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
                                  "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
-        self.outbox.add([wire.CLUSTER], node_event(node, changed=created or was != node.state))
+        changed = created or was != node.state
+        self.outbox.add([wire.CLUSTER], node_event(node, changed=changed))
+        if changed:
+            feed.record([feed.node_entry(node.name, "node.online", f"node {node.name} "
+                                         f"{'online' if created else 'back online'}")],
+                        self.outbox)
 
 
 def superseded(held) -> set[tuple[int, int]]:

@@ -3,7 +3,8 @@
 Each move is one function here, a guarded claim (a conditional UPDATE whose row count says
 whether it won), and in that same function what must follow it: the attempt's row, the
 websocket events (sent after the commit), the jobs that wait for it, an admission pass, its
-partitions, the cancel or stop signal to the workers, the audit trail. Services, admission, the
+partitions, the cancel or stop signal to the workers, the audit trail and the cluster's feed
+of events (audit.feed). Services, admission, the
 ingester, the reconciler, fan-out and dependencies ask this module; nothing else writes a job's
 or an attempt's state (tests/test_lifecycle.py checks it).
 
@@ -32,7 +33,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit.log import record
+from audit import feed
+from audit.log import actor_or_none, record
 from common.errors import DomainError
 from jobs import usage
 from jobs.broadcast import Outbox
@@ -205,6 +207,48 @@ def _publish_state(job: Job, *, notice: str = "") -> None:
     outbox.publish_on_commit()
 
 
+def job_label(job: Job | dict) -> str:
+    get = job.get if isinstance(job, dict) else lambda name: getattr(job, name)
+    return f"job {get('id')} ({get('name') or get('kind')})"
+
+
+def ended_entry(job: Job | dict, *, by=None):
+    """The feed's line for a job that ended; None for a partition (its parent's end tells)."""
+    get = job.get if isinstance(job, dict) else lambda name: getattr(job, name)
+    if get("parent_id"):
+        return None
+    state, label, message = get("state"), job_label(job), get("message") or ""
+    if state == S.SUCCEEDED:
+        text = f"{label} succeeded"
+    elif state == S.FAILED:
+        first = (get("error") or "").strip().splitlines()
+        text = f"{label} failed: {first[0]}" if first else f"{label} failed"
+    else:
+        # "cancelled before it started", "cancelled: job 4 failed", "cancelled (node w1 lost)"
+        said = message if message.startswith("cancelled") else "cancelled"
+        if by is not None:
+            said = said.replace("cancelled", f"cancelled by {by.get_username()}", 1)
+        text = f"{label} {said}"
+    return feed.job_entry(f"job.{state}", text, job_id=get("id"), team_id=get("team_id"),
+                          node=get("node") or "")
+
+
+def moved_entry(job: Job, kind: str, *, node: str = ""):
+    """The feed's line for a job sent back (lost, requeued, preempted): its message says why."""
+    return feed.job_entry(kind, f"{job_label(job)}: {job.message}", job_id=job.pk,
+                          team_id=job.team_id, node=node)
+
+
+def to_feed(*entries, outbox: Outbox | None = None) -> None:
+    """Feed lines written in this transaction, and heard live once it commits (with what the
+    caller's `outbox` publishes, if it has one)."""
+    own = outbox is None
+    outbox = Outbox() if own else outbox
+    feed.record(entries, outbox)
+    if own:
+        outbox.publish_on_commit()
+
+
 def _ended(job_ids: list[int], *, parents: list[int] = (), admit_now: bool = False) -> None:
     """What follows jobs ending, once the transaction commits: the jobs that wait for them move
     on, their quota and slots go to the next in line, and a parent's partitions end with it.
@@ -345,6 +389,7 @@ def skip(job: Job, reason: str, now) -> bool:
         claim_attempt(job.pk, job.attempt, A.CANCELLED, finished_at=now)
         job.state, job.message, job.finished_at = S.CANCELLED, reason, now
         _publish_state(job)
+        to_feed(ended_entry(job))
         transaction.on_commit(lambda: _dependants_of([job.pk]))
     return won
 
@@ -384,6 +429,8 @@ def cancel(job: Job, *, actor=None, via: str = "api") -> Job:
         transaction.on_commit(lambda: cancel_children(job.pk))
         job.refresh_from_db()
         _publish_state(job)
+        if ended:
+            to_feed(ended_entry(job, by=actor_or_none(actor)))
     return job
 
 
@@ -415,7 +462,7 @@ def lose(job: Job, now) -> bool:
     its node, should it come back, is told to stop it."""
     if job.is_gang:  # every rank's node renews the job's lease: all of them went silent
         return lose_gang(job, now, guard={"lease_expires_at__lt": now})
-    number = job.attempt
+    number, lost_node = job.attempt, job.node
     guard = {"attempt": number, "token": job.token, "lease_expires_at__lt": now}
     lost = f"node {job.node or 'its node'} lost"
     timed_out = job.started_at and job.started_at + timedelta(seconds=job.timeout_s) < now
@@ -451,8 +498,10 @@ def lose(job: Job, now) -> bool:
         log.warning("job %s: %s", job.pk, job.message if job.state == S.QUEUED else job.error)
         if job.state == S.QUEUED:
             dispatch_on_commit([job])
+            to_feed(moved_entry(job, "job.requeued", node=lost_node))
         else:
             _ended([job.pk], parents=[job.pk])
+            to_feed(ended_entry(job))
         what = f"failed: {job.error}" if job.state == S.FAILED else job.message
         _publish_state(job, notice=f"job {job.pk}: {what}")
     return True
@@ -497,8 +546,10 @@ def lose_gang(job: Job, now, *, rank: int | None = None, node: str = "",
         log.warning("job %s: %s", job.pk, job.message if job.state == S.PENDING else job.error)
         if job.state == S.PENDING:
             admission.admit_on_commit()
+            to_feed(moved_entry(job, "job.requeued", node=node))
         else:
             _ended([job.pk])
+            to_feed(ended_entry(job))
         what = f"failed: {job.error}" if job.state == S.FAILED else job.message
         _publish_state(job, notice=f"job {job.pk}: {what}")
     return True
@@ -552,6 +603,7 @@ def preempt(job: Job, reason: str, now) -> bool:
         stop_on_commit((job.pk, number))
         job.refresh_from_db()
         log.info("job %s preempted: %s", job.pk, reason)
+        to_feed(moved_entry(job, "job.preempted"))
         _publish_state(job, notice=f"job {job.pk}: {message}")
         _admit_next()
     return True
@@ -580,16 +632,19 @@ def resend(jobs: list[Job], now) -> int:
     return send_again(again)
 
 
-def add_partitions(parent: dict, kind, parts: dict[int, dict], queue: str, now) -> list[Job]:
+def add_partitions(parent: dict, kind, parts: dict[int, dict], queue: str, now, *,
+                   word: str = "partition") -> list[Job]:
     """A running fan-out's new partitions: child jobs created and admitted at once (they run
-    within their parent's place in its team's quota), dispatched after the commit."""
+    within their parent's place in its team's quota), dispatched after the commit; each named
+    after its parent and its index ("flights · part 3", a sweep's "tuning · trial 3")."""
     label = parent["name"] or parent["kind"]
+    word = "part" if word == "partition" else word
     # Partitions hold what their parent asked for, on the same kind of node when they run in
     # its queue (a label means nothing in another pool).
     labels = (parent["labels"] or {}) if queue == parent["queue"] else {}
     children = create([
         Job(owner_id=parent["owner_id"], team_id=parent["team_id"], kind=kind.name,
-            name=f"{label} · part {i}"[:200], labels=labels, cpus=parent["cpus"],
+            name=f"{label} · {word} {i}"[:200], labels=labels, cpus=parent["cpus"],
             gpus=parent["gpus"], params=params, queue=queue,
             max_attempts=parent["max_attempts"], timeout_s=parent["timeout_s"],
             created_at=now, parent_id=parent["id"], partition=i, message="")
@@ -766,10 +821,11 @@ class Plan:
         return events
 
 
-def write_plans(plans: dict[int, Plan], now) -> set[int]:
+def write_plans(plans: dict[int, Plan], now, *, outbox: Outbox | None = None) -> set[int]:
     """Write a batch's plans grouped by how the jobs moved, each group in guarded UPDATEs, then
     what follows: attempts' rows, partitions sent again, dependants, admission, children of
-    parents that ended without success. Returns the ids whose rows moved as planned."""
+    parents that ended without success; the feed's lines go out with `outbox`. Returns the
+    ids whose rows moved as planned."""
     groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
     for job_id, plan in plans.items():
         if plan.fields or len(plan.path) > 1:
@@ -790,13 +846,16 @@ def write_plans(plans: dict[int, Plan], now) -> set[int]:
     usage.record_ended([(job_id, plans[job_id].token) for job_id in won
                         if plans[job_id].attempt.get("finished_at")])
     requeued = [job_id for job_id in won if plans[job_id].requeued]
+    again: list[Job] = []
     if requeued:
-        jobs = list(Job.objects.filter(pk__in=requeued))
+        again = list(Job.objects.filter(pk__in=requeued))
         Attempt.objects.bulk_create([Attempt(job=job, number=job.attempt, token=job.token,
-                                             created_at=now) for job in jobs])
-        dispatch_on_commit([job for job in jobs if job.state == S.QUEUED])
+                                             created_at=now) for job in again])
+        dispatch_on_commit([job for job in again if job.state == S.QUEUED])
     write_ranks(plans, won, now)
     ended = [job_id for job_id in won if plans[job_id].state in TERMINAL]
+    to_feed(*[ended_entry(plans[job_id].row) for job_id in ended],
+            *[moved_entry(job, "job.requeued") for job in again], outbox=outbox)
     parents = [job_id for job_id in ended if not plans[job_id].row["parent_id"]
                and plans[job_id].state != S.SUCCEEDED]
     _ended(ended, parents=parents, admit_now=True)

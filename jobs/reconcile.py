@@ -19,6 +19,7 @@ from datetime import timedelta
 import redis
 from django.conf import settings
 
+from audit import feed
 from jobs import admission, dependencies, dispatch, fanout, lifecycle, selectors
 from jobs.broadcast import Outbox
 from jobs.ingest import ALIVE_KEY
@@ -144,6 +145,10 @@ def mark_offline(now) -> int:
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
             outbox.add([wire.CLUSTER], node_event(node, changed=True))
+            since = (f"no heartbeat since {node.last_heartbeat:%H:%M:%S} UTC"
+                     if node.last_heartbeat else "no heartbeat")
+            feed.record([feed.node_entry(node.name, "node.offline",
+                                         f"node {node.name} offline: {since}")], outbox)
             resend_reserved(node, now)
     outbox.publish()
     return len(silent)

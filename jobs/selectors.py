@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Prefetch, QuerySet
+from django.db.models import Count, Min, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from accounts import teams
+from audit import feed as cluster_feed
+from audit.models import FeedEvent
 from jobs.broadcast import team_group
 from jobs.models import TERMINAL, Artifact, Attempt, Job, JobState, LogLine, MetricPoint
 from nodes.models import Node
@@ -106,22 +108,53 @@ def node_attempts(user, node: Node, *, limit: int = 50) -> list[Attempt]:
                 .select_related("job").order_by("-created_at", "-id")[:limit])
 
 
+def feed(user) -> QuerySet[FeedEvent]:
+    """The cluster's feed as this user may read it, newest first: the events of their teams'
+    jobs (staff: every job's) and every node's."""
+    if not user or not user.is_authenticated or not user.is_active:
+        return FeedEvent.objects.none()
+    return cluster_feed.visible(None if user.is_staff else teams.team_ids(user)).order_by("-id")
+
+
+def node_jobs(user, nodes: list[dict]) -> None:
+    """Each node (a dict with its `name` and `running`, the slots its heartbeat says are busy)
+    gets `jobs`: the running jobs on it that this user may see ({"id", "name", "slots"},
+    oldest first; a gang's on each of its nodes), and `other_jobs`: the busy slots left, which
+    run what the user may not see."""
+    on: dict[str, list[dict]] = {node["name"]: [] for node in nodes}
+    running = (visible_jobs(user).filter(state=JobState.RUNNING).exclude(node="")
+               .order_by("id").values("id", "name", "kind", "node", "slots_per_node"))
+    for job in running[:5000]:
+        for name in job["node"].split("+"):  # a gang's nodes, as placed
+            if name in on:
+                on[name].append({"id": str(job["id"]), "name": job["name"] or job["kind"],
+                                 "slots": job["slots_per_node"]})
+    for node in nodes:
+        node["jobs"] = on[node["name"]]
+        node["other_jobs"] = max(0, (node.get("running") or 0)
+                                 - sum(job["slots"] for job in node["jobs"]))
+
+
 ACTIVE = (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
 FINISHED_WINDOW = timedelta(hours=1)
 
 
 def cluster_summary(now=None) -> dict:
     """What the whole cluster is doing, in aggregates only (no job of anyone in particular):
-    jobs by state (active ones, and those finished in the last hour), the depth and oldest wait
-    of each queue, and jobs finished per minute over the last hour. Two indexed queries."""
+    jobs by state (active ones, and those finished in the last hour) and jobs finished per
+    minute over the last hour, counted as the job list shows them (jobs as submitted: a
+    fan-out's partitions and a sweep's trials are their parent's), and the depth and oldest
+    wait of each queue, where every partition is work waiting or running. Two indexed
+    queries."""
     now = now or timezone.now()
     by_state = {state: 0 for state in JobState.values}
     queues: dict[str, dict] = {name: {"name": name, "pending": 0, "queued": 0, "running": 0,
                                       "oldest_wait_s": None} for name in settings.JOB_QUEUES}
     active = (Job.objects.filter(state__in=ACTIVE).values("state", "queue")
-              .annotate(n=Count("id"), oldest=Min("created_at")).order_by())
+              .annotate(n=Count("id"), listed=Count("id", filter=Q(parent__isnull=True)),
+                        oldest=Min("created_at")).order_by())
     for row in active:
-        by_state[row["state"]] += row["n"]
+        by_state[row["state"]] += row["listed"]
         queue = queues.setdefault(row["queue"], {"name": row["queue"], "pending": 0,
                                                  "queued": 0, "running": 0,
                                                  "oldest_wait_s": None})
@@ -130,7 +163,8 @@ def cluster_summary(now=None) -> dict:
             wait = round((now - row["oldest"]).total_seconds(), 1)
             queue["oldest_wait_s"] = max(queue["oldest_wait_s"] or 0, wait)
     start = (now - FINISHED_WINDOW).replace(second=0, microsecond=0)
-    finished = (Job.objects.filter(finished_at__gte=start, state__in=TERMINAL)
+    finished = (Job.objects.filter(finished_at__gte=start, state__in=TERMINAL,
+                                   parent__isnull=True)
                 .annotate(minute=TruncMinute("finished_at")).values("minute", "state")
                 .annotate(n=Count("id")).order_by())
     minutes = [start + timedelta(minutes=i) for i in range(61)]

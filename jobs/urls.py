@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job-log-download"),
+    path("events/", views.events, name="events"),
     path("metrics", views.metrics, name="metrics"),
     path("planner/", views.planner_page, name="planner"),
 ]

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from accounts import teams
 from accounts.auth import key_from_header, user_for_key
+from audit import feed
 from jobs import admission, forms, gangs, planner, prometheus, selectors, services
 from jobs.lifecycle import TransitionRefused
 from jobs.models import JobState
@@ -164,8 +165,14 @@ def job_detail(request, job_id):
         "params_json": json.dumps(job.params, indent=2, sort_keys=True),
         "result_json": "" if job.result is None else json.dumps(job.result, indent=2),
         "sweep": _sweep_trials(job) if job.kind == "train.sweep" else None,
-        "part_word": "Trials" if job.kind == "train.sweep" else "Partitions",
+        "part_word": _part_word(job.kind),
+        "parent_part_word": _part_word(job.parent.kind) if job.parent_id else "",
     })
+
+
+def _part_word(kind_name: str) -> str:
+    """What a kind's fan-out children are called: "partition", or a sweep's "trial"."""
+    return getattr(get_kind(kind_name), "part_word", "partition")
 
 
 def _sweep_trials(job) -> dict | None:
@@ -222,6 +229,26 @@ def job_log_download(request, job_id):
 
     return StreamingHttpResponse(lines(), content_type="text/plain; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="job-{job.pk}.log"'})
+
+
+FEED_PAGE = 50
+
+
+@login_required
+def events(request):
+    """The cluster's feed, newest first, a page at a time by id (no OFFSET)."""
+    cursor = _positive_int(request.GET.get("from"))
+    entries = selectors.feed(request.user)
+    if cursor:
+        entries = entries.filter(pk__lt=cursor)
+    page = list(entries[:FEED_PAGE + 1])
+    more = len(page) > FEED_PAGE
+    page = page[:FEED_PAGE]
+    for entry in page:
+        entry.level = feed.LEVELS.get(entry.kind, "info")
+    return render(request, "cluster/events.html", {
+        "events": page, "first": bool(cursor), "live": not cursor,
+        "older": page[-1].pk if more else None})
 
 
 @login_required

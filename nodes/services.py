@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from django.db import transaction
 
-from audit.log import record
+from audit import feed
+from audit.log import actor_or_none, record
 from nodes.models import Node, NodeState
 from workers import protocol, wire
 
@@ -28,9 +29,10 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
     """Drain a node (it finishes what it runs and takes nothing new), or put it back to work."""
     with transaction.atomic():
         if draining:
-            Node.objects.filter(pk=node.pk).update(state=NodeState.DRAINING)
+            moved = Node.objects.filter(pk=node.pk).exclude(state=NodeState.DRAINING).update(
+                state=NodeState.DRAINING)
         else:
-            Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
+            moved = Node.objects.filter(pk=node.pk, state=NodeState.DRAINING).update(
                 state=NodeState.ONLINE)
         node.refresh_from_db()
         if actor is not None:
@@ -39,6 +41,13 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
         if _outbox is not None:
             outbox = _outbox()
             outbox.add([wire.CLUSTER], node_event(node, changed=True))
+            if moved:
+                by = f" by {actor.get_username()}" if actor_or_none(actor) else ""
+                feed.record([feed.node_entry(node.name, "node.draining", f"node {node.name} "
+                                             f"drained{by}: it takes no new work") if draining
+                             else feed.node_entry(node.name, "node.online", f"node {node.name} "
+                                                  f"undrained{by}: it takes work again")],
+                            outbox)
             outbox.publish_on_commit()
     return node
 

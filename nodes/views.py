@@ -18,8 +18,11 @@ def node_detail(request, name):
     node = selectors.nodes().filter(name=name).first()
     if node is None:
         raise Http404("No such node.")
+    running = {"name": node.name, "running": node.running}
+    selectors.jobs_on(request.user, [running])
     return render(request, "cluster/node.html", {
-        "node": node, "attempts": selectors.attempts_on(request.user, node)})
+        "node": node, "attempts": selectors.attempts_on(request.user, node),
+        "running": running})
 
 
 @login_required

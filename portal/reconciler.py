@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from alerts import notify
 from alerts.evaluate import evaluate as evaluate_alerts
+from audit import feed
 from jobs import reconcile as recovery
 from nodes import history
 from schedules.services import tick as tick_schedules
@@ -26,9 +27,9 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Two loops. Recovery (lost leases, lost messages, forgotten cancels and drains, silent
     nodes, admission) waits on nothing slow; housekeeping (cron schedules, alerts, the cluster
-    summary, history roll-ups) runs beside it, and alert mail and webhooks go out from a
-    bounded pool of their own, so a slow receiver delays neither. Every repair is a guarded
-    claim: two reconcilers at once do each repair once."""
+    summary, history roll-ups, the feed's bound) runs beside it, and alert mail and webhooks go
+    out from a bounded pool of their own, so a slow receiver delays neither. Every repair is a
+    guarded claim: two reconcilers at once do each repair once."""
 
     def __init__(self, client: redis.Redis | None = None):
         self.client = client or protocol.redis_client()
@@ -51,7 +52,8 @@ class Reconciler:
         done["usage"] = usage.roll_up(now)
         if self.rolled_minute != history.minute_of(now):  # once a minute
             done["rolled_up"] = history.roll_up(now)
-            done["pruned"] = sum(history.prune(now)) + sum(usage.prune(now))
+            done["pruned"] = (sum(history.prune(now)) + sum(usage.prune(now))
+                              + feed.prune(now))
             self.rolled_minute = history.minute_of(now)
         return done
 

@@ -286,6 +286,10 @@ NODE_MINUTES_DAYS = env_float("NODE_MINUTES_DAYS", 30.0)
 # figures kept USAGE_KEEP_DAYS, whatever becomes of the jobs themselves.
 USAGE_KEEP_DAYS = env_float("USAGE_KEEP_DAYS", 400.0)
 USAGE_ATTEMPTS_KEEP_DAYS = env_float("USAGE_ATTEMPTS_KEEP_DAYS", 35.0)
+# The dashboard's feed of cluster events: the newest FEED_KEEP events, none older than
+# FEED_KEEP_DAYS (pruned once a minute).
+FEED_KEEP = env_int("FEED_KEEP", 10_000)
+FEED_KEEP_DAYS = env_float("FEED_KEEP_DAYS", 14.0)
 # Fair share with memory: core-seconds used decay with this half-life in hours; 0 orders teams
 # by what they hold right now only.
 FAIR_SHARE_HALF_LIFE_H = env_float("FAIR_SHARE_HALF_LIFE_H", 168.0)

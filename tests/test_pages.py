@@ -235,3 +235,29 @@ def test_a_sweeps_page_lists_each_trials_parameters_and_score_with_the_best_mark
     best = table[table.index('id="sweep-best"'):].split("</tr>")[0]
     assert "0.7400" in best and ">best<" in best
     assert "<h2>Trials" in html and "<h2>Partitions" not in html
+
+
+def test_a_sweeps_children_are_trials_on_their_pages_and_in_their_names(alice, cast):
+    from jobs import lifecycle
+    from workers.kinds import get_kind
+
+    sweep = Job.objects.create(owner=cast.alice, team=cast.ml, kind="train.sweep", queue="train",
+                               name="tuning", timeout_s=5, state=JobState.RUNNING, attempt=1,
+                               token="t")
+    fanout = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.fanout",
+                                queue="cpu", name="flights", timeout_s=5,
+                                state=JobState.RUNNING, attempt=1, token="u")
+    row = {"id": sweep.pk, "name": "tuning", "kind": "train.sweep", "owner_id": cast.alice.pk,
+           "team_id": cast.ml.pk, "labels": {}, "cpus": 1, "gpus": 0, "max_attempts": 2,
+           "timeout_s": 5, "queue": "train"}
+    kind = get_kind("train.tabular")
+    [trial] = lifecycle.add_partitions(row, kind, {0: {}}, "train", sweep.created_at,
+                                       word=get_kind("train.sweep").part_word)
+    [part] = lifecycle.add_partitions({**row, "id": fanout.pk, "name": "flights"}, kind,
+                                      {0: {}}, "train", sweep.created_at)
+    assert (trial.name, part.name) == ("tuning · trial 0", "flights · part 0")
+    html = alice.get(f"/jobs/{trial.pk}/").content.decode()
+    assert f'<span class="label">Trial</span><a href="/jobs/{sweep.pk}/">0 of job' in html
+    html = alice.get(f"/jobs/{part.pk}/").content.decode()
+    assert f'<span class="label">Partition</span><a href="/jobs/{fanout.pk}/">0 of job' in html
+    assert "<h2>Partitions" in alice.get(f"/jobs/{fanout.pk}/").content.decode()

@@ -243,12 +243,27 @@ class AlertEvent(TypedDict):
     resolved_at: str | None
 
 
+class FeedEvent(TypedDict):
+    """A line of the cluster's feed, as recorded (audit.feed): to a job's team and staff, or,
+    for a node, to every dashboard. `id` orders the lines and tells a copy seen before."""
+
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    type: Literal["feed.event"]
+    id: int
+    at: str
+    kind: str
+    level: str
+    text: str
+    job: str | None
+    node: str
+
+
 LIVE_EVENTS: dict[str, type] = {
     "job.state": JobStateEvent, "job.progress": JobProgressEvent, "job.log": JobLogEvent,
     "job.metric": JobMetricEvent, "job.artifact": JobArtifactEvent,
     "job.notice": JobNoticeEvent, "node.health": NodeHealthEvent,
     "cluster.summary": ClusterSummaryEvent, "alert.fired": AlertEvent,
-    "alert.resolved": AlertEvent,
+    "alert.resolved": AlertEvent, "feed.event": FeedEvent,
 }
 
 

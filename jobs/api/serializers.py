@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from audit import feed
 from jobs import admission, gangs
 from jobs.models import Artifact, Attempt, AttemptRank, Job, LogLine
 
@@ -107,6 +108,19 @@ class LogLineSerializer(serializers.ModelSerializer):
     class Meta:
         model = LogLine
         fields = ["seq", "attempt", "rank", "line", "ts", "level", "text"]
+
+
+class FeedEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="Newer events have higher ids")
+    at = serializers.DateTimeField()
+    kind = serializers.ChoiceField(choices=feed.KINDS)
+    level = serializers.ChoiceField(choices=["good", "info", "warn", "bad"])
+    text = serializers.CharField()
+    job = serializers.CharField(allow_null=True, help_text="The job it is about, if any")
+    node = serializers.CharField(help_text="The node it is about, if any (else empty)")
+
+    def to_representation(self, instance):
+        return feed.as_dict(instance)
 
 
 class KindSerializer(serializers.Serializer):

@@ -11,6 +11,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/logs/", views.JobLogs.as_view(), name="api-job-logs"),
     path("jobs/<str:job_id>/metrics/", views.JobMetrics.as_view(), name="api-job-metrics"),
     path("cluster/", views.ClusterSummary.as_view(), name="api-cluster"),
+    path("events/", views.FeedList.as_view(), name="api-events"),
     path("jobs/<str:job_id>/artifacts/", views.JobArtifacts.as_view(), name="api-job-artifacts"),
     path("jobs/<str:job_id>/artifacts/<str:name>", views.JobArtifactFile.as_view(),
          name="api-job-artifact"),

@@ -18,12 +18,14 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from audit import feed
 from common.pagination import NewestFirst
 from common.query import int_param
 from common.throttling import SubmitThrottle
 from jobs import selectors, services
 from jobs.api.serializers import (
     ArtifactSerializer,
+    FeedEventSerializer,
     JobDetailSerializer,
     JobSerializer,
     KindSerializer,
@@ -38,6 +40,7 @@ from workers.kinds import all_kinds
 
 # The views that create jobs: the usual rates, and the one for submissions on POST.
 SUBMIT_THROTTLES = [*api_settings.DEFAULT_THROTTLE_CLASSES, SubmitThrottle]
+FEED_SNAPSHOT = 20  # the dashboard's newest events; older ones a page at a time
 
 
 # A submitted job, as services.validate_spec checks it (for the schema only).
@@ -234,6 +237,28 @@ class JobArtifactFile(APIView):
         return FileResponse(open(path, "rb"), as_attachment=True, filename=artifact.name)
 
 
+@extend_schema_view(get=extend_schema(
+    description="The cluster's recent events, newest first (cursor-paginated): jobs that "
+                "ended, went back to the queue or were preempted, of your teams (staff: of "
+                "every team), and nodes that came online, went offline or were drained. Kept "
+                "for FEED_KEEP_DAYS, at most FEED_KEEP events. Live on /ws/cluster/ as "
+                "`feed.event` messages of the same fields.",
+    parameters=[OpenApiParameter("kind", str, enum=list(feed.KINDS),
+                                 description="only events of this kind")]))
+class FeedList(ListAPIView):
+    serializer_class = FeedEventSerializer
+    pagination_class = NewestFirst
+
+    def get_queryset(self):
+        events = selectors.feed(self.request.user)
+        kind = self.request.query_params.get("kind")
+        if kind:
+            if kind not in feed.KINDS:
+                raise ValidationError({"kind": [f"must be one of {', '.join(feed.KINDS)}"]})
+            events = events.filter(kind=kind)
+        return events
+
+
 class ClusterSummary(APIView):
     @extend_schema(responses=inline_serializer("ClusterSummary", {
         "at": serializers.DateTimeField(),
@@ -243,11 +268,21 @@ class ClusterSummary(APIView):
                                                   "oldest_wait_s"),
         "finished_per_minute": serializers.DictField(help_text="t, succeeded, failed, "
                                                                "cancelled: the last hour"),
-        "nodes": NodeSerializer(many=True),
+        "nodes": inline_serializer("ClusterNode", {
+            **NodeSerializer().get_fields(),
+            "jobs": serializers.ListField(help_text="the running jobs on it that you may see: "
+                                          "id, name, slots"),
+            "other_jobs": serializers.IntegerField(help_text="busy slots running jobs you may "
+                                                   "not see")}, many=True),
+        "events": FeedEventSerializer(many=True, help_text="the newest events of "
+                                      "GET /api/v1/events/"),
         "stream_seq": serializers.IntegerField(help_text="of the websocket stream `cluster`")}))
     def get(self, request):
         """The cluster overview's snapshot: aggregates over every team's jobs, and the nodes."""
         seq = current_seq("cluster")
-        return Response({**selectors.cluster_summary(),
-                         "nodes": NodeSerializer(node_selectors.nodes(), many=True).data,
+        nodes = NodeSerializer(node_selectors.nodes(), many=True).data
+        selectors.node_jobs(request.user, nodes)
+        events = selectors.feed(request.user)[:FEED_SNAPSHOT]
+        return Response({**selectors.cluster_summary(), "nodes": nodes,
+                         "events": FeedEventSerializer(events, many=True).data,
                          "stream_seq": seq})

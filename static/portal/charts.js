@@ -129,17 +129,31 @@ const Charts = (() => {
   }
 
   // A fan-out's partitions: how long each took (or has been running), and how much it did.
+  // The axis spans a second at least, and a partition that took next to no time still gets a
+  // sliver of a bar (its hover says the real figure): every partition shows, not only the
+  // slowest of a few milliseconds.
   function partitions(el, parts) {
     const x = parts.map((p) => `#${p.partition}`);
-    return draw(el, [
-      {type: "bar", x, y: parts.map((p) => p.seconds || 0), name: "seconds",
+    const seconds = parts.map((p) => Math.max(0, p.seconds || 0));
+    const top = Math.max(1, ...seconds);
+    const traces = [
+      {type: "bar", x, y: seconds.map((s) => Math.max(s, top / 60)), name: "seconds",
+       customdata: seconds.map((s) => s.toFixed(s < 10 ? 2 : 0)),
+       hovertemplate: "%{x}: %{customdata} s<extra></extra>",
        marker: {color: parts.map((p) => COLORS[p.state] || COLORS.running)}},
-      {type: "scatter", mode: "markers", x, y: parts.map((p) => p.done || 0), name: "done",
-       yaxis: "y2", marker: {color: "#111827", size: 6}},
-    ], {height: 200, barmode: "overlay", xaxis: {type: "category", gridcolor: "#eef0f3"},
-        yaxis: {title: {text: "seconds"}, gridcolor: "#eef0f3", rangemode: "tozero"},
-        yaxis2: {title: {text: "done"}, overlaying: "y", side: "right", rangemode: "tozero",
-                 showgrid: false}, margin: {l: 50, r: 50, t: 8, b: 32}});
+    ];
+    const counted = parts.some((p) => p.done);  // kinds that count no items draw no dots
+    if (counted) {
+      traces.push({type: "scatter", mode: "markers", x, y: parts.map((p) => p.done || 0),
+                   name: "done", yaxis: "y2", marker: {color: "#111827", size: 6}});
+    }
+    return draw(el, traces, {
+      height: 200, barmode: "overlay", showlegend: counted,
+      xaxis: {type: "category", gridcolor: "#eef0f3"},
+      yaxis: {title: {text: "seconds"}, gridcolor: "#eef0f3", range: [0, top * 1.05]},
+      yaxis2: {title: {text: "done"}, overlaying: "y", side: "right", rangemode: "tozero",
+               showgrid: false, visible: counted},
+      margin: {l: 50, r: counted ? 50 : 12, t: 8, b: 32}});
   }
 
   return {esc, utilization, extend, bars, metric, metrics, timeline, partitions, COLORS};

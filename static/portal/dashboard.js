@@ -52,6 +52,81 @@ const Dashboard = (() => {
     return gpus.reduce((sum, g) => sum + (g.util || 0), 0) / gpus.length;
   }
 
+  // The jobs a node runs that this user may see, as links; the rest of its busy slots counted.
+  function nodeJobs(node) {
+    const jobs = node.jobs || [];
+    const shown = jobs.reduce((sum, j) => sum + (j.slots || 1), 0);
+    const other = Math.max(0, (node.running || 0) - shown);
+    const box = el("p", {class: "node-jobs", data: {field: "jobs"}});
+    jobs.forEach((j) => {
+      const link = el("a", {href: `/jobs/${encodeURIComponent(j.id)}/`, title: j.name});
+      link.textContent = `${j.id} · ${j.name}`;
+      box.append(link, " ");
+    });
+    if (other) box.append(el("span", {class: "muted"}, `${other} other`));
+    if (!jobs.length && !other) box.append(el("span", {class: "muted"}, "no jobs"));
+    return box;
+  }
+
+  // Follows the jobs this user may see onto and off the nodes: a running job is on the nodes
+  // its `node` names (a gang's are joined by "+"), any other state on none.
+  function placeJob(nodes, event) {
+    const id = String(event.job);
+    const on = event.state === "running" && event.node ? event.node.split("+") : [];
+    const touched = [];
+    nodes.forEach((node, name) => {
+      const jobs = node.jobs || [];
+      const at = jobs.findIndex((j) => String(j.id) === id);
+      if (on.includes(name)) {
+        if (at < 0) { node.jobs = [...jobs, {id, name: event.name || event.kind || "", slots: 1}]; touched.push(name); }
+      } else if (at >= 0) {
+        node.jobs = jobs.filter((_, i) => i !== at);
+        touched.push(name);
+      }
+    });
+    return touched;
+  }
+
+  // The feed: lines as the server recorded them (a snapshot, then live ones), newest first,
+  // each once (by id), at most `limit`; the link below goes on from the oldest one shown.
+  function feedList(list, older) {
+    const limit = +list.dataset.limit || 20;
+    const ids = () => [...list.querySelectorAll("[data-event]")].map((item) => +item.dataset.event);
+    function line(e) {
+      const item = el("li", {class: `notice notice-${e.level}`, data: {event: String(e.id)}},
+                      el("time", {datetime: e.at, title: Portal.exact(e.at)}, Portal.when(e.at)), " ");
+      item.querySelector("time").dataset.relative = "";
+      const href = e.job ? `/jobs/${encodeURIComponent(e.job)}/` : e.node ? `/nodes/${encodeURIComponent(e.node)}/` : null;
+      if (href) { const link = el("a", {href}); link.textContent = e.text; item.append(link); }
+      else item.append(e.text);
+      return item;
+    }
+    function tidy() {
+      const items = list.querySelectorAll("[data-event]");
+      [...items].slice(limit).forEach((item) => item.remove());
+      const left = ids();
+      list.querySelector(".empty")?.remove();
+      if (!left.length) list.append(el("li", {class: "muted empty"}, "Nothing has happened yet."));
+      if (older) {
+        older.hidden = !left.length;
+        older.href = left.length >= limit ? `/events/?from=${Math.min(...left)}` : "/events/";
+      }
+    }
+    return {
+      show(events) {  // a snapshot: what the server has, newest first
+        list.replaceChildren(...events.map(line));
+        tidy();
+      },
+      add(e) {  // a live line: in its place by id, unless shown already
+        if (ids().includes(e.id)) return false;
+        const after = [...list.querySelectorAll("[data-event]")].find((item) => +item.dataset.event < e.id);
+        list.insertBefore(line(e), after || null);
+        tidy();
+        return list.querySelector(`[data-event="${e.id}"]`) !== null;
+      },
+    };
+  }
+
   function nodeCard(node) {
     const util = node.utilization || {};
     const state = el("span", {class: `state node-${node.state}`, data: {field: "state"}});
@@ -66,7 +141,8 @@ const Dashboard = (() => {
         : meter("GPU", gpu),
       el("footer", {class: "muted"},
          `${node.running ?? 0} / ${node.concurrency ?? 0} running · `,
-         el("span", {data: {field: "seen", at: node.last_heartbeat || ""}}, ago(node.last_heartbeat))));
+         el("span", {data: {field: "seen", at: node.last_heartbeat || ""}}, ago(node.last_heartbeat))),
+      nodeJobs(node));
     return card;
   }
 
@@ -78,16 +154,6 @@ const Dashboard = (() => {
     item.textContent = text;
     box.append(item);
     setTimeout(() => item.remove(), 8000);
-  }
-
-  function notice(list, text, level = "info") {
-    if (!list) return;
-    list.querySelector(".empty")?.remove();
-    const item = el("li", {class: `notice notice-${level}`},
-                    el("time", {title: Portal.exact(new Date())}, Portal.clock(new Date())), " ");
-    item.append(text);
-    list.prepend(item);
-    while (list.children.length > 30) list.lastChild.remove();
   }
 
   function windowPicker(root, initial, onPick) {
@@ -106,6 +172,14 @@ const Dashboard = (() => {
     let windowS = 900;
     let lastLive = 0;
 
+    const feed = feedList($("notices"), $("feed-older"));
+
+    function drawNode(name) {
+      const card = nodeCard(nodes.get(name));
+      const old = cards.querySelector(`[data-node="${CSS.escape(name)}"]`);
+      if (old) old.replaceWith(card); else { cards.querySelector(".empty")?.remove(); cards.append(card); }
+    }
+
     function showNode(node) {
       const before = nodes.get(node.name);
       // Two processes report nodes (heartbeats, and the loop that marks silent ones offline):
@@ -113,15 +187,13 @@ const Dashboard = (() => {
       if (before && before.last_heartbeat && node.last_heartbeat
           && new Date(node.last_heartbeat) < new Date(before.last_heartbeat)) return;
       nodes.set(node.name, Object.assign({}, before || {}, node));
-      const card = nodeCard(nodes.get(node.name));
-      const old = cards.querySelector(`[data-node="${CSS.escape(node.name)}"]`);
-      if (old) old.replaceWith(card); else { cards.querySelector(".empty")?.remove(); cards.append(card); }
-      if (before && node.changed && before.state !== node.state) {
-        const text = node.state === "offline" ? `node ${node.name} offline: no heartbeat`
-          : `node ${node.name} ${node.state}`;
-        notice($("notices"), text, node.state === "offline" ? "bad" : "info");
-        if (node.state === "offline") toast(text, "bad");
-      }
+      drawNode(node.name);
+    }
+
+    // A state change goes to the feed once, as the server recorded it; an incident is the
+    // alerts box's (staff), so only those who see no alerts get a toast for a bad line.
+    function showEvent(e) {
+      if (feed.add(e) && e.level === "bad" && !staff) toast(e.text, "bad");
     }
 
     function showSummary(summary) {
@@ -188,20 +260,21 @@ const Dashboard = (() => {
       onEvent(event) {
         if (event.type === "node.health") { showNode(event.node ? {...event, name: event.node} : event); liveUtilization(); }
         else if (event.type === "cluster.summary") showSummary(event);
-        else if (event.type === "job.notice") { notice($("notices"), event.text); toast(event.text); }
-        else if (event.type === "job.state" && event.state === "failed") {
-          notice($("notices"), `job ${event.job}${event.name ? ` (${event.name})` : ""} failed`, "bad");
-        } else if (event.type === "alert.fired") {
-          showAlert(event); notice($("notices"), event.message, "bad"); toast(event.message, "bad");
-        } else if (event.type === "alert.resolved") { showAlert(event); notice($("notices"), `resolved: ${event.subject}`); }
+        else if (event.type === "feed.event") showEvent(event);
+        else if (event.type === "job.state") placeJob(nodes, event).forEach(drawNode);
+        else if (event.type === "alert.fired") { showAlert(event); toast(event.message, "bad"); }
+        else if (event.type === "alert.resolved") showAlert(event);
       },
-      keep: (event) => event.type.startsWith("alert.") || event.type === "job.notice",
+      // A feed line is shown once whenever it comes (by its id); a job's end cannot go stale.
+      keep: (event) => event.type.startsWith("alert.") || event.type === "feed.event"
+        || (event.type === "job.state" && ["succeeded", "failed", "cancelled"].includes(event.state)),
       async resync() {
         const [summary] = await Promise.all([getJSON("/api/v1/cluster/"), loadSeries()]);
         cards.querySelectorAll("[data-node]").forEach((c) => c.remove());
         nodes.clear();
         summary.nodes.forEach(showNode);
         if (!summary.nodes.length) cards.replaceChildren(el("p", {class: "muted empty"}, "No node has reported yet."));
+        feed.show(summary.events);
         showSummary(summary);
         if (staff) {
           const alerts = await getJSON("/api/v1/alerts/");
@@ -232,6 +305,7 @@ const Dashboard = (() => {
         : `${rate(util.net_rx_bps)} in · ${rate(util.net_tx_bps)} out`;
       $("node-procs").textContent = util.procs ?? "—";
       $("node-running").textContent = `${n.running ?? 0} / ${n.concurrency ?? 0}`;
+      showOther(n.running);
       const seen = $("node-seen");
       seen.dataset.at = n.last_heartbeat || "";
       seen.textContent = ago(n.last_heartbeat);
@@ -240,6 +314,15 @@ const Dashboard = (() => {
         Charts.bars($("chart-cores"), cores.map((_, i) => `cpu${i}`), {cpu: cores},
                     {showlegend: false, height: 160, yaxis: {range: [0, 100], ticksuffix: "%", gridcolor: "#eef0f3"}});
       }
+    }
+    // Its busy slots that run no job listed here run jobs this user may not see.
+    function showOther(running) {
+      const box = $("node-running-jobs");
+      const links = [...box.querySelectorAll("a[data-slots]")];
+      const other = Math.max(0, (running || 0) - links.reduce((sum, a) => sum + (+a.dataset.slots || 1), 0));
+      const note = box.querySelector("[data-field=other]");
+      note.dataset.other = other;
+      note.textContent = other ? `${other} other` : links.length ? "" : "nothing";
     }
     async function loadSeries() {
       const series = await getJSON(`/api/v1/nodes/${encodeURIComponent(name)}/metrics/?window=${windowS}&points=240`);
@@ -258,13 +341,16 @@ const Dashboard = (() => {
         const page = new DOMParser().parseFromString(await response.text(), "text/html");
         const rows = page.querySelector("#node-jobs tbody");
         if (rows) $("node-jobs").tBodies[0].replaceWith(document.adoptNode(rows));
+        const running = page.querySelector("#node-running-jobs");
+        if (running) $("node-running-jobs").replaceWith(document.adoptNode(running));
       }, 2000);
     }
     const listed = (job) => [...$("node-jobs").querySelectorAll("td:first-child a")]
-      .some((a) => a.textContent === String(job));
+      .some((a) => a.textContent === String(job))
+      || [...$("node-running-jobs").querySelectorAll("a")].some((a) => a.textContent.split(" ")[0] === String(job));
     new Portal.Stream("/ws/cluster/", {
       onEvent(event) {
-        if (event.type === "job.state" && (event.node === name || listed(event.job))) redrawJobs();
+        if (event.type === "job.state" && ((event.node || "").split("+").includes(name) || listed(event.job))) redrawJobs();
         if (event.type !== "node.health" || event.node !== name) return;
         show(event);
         if (windowS <= LIVE_MAX_WINDOW && Date.now() - lastLive >= 2000) {
@@ -283,5 +369,19 @@ const Dashboard = (() => {
     });
   }
 
-  return {cluster, node, toast, WINDOWS};
+  // The events page: its first page follows the feed live; older pages stay as they are.
+  function events(list) {
+    const feed = feedList(list, null);
+    new Portal.Stream("/ws/cluster/", {
+      onEvent(event) { if (event.type === "feed.event") feed.add(event); },
+      keep: (event) => event.type === "feed.event",
+      async resync() {
+        const page = await getJSON(`/api/v1/events/?limit=${+list.dataset.limit || 50}`);
+        feed.show(page.results);
+        return {};
+      },
+    });
+  }
+
+  return {cluster, node, events, toast, WINDOWS};
 })();

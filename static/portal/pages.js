@@ -13,6 +13,8 @@
     } else if (board && board.dataset.dashboard === "node") {
       Dashboard.node(board);
     }
+    const feed = document.querySelector("[data-feed=live]");
+    if (feed) Dashboard.events(feed);
     const usage = document.querySelector("[data-usage]");
     if (usage) Usage.page(usage.dataset.usage);
     if (document.querySelector("[data-planner]")) Usage.planner();

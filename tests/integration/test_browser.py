@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 from playwright.sync_api import expect, sync_playwright
 
 from accounts.models import ApiToken
@@ -601,4 +602,51 @@ def test_retry_on_a_failed_jobs_page_opens_a_new_job_with_its_parameters(tab):
     again = Job.objects.get(pk=int(JOB_URL.search(tab.url)[1]))
     assert again.pk != job.pk and (again.kind, again.params) == (job.kind, job.params)
     expect(tab.locator("#job-state")).to_have_text("failed", timeout=JOB_MS)  # it ran again
+    tab.traffic.assert_clean()
+
+
+def test_the_dashboard_shows_what_happened_before_it_opened_then_follows_live(tab):
+    user = log_in(tab, "watcher")
+    fine = submit(user, kind="diag.noop", name="fine")
+    broken = submit(user, kind="diag.sleep", name="broken", params={"seconds": 1, "fail": True})
+    busy = submit(user, kind="diag.sleep", name="busy", params={"seconds": 60})
+    for job in (fine, broken):
+        wait_for_job(job.pk, timeout=JOB_MS / 1000)
+    busy = wait_for_job(busy.pk, states={"running"}, timeout=JOB_MS / 1000)
+    tab.goto("/cluster/")
+    feed = tab.locator("#notices")
+    # From the page's snapshot: each job's end once, linked to its page.
+    failed = feed.locator("li", has_text=f"job {broken.pk} (broken) failed")
+    expect(failed).to_have_count(1)
+    expect(failed.locator("a")).to_have_attribute("href", f"/jobs/{broken.pk}/")
+    expect(feed.locator("li", has_text=f"job {fine.pk} (fine) succeeded")).to_have_count(1)
+    # The node running the busy job names it.
+    card = tab.locator(f'.node-card[data-node="{busy.node}"]')
+    expect(card.locator(f'a[href="/jobs/{busy.pk}/"]')).to_have_text(f"{busy.pk} · busy")
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    # Then live: its cancel reaches the feed once and takes it off its node's card.
+    services.cancel_job(job=busy, actor=user)
+    expect(feed.locator("li", has_text=f"job {busy.pk} (busy) cancelled")).to_have_count(
+        1, timeout=JOB_MS)
+    expect(card.locator(f'a[href="/jobs/{busy.pk}/"]')).to_have_count(0)
+    tab.screenshot(path=ARTIFACTS / "cluster-feed.png", full_page=True)
+    # The whole feed, a page at a time, from the same lines.
+    tab.locator("#feed-older").click()
+    expect(tab).to_have_url(re.compile(r"/events/"))
+    expect(tab.locator("#feed li", has_text=f"job {broken.pk} (broken) failed")).to_have_count(1)
+    tab.traffic.assert_clean()
+
+
+def test_a_fan_out_whose_partitions_took_no_time_draws_a_bar_for_each(tab):
+    user = log_in(tab, "fanner")
+    job = submit(user, kind="diag.fanout", params={"parts": 4, "seconds": 0}, name="instant")
+    assert wait_for_job(job.pk, timeout=JOB_MS / 1000 * 2).state == "succeeded"
+    # Done within the same millisecond, as they often are on an idle node.
+    assert Job.objects.filter(parent=job).update(finished_at=F("started_at")) == 4
+    tab.goto(f"/jobs/{job.pk}/")
+    expect(tab.locator("#partitions-summary")).to_have_text("4 of 4 ended")
+    bars = tab.locator("#partitions-chart .barlayer .point path")
+    expect(bars).to_have_count(4)
+    heights = [bars.nth(i).bounding_box()["height"] for i in range(4)]
+    assert all(height >= 1 for height in heights), heights
     tab.traffic.assert_clean()

@@ -39,6 +39,8 @@ class JobKind:
     # May be stopped and queued again to give its slot to a team under its fair share
     # (PREEMPTION=1): for work that loses little by starting over, or that resumes.
     preemptible: bool = False
+    # What its fan-out's children are called on its pages and in their names ("trial").
+    part_word: str = "partition"
 
     def schema(self) -> dict:
         return self.params.model_json_schema()

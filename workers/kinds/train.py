@@ -379,6 +379,7 @@ KINDS = [
         params=SweepParams,
         run=run_sweep,
         queue="train",
+        part_word="trial",
     ),
 ]
 
