@@ -3,7 +3,8 @@ runs it in a loop of its own).
 
 - A running attempt whose lease expired (its node stopped heartbeating) is lost: the job goes
   back to queued as a new attempt while attempts remain, else it fails saying the node was lost.
-- A queued job whose task message is gone from Redis (a restart) is sent again.
+- A message no node got (gone with a restarted Redis, or popped by a node whose link was
+  then cut) is sent again: a queued job's, or one rank's of a gang, to its node.
 - A cancel that Redis forgot is raised again from the database; silent nodes go offline.
 
 Each repair is a guarded claim, so two reconcilers, or a late worker, cannot both win.

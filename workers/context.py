@@ -3,6 +3,7 @@ and fan-out of partitions over the cluster."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -58,8 +59,6 @@ def interface_of(address: str) -> str | None:
             return None
     except ValueError:  # a host name, not an address
         return None
-    import fcntl
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         for _, name in socket.if_nameindex():
             try:
