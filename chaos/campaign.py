@@ -46,8 +46,9 @@ KINDS = (*NODE_FAULTS, *SERVICE_FAULTS)
 SHARES = {"node_kill": 0.18, "node_stop": 0.15, "net_cut": 0.12, "redis_kill": 0.16,
           "ingester_kill": 0.13, "reconciler_kill": 0.13, "web_kill": 0.13}
 CLICKSTREAM = {"events": 2000, "users": 50, "partitions": 2, "days": 0.5}
-# A gang: a short train.torch on scikit-learn's digits, one rank on each of two nodes.
-GANG = {"kind": "train.torch", "name": "chaos gang", "nodes": 2, "max_attempts": 5,
+# A gang: a short train.torch on scikit-learn's digits, one rank on each of two nodes. A node
+# fault hits the busiest node, which a gang's rank makes busier: it gets more attempts.
+GANG = {"kind": "train.torch", "name": "chaos gang", "nodes": 2, "max_attempts": 10,
         "params": {"dataset": "digits", "epochs": 2, "batch_size": 64,
                    "rendezvous_timeout_s": 60}}
 QUEUES = "cpu,etl,train"
@@ -140,9 +141,9 @@ class Api:
 class Load(threading.Thread):
     """A steady mix of jobs, and readers of the job and cluster pages."""
 
-    def __init__(self, api: Api, rng: random.Random, every: float):
+    def __init__(self, api: Api, rng: random.Random, every: float, gangs: float = 0.08):
         super().__init__(daemon=True)
-        self.api, self.rng, self.every = api, rng, every
+        self.api, self.rng, self.every, self.gangs = api, rng, every, gangs
         self.stopped = threading.Event()
         self.tables = 0
         self.count = 0
@@ -150,7 +151,7 @@ class Load(threading.Thread):
     def job(self) -> dict:
         roll = self.rng.random()
         self.count += 1
-        if self.count == 2 or roll >= 0.92:  # the second job is a gang, whatever the seed
+        if self.count == 2 or roll >= 1 - self.gangs:  # the second job is a gang, always
             return {**GANG, "params": {**GANG["params"], "seed": self.rng.randint(0, 1000)}}
         if roll < 0.55:
             return {"kind": "diag.sleep", "params": {"seconds": round(self.rng.uniform(0.5, 4), 1)},
@@ -415,7 +416,8 @@ class Campaign:
         load = None
         try:
             self.start()
-            load = Load(self.api, random.Random(self.args.seed + 1), self.args.every)
+            load = Load(self.api, random.Random(self.args.seed + 1), self.args.every,
+                        self.args.gangs)
             load.start()
             time.sleep(5)
             self.planned = len(kinds)
@@ -674,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-redis", type=int, default=0, help="at least this many Redis kills")
     parser.add_argument("--min-cuts", type=int, default=0, help="at least this many link cuts")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between submissions")
+    parser.add_argument("--gangs", type=float, default=0.08, help="the share of submissions "
+                        "that are gang jobs (the second one always is)")
     parser.add_argument("--drain", type=float, default=180, help="seconds every job gets to end "
                         "after the last fault")
     parser.add_argument("--max-minutes", type=float, default=24 * 60, help="inject no more "
