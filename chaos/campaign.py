@@ -1,6 +1,7 @@
 """A seeded fault campaign over the real processes: PostgreSQL, Redis, the web server, the
 ingester, the reconciler and four worker nodes (each in a network namespace of its own), under
-a steady mix of jobs (diag.sleep, diag.fanout, small etl.clickstream loads, a table each).
+a steady mix of jobs (diag.sleep, diag.fanout, small etl.clickstream loads, a table each, and
+gangs: train.torch on two nodes, whose ranks meet across the namespaces' links).
 
 Faults, one after another: SIGKILL of a node (started again under the same or a new name),
 SIGSTOP of a node past LEASE_S then SIGCONT, SIGKILL and restart of the ingester, the reconciler,
@@ -45,6 +46,12 @@ KINDS = (*NODE_FAULTS, *SERVICE_FAULTS)
 SHARES = {"node_kill": 0.18, "node_stop": 0.15, "net_cut": 0.12, "redis_kill": 0.16,
           "ingester_kill": 0.13, "reconciler_kill": 0.13, "web_kill": 0.13}
 CLICKSTREAM = {"events": 2000, "users": 50, "partitions": 2, "days": 0.5}
+# A gang: a short train.torch on scikit-learn's digits, one rank on each of two nodes. A node
+# fault hits the busiest node, which a gang's rank makes busier: it gets more attempts.
+GANG = {"kind": "train.torch", "name": "chaos gang", "nodes": 2, "max_attempts": 10,
+        "params": {"dataset": "digits", "epochs": 2, "batch_size": 64,
+                   "rendezvous_timeout_s": 60}}
+QUEUES = "cpu,etl,train"
 LEASE_S = float(TIMINGS["LEASE_S"])
 
 
@@ -134,18 +141,22 @@ class Api:
 class Load(threading.Thread):
     """A steady mix of jobs, and readers of the job and cluster pages."""
 
-    def __init__(self, api: Api, rng: random.Random, every: float):
+    def __init__(self, api: Api, rng: random.Random, every: float, gangs: float = 0.08):
         super().__init__(daemon=True)
-        self.api, self.rng, self.every = api, rng, every
+        self.api, self.rng, self.every, self.gangs = api, rng, every, gangs
         self.stopped = threading.Event()
         self.tables = 0
+        self.count = 0
 
     def job(self) -> dict:
         roll = self.rng.random()
+        self.count += 1
+        if self.count == 2 or roll >= 1 - self.gangs:  # the second job is a gang, always
+            return {**GANG, "params": {**GANG["params"], "seed": self.rng.randint(0, 1000)}}
         if roll < 0.55:
             return {"kind": "diag.sleep", "params": {"seconds": round(self.rng.uniform(0.5, 4), 1)},
                     "max_attempts": 5}
-        if roll < 0.75:
+        if roll < 0.72:
             return {"kind": "diag.fanout", "params": {"parts": self.rng.randint(2, 4),
                                                       "seconds": 1}, "max_attempts": 5}
         self.tables += 1
@@ -239,12 +250,13 @@ class Campaign:
         slot = slot or self.slots[name]
         self.slots[name] = slot
         if slot is None:
-            self.cluster.start_worker(name, concurrency=2, queues="cpu,etl")
+            self.cluster.start_worker(name, concurrency=2, queues=QUEUES)
             return
-        # Inside its namespace a node reaches Redis and the warehouse on its host-side address.
+        # Inside its namespace a node reaches Redis and the warehouse on its host-side address
+        # (and so, with no NODE_ADDRESS, a gang's rank 0 on it listens on its namespace's).
         redis_url = self.redis.url.replace("127.0.0.1", slot.host_ip)
         warehouse = self.warehouse.replace("127.0.0.1", slot.host_ip)
-        self.cluster.start_worker(name, concurrency=2, queues="cpu,etl", prefix=slot.prefix,
+        self.cluster.start_worker(name, concurrency=2, queues=QUEUES, prefix=slot.prefix,
                                   env={"REDIS_URL": redis_url, "WAREHOUSE_URL": warehouse})
 
     def stop(self) -> None:
@@ -287,8 +299,12 @@ class Campaign:
         return False
 
     def running_on(self, node: str) -> dict[int, int]:
-        return dict(self.sql("SELECT id, attempt FROM jobs_job WHERE state = 'running' AND "
-                             "node = %s", node))
+        """The running jobs on a node: its own, and the gangs with a rank on it."""
+        return dict(self.sql(
+            "SELECT id, attempt FROM jobs_job j WHERE state = 'running' AND (node = %s OR "
+            "EXISTS (SELECT 1 FROM jobs_attemptrank r WHERE r.job_id = j.id AND "
+            "r.attempt = j.attempt AND r.node = %s AND r.state IN ('queued', 'running')))",
+            node, node))
 
     def moved(self, jobs: dict[int, int]) -> bool:
         """Every one of these jobs ended, or runs a later attempt than it did."""
@@ -324,8 +340,12 @@ class Campaign:
 
     def busiest_node(self) -> str:
         alive = [n for n in self.slots if n in self.cluster.procs]
-        counts = dict(self.sql("SELECT node, count(*) FROM jobs_job WHERE state = 'running' "
-                               "GROUP BY node"))
+        counts = collections.Counter(dict(self.sql(
+            "SELECT node, count(*) FROM jobs_job WHERE state = 'running' GROUP BY node")))
+        counts.update(dict(self.sql(
+            "SELECT r.node, count(*) FROM jobs_attemptrank r JOIN jobs_job j ON j.id = "
+            "r.job_id AND j.attempt = r.attempt WHERE j.state = 'running' AND r.state IN "
+            "('queued', 'running') GROUP BY r.node")))
         return max(alive, key=lambda n: (counts.get(n, 0), self.rng.random()))
 
     def inject(self, kind: str) -> Fault:
@@ -396,7 +416,8 @@ class Campaign:
         load = None
         try:
             self.start()
-            load = Load(self.api, random.Random(self.args.seed + 1), self.args.every)
+            load = Load(self.api, random.Random(self.args.seed + 1), self.args.every,
+                        self.args.gangs)
             load.start()
             time.sleep(5)
             self.planned = len(kinds)
@@ -436,12 +457,7 @@ class Campaign:
             for j in submitted if j in jobs and jobs[j][0] == "failed")
         doubles = self.sql("SELECT job_id FROM jobs_attempt WHERE state = 'succeeded' "
                            "GROUP BY job_id HAVING count(*) > 1")
-        lost_writes = self.sql(
-            "SELECT count(*) FROM jobs_attempt a JOIN jobs_logline l ON l.job_id = a.job_id "
-            "AND l.attempt = a.number WHERE a.state = 'lost' AND l.ts > a.finished_at")[0][0]
-        lost_writes += self.sql(
-            "SELECT count(*) FROM jobs_attempt a JOIN jobs_metricpoint m ON m.job_id = a.job_id"
-            " AND m.attempt = a.number WHERE a.state = 'lost' AND m.ts > a.finished_at")[0][0]
+        lost_writes = sum(self.sql(GIVEN_UP_WRITES)[0])
         wrong = []
         with psycopg.connect(self.warehouse) as conn:
             for job, spec in submitted.items():
@@ -462,6 +478,7 @@ class Campaign:
                 if rows != spec["params"]["events"]:
                     wrong.append(f"{table}: {rows} rows, {spec['params']['events']} expected")
         outside = [e for e in self.ledger.errors_5xx if not self.ledger.web_was_down(e[0])]
+        gangs = self.gangs(jobs)
         return Report(
             submitted=len(submitted), refused=self.ledger.refused,
             states=collections.Counter(jobs[j][0] for j in submitted if j in jobs),
@@ -471,7 +488,91 @@ class Campaign:
             answers=self.ledger.answers, errors_5xx=len(self.ledger.errors_5xx),
             errors_5xx_outside=outside, faults=self.ledger.faults,
             unplanned=dict(self.supervisor.restarts), why_no_netns=self.why_no_netns,
-            planned=self.planned)
+            planned=self.planned, gangs=gangs)
+
+    def gangs(self, jobs: dict[int, tuple]) -> Gangs:
+        """What became of the gang jobs, and where their ranks met."""
+        ids = [j for j, spec in self.ledger.submitted.items() if spec.get("nodes", 1) > 1]
+        given_up = self.sql("SELECT count(*) FROM jobs_attempt a JOIN jobs_job j ON j.id = "
+                            "a.job_id WHERE j.id = ANY(%s) AND a.number < j.attempt", ids)[0][0]
+        # Rank 0's address as it reported it, and the one each other rank joined at.
+        reported = [a.rpartition(":")[0] for (a,) in self.sql(
+            "SELECT address FROM jobs_attemptrank WHERE job_id = ANY(%s) AND rank = 0 AND "
+            "address <> ''", ids)]
+        joined = [m.group(1) for (text,) in self.sql(
+            "SELECT text FROM jobs_logline WHERE job_id = ANY(%s) AND rank > 0 AND text LIKE "
+            "'rank %% joined %%'", ids) if (m := re.search(r" at ([\d.]+):\d+ in ", text))]
+        half = self.sql(
+            "SELECT j.id FROM jobs_job j JOIN jobs_attemptrank r ON r.job_id = j.id AND "
+            "r.attempt = j.attempt WHERE j.id = ANY(%s) AND j.state = 'succeeded' AND "
+            "r.state <> 'succeeded'", ids)
+        network = f"10.213.{self.spaces.block}." if self.spaces else None
+        return Gangs(submitted=len(ids), states=collections.Counter(
+            jobs[j][0] for j in ids if j in jobs), given_up=given_up, reported=reported,
+            joined=joined, network=network, half_succeeded=sorted({j for (j,) in half}))
+
+
+# Writes of an attempt after the portal gave it up: after the next attempt was made (a retry,
+# a requeue of a gang, a preemption), or after a last attempt was declared lost; and a gang's
+# rank writing after it was stopped with its gang (the job's last attempt ending).
+GIVEN_UP_WRITES = """
+WITH given_up AS (
+    SELECT a.job_id, a.number, COALESCE(n.created_at, a.finished_at) AS at
+    FROM jobs_attempt a LEFT JOIN jobs_attempt n ON n.job_id = a.job_id
+        AND n.number = a.number + 1
+    WHERE n.id IS NOT NULL OR a.state = 'lost'),
+stopped AS (
+    SELECT job_id, attempt, rank, finished_at AS at FROM jobs_attemptrank
+    WHERE state IN ('lost', 'cancelled') AND finished_at IS NOT NULL)
+SELECT
+    (SELECT count(*) FROM given_up g JOIN jobs_logline l ON l.job_id = g.job_id
+        AND l.attempt = g.number AND l.ts > g.at),
+    (SELECT count(*) FROM given_up g JOIN jobs_metricpoint m ON m.job_id = g.job_id
+        AND m.attempt = g.number AND m.ts > g.at),
+    (SELECT count(*) FROM given_up g JOIN jobs_artifact f ON f.job_id = g.job_id
+        AND f.attempt = g.number AND f.created_at > g.at),
+    (SELECT count(*) FROM stopped s JOIN jobs_logline l ON l.job_id = s.job_id
+        AND l.attempt = s.attempt AND l.rank = s.rank AND l.ts > s.at)
+"""
+
+
+@dataclass
+class Gangs:
+    submitted: int
+    states: collections.Counter
+    given_up: int  # attempts given up, each run again on a fresh gang
+    reported: list[str]  # rank 0's address, per attempt that got that far
+    joined: list[str]  # the address each other rank joined its gang at
+    network: str | None  # the nodes' network (10.213.B.), when they had namespaces
+    half_succeeded: list[int]  # succeeded, with a rank of that attempt that did not
+
+    def on_network(self, addresses: list[str]) -> int:
+        return sum(1 for a in addresses if self.network is None or a.startswith(self.network))
+
+    @property
+    def off_network(self) -> list[str]:
+        if self.network is None:
+            return []
+        return [a for a in self.reported + self.joined if not a.startswith(self.network)]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.off_network or self.half_succeeded)
+
+    def rows(self) -> list[tuple[str, object]]:
+        where = (f"{self.network}x" if self.network else "no namespaces")
+        return [
+            ("gang jobs (train.torch, 2 nodes)", self.submitted),
+            ("  succeeded / failed / cancelled", f"{self.states['succeeded']} / "
+             f"{self.states['failed']} / {self.states['cancelled']}"),
+            ("  attempts given up and run again on a fresh gang", self.given_up),
+            ("  rendezvous on the nodes' network (reported / joined)",
+             f"{self.on_network(self.reported)} of {len(self.reported)} / "
+             f"{self.on_network(self.joined)} of {len(self.joined)} at {where}"),
+            *((f"    off the network: {a}", "") for a in self.off_network[:5]),
+            ("  succeeded with a rank that did not",
+             f"{len(self.half_succeeded)} {self.half_succeeded[:10] or ''}"),
+        ]
 
 
 @dataclass
@@ -492,6 +593,7 @@ class Report:
     unplanned: dict[str, int]
     why_no_netns: str | None
     planned: int = 0
+    gangs: Gangs | None = None
 
     @property
     def not_recovered(self) -> list[Fault]:
@@ -505,7 +607,8 @@ class Report:
     def ok(self) -> bool:
         return not (self.stuck or self.vanished or self.doubles or self.lost_writes
                     or self.wrong_tables or self.errors_5xx_outside or self.not_recovered
-                    or self.not_run or self.refused or len(self.faults) < self.planned)
+                    or self.not_run or self.refused or len(self.faults) < self.planned
+                    or (self.gangs and not self.gangs.ok))
 
     def table(self) -> str:
         rows = [("faults injected", f"{len(self.faults)} of {self.planned}"),
@@ -519,7 +622,7 @@ class Report:
                 ("submissions never accepted", len(self.refused)),
                 ("jobs with more than one succeeded attempt",
                  f"{len(self.doubles)} {self.doubles[:10] or ''}"),
-                ("writes of an attempt after it was lost (log lines, metrics)",
+                ("writes of an attempt or rank after it was given up (logs, metrics, files)",
                  self.lost_writes),
                 ("warehouse tables with a wrong row count", len(self.wrong_tables)),
                 *((f"    {line}", "") for line in self.wrong_tables[:10]),
@@ -531,6 +634,7 @@ class Report:
                   collections.Counter((code, re.sub(r"\d+", "N", path))
                                       for _, code, path in self.errors_5xx_outside)
                   .most_common(8)),
+                *(self.gangs.rows() if self.gangs else ()),
                 ("processes that died unasked (restarted)",
                  ", ".join(f"{k} {v}" for k, v in sorted(self.unplanned.items())) or 0)]
         rows.append(("recovery per fault kind (s)", "count  p50    max   not recovered"))
@@ -556,7 +660,11 @@ class Report:
                 ("faults not recovered from", self.not_recovered),
                 ("faults that could not run", self.not_run),
                 ("submissions never accepted", self.refused),
-                ("not every fault ran", len(self.faults) < self.planned)) if broken)
+                ("not every fault ran", len(self.faults) < self.planned),
+                ("gang rendezvous off the nodes' network",
+                 self.gangs and self.gangs.off_network),
+                ("gangs succeeded with a rank that did not",
+                 self.gangs and self.gangs.half_succeeded)) if broken)
         return "\n".join([*(f"  {name:<{width}}  {value}" for name, value in rows), verdict])
 
 
@@ -568,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-redis", type=int, default=0, help="at least this many Redis kills")
     parser.add_argument("--min-cuts", type=int, default=0, help="at least this many link cuts")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between submissions")
+    parser.add_argument("--gangs", type=float, default=0.08, help="the share of submissions "
+                        "that are gang jobs (the second one always is)")
     parser.add_argument("--drain", type=float, default=180, help="seconds every job gets to end "
                         "after the last fault")
     parser.add_argument("--max-minutes", type=float, default=24 * 60, help="inject no more "

@@ -28,9 +28,11 @@ def attempt_spec(job, rank: int | None = None) -> protocol.AttemptSpec:
                                 world_size=job.nodes * job.slots_per_node)
 
 
-def sends_of(jobs) -> list[tuple[protocol.AttemptSpec, str]]:
+def sends_of(jobs, *, ranks: dict[int, set[int]] | None = None
+             ) -> list[tuple[protocol.AttemptSpec, str]]:
     """Each job's current attempt and the queue it goes to: one message for a plain job; for a
-    gang, one per rank, to the queue of the node it was placed on."""
+    gang, one per rank (or only the ranks `ranks` names for it), to the queue of the node it
+    was placed on."""
     from jobs.models import AttemptRank
 
     gangs = [job for job in jobs if job.nodes * job.slots_per_node > 1]
@@ -45,8 +47,10 @@ def sends_of(jobs) -> list[tuple[protocol.AttemptSpec, str]]:
     sends = []
     for job in jobs:
         if job.nodes * job.slots_per_node > 1:
+            only = (ranks or {}).get(job.pk)
             sends += [(attempt_spec(job, rank), protocol.node_queue(node))
-                      for rank, node in sorted(placed.get((job.pk, job.attempt), []))]
+                      for rank, node in sorted(placed.get((job.pk, job.attempt), []))
+                      if only is None or rank in only]
         else:
             sends.append((attempt_spec(job), route(job)))
     return sends
@@ -69,9 +73,10 @@ def dispatch_on_commit(jobs) -> None:
     transaction.on_commit(lambda: send(sends))
 
 
-def send_again(jobs) -> int:
-    """Send these jobs' current attempts now (their messages were lost)."""
-    return send(sends_of(jobs))
+def send_again(jobs, *, ranks: dict[int, set[int]] | None = None) -> int:
+    """Send these jobs' current attempts now (their messages were lost; of a gang, the ranks
+    `ranks` names for it, else all)."""
+    return send(sends_of(jobs, ranks=ranks))
 
 
 def send(sends: list[tuple[protocol.AttemptSpec, str]]) -> int:

@@ -32,6 +32,7 @@ from jobs.models import (
     TERMINAL,
     Artifact,
     AttemptRank,
+    AttemptState,
     Job,
     JobState,
     LogLine,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
 READ_COUNT = 200
 BLOCK_MS = 1000
+LIVE_RANK = (AttemptState.QUEUED, AttemptState.RUNNING)  # a gang's ranks that may still write
 RECLAIM_IDLE_MS = 15_000
 
 
@@ -135,7 +137,9 @@ class Batch:
 
     def current(self, event) -> bool:
         """Fencing: only the job's current attempt, with its token, may change anything. A
-        lost attempt is fenced off even when it was the job's last (its token changed)."""
+        lost attempt is fenced off even when it was the job's last (its token changed), and so
+        is a gang's rank once it has ended, or its gang has (stopped with a rank that failed,
+        it would still write until its node stops it)."""
         plan = self.plans.get(event["job"])
         if plan is None:
             return False
@@ -143,6 +147,9 @@ class Batch:
         ok = row["attempt"] == event.get("attempt") and row["token"] == event.get("token")
         if event.get("type") == protocol.STARTED and (not ok or plan.state in TERMINAL):
             self.to_stop.add((event["job"], event.get("attempt")))  # a stray copy: stop it
+        if ok and plan.gang and event.get("type") != protocol.FINISHED:
+            rank = plan.ranks.get(event.get("rank") or 0)
+            ok = plan.state not in TERMINAL and (rank is None or rank["state"] in LIVE_RANK)
         return ok
 
     def started(self, plan: Plan, e) -> None:

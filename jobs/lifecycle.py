@@ -617,19 +617,22 @@ def _admit_next() -> None:
 
 
 def redispatch(job: Job, now) -> bool:
-    """Send a queued job's current attempt again (its message was lost); claimed on the
-    attempt and the time it was last sent, so two reconcilers send it once."""
-    won = bool(Job.objects.filter(pk=job.pk, state=S.QUEUED, attempt=job.attempt,
+    """Send a queued job's current attempt again (its message was lost), or ranks of a gang's
+    that has not ended (some of its ranks may run already); claimed on the attempt and the
+    time it was last sent, so two reconcilers send it once."""
+    live = [S.QUEUED, S.RUNNING] if job.is_gang else [S.QUEUED]
+    won = bool(Job.objects.filter(pk=job.pk, state__in=live, attempt=job.attempt,
                                   dispatched_at=job.dispatched_at).update(dispatched_at=now))
     if won:
         job.dispatched_at = now
     return won
 
 
-def resend(jobs: list[Job], now) -> int:
-    """Queued jobs whose messages are lost: those this call wins are sent again at once."""
+def resend(jobs: list[Job], now, *, ranks: dict[int, set[int]] | None = None) -> int:
+    """Jobs whose messages are lost: those this call wins are sent again at once (of a gang
+    named in `ranks`, only those ranks' messages)."""
     again = [job for job in jobs if redispatch(job, now)]
-    return send_again(again)
+    return send_again(again, ranks=ranks)
 
 
 def add_partitions(parent: dict, kind, parts: dict[int, dict], queue: str, now, *,

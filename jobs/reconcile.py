@@ -3,7 +3,8 @@ runs it in a loop of its own).
 
 - A running attempt whose lease expired (its node stopped heartbeating) is lost: the job goes
   back to queued as a new attempt while attempts remain, else it fails saying the node was lost.
-- A queued job whose task message is gone from Redis (a restart) is sent again.
+- A message no node got (gone with a restarted Redis, or popped by a node whose link was
+  then cut) is sent again: a queued job's, or one rank's of a gang, to its node.
 - A cancel that Redis forgot is raised again from the database; silent nodes go offline.
 
 Each repair is a guarded claim, so two reconcilers, or a late worker, cannot both win.
@@ -18,12 +19,13 @@ from datetime import timedelta
 
 import redis
 from django.conf import settings
+from django.db.models import F, Q
 
 from audit import feed
 from jobs import admission, dependencies, dispatch, fanout, lifecycle, selectors
 from jobs.broadcast import Outbox
 from jobs.ingest import ALIVE_KEY
-from jobs.models import Job, JobState
+from jobs.models import AttemptRank, AttemptState, Job, JobState
 from jobs.services import signal_cancel
 from nodes.models import Node, NodeState
 from nodes.services import node_event, signal_drain
@@ -60,47 +62,72 @@ def recover_one(job: Job, now) -> bool:
     return lifecycle.lose(job, now)
 
 
-def redispatch_missing(client: redis.Redis, now, suspects: dict[int, int]) -> int:
-    """Queued jobs whose message is not marked in Redis any more are sent again, once they have
-    been seen so on two passes in a row: a job that has just started has lost its marker too,
-    and the ingester needs a moment to record it as running."""
+def redispatch_missing(client: redis.Redis, now, suspects: set[str]) -> int:
+    """Attempt messages that no node got are sent again: a queued job's, and a gang's rank
+    that has not started while its node is still there (a rank whose node went offline loses
+    its whole gang instead, lifecycle.lose_lost_ranks). A message is lost when its marker is
+    gone from Redis on two passes in a row (a restarted Redis: a rank or job that has just
+    started has lost its marker too, and the ingester needs a moment to record it), or when,
+    still marked past the broker's visibility timeout, it is in no queue and no worker holds
+    it (one a node popped as its link was cut never reached it). What a node's heartbeat says
+    it runs is never lost."""
     cutoff = now - timedelta(seconds=settings.DISPATCH_GRACE_S)
-    queued = list(Job.objects.filter(state=JobState.QUEUED, dispatched_at__lt=cutoff)
-                  .order_by("dispatched_at")[:BATCH])
-    seen_before = dict(suspects)
+    waiting = waiting_messages(cutoff, now)
+    seen_before = set(suspects)
     suspects.clear()
-    if not queued:
+    if not waiting:
         return 0
-    scores = client.zmscore(protocol.DISPATCHED,
-                            [protocol.dispatch_member(job.pk, job.attempt) for job in queued])
-    resend = []
+    members = [protocol.dispatch_member(job.pk, job.attempt, rank) for job, rank in waiting]
+    scores = client.zmscore(protocol.DISPATCHED, members)
+    lost: list[tuple[Job, int | None]] = []
     stale = now - timedelta(seconds=VISIBILITY_TIMEOUT_S + settings.DISPATCH_GRACE_S)
     in_broker = None
-    for job, score in zip(queued, scores, strict=True):
+    for (job, rank), member, score in zip(waiting, members, scores, strict=True):
         if score is not None:
-            # Marked, but a message can still vanish: one a node popped as its link was cut
-            # never reached it. Past the broker's visibility timeout, a message that is in no
-            # queue and that no worker holds is sent again.
             if job.dispatched_at < stale:
                 in_broker = broker_task_ids(client) if in_broker is None else in_broker
-                if task_id(job) not in in_broker:
-                    resend.append(job)
-            continue
-        if seen_before.get(job.pk) != job.attempt:
-            suspects[job.pk] = job.attempt
+                if task_id(job, rank) not in in_broker:
+                    lost.append((job, rank))
+        elif member in seen_before:
+            lost.append((job, rank))
         else:
-            resend.append(job)
-    if resend:
-        log.warning("sending %d queued jobs again: their messages were lost", len(resend))
-    return lifecycle.resend(resend, now)
+            suspects.add(member)
+    if not lost:
+        return 0
+    log.warning("sending %d attempt messages again: they were lost", len(lost))
+    jobs = list({job.pk: job for job, _ in lost}.values())
+    ranks: dict[int, set[int]] = {}
+    for job, rank in lost:
+        if rank is not None:
+            ranks.setdefault(job.pk, set()).add(rank)
+    return lifecycle.resend(jobs, now, ranks=ranks)
+
+
+def waiting_messages(cutoff, now) -> list[tuple[Job, int | None]]:
+    """The messages sent before `cutoff` that no node has started: each queued plain job's
+    (rank None), and each rank of a gang's current attempt not started on a node that is not
+    offline. Neither one that a node's heartbeat lists (it holds a lease)."""
+    unheld = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    plain = Job.objects.filter(unheld, state=JobState.QUEUED, dispatched_at__lt=cutoff,
+                               nodes=1, slots_per_node=1)
+    waiting: list[tuple[Job, int | None]] = [
+        (job, None) for job in plain.order_by("dispatched_at")[:BATCH]]
+    offline = Node.objects.filter(state=NodeState.OFFLINE).values("name")
+    ranks = (AttemptRank.objects.filter(
+        unheld, state=AttemptState.QUEUED, attempt=F("job__attempt"),
+        job__state__in=[JobState.QUEUED, JobState.RUNNING], job__dispatched_at__lt=cutoff)
+        .exclude(node__in=offline).order_by("job__dispatched_at", "job_id", "rank")
+        .values_list("job_id", "rank")[:BATCH])
+    gangs = Job.objects.in_bulk({job_id for job_id, _ in ranks})
+    return waiting + [(gangs[job_id], rank) for job_id, rank in ranks if job_id in gangs]
 
 
 VISIBILITY_TIMEOUT_S = app.conf.broker_transport_options["visibility_timeout"]
 SCAN_LIMIT = 20_000
 
 
-def task_id(job: Job) -> str:
-    return dispatch.task_id(job.pk, job.attempt, job.token)
+def task_id(job: Job, rank: int | None = None) -> str:
+    return dispatch.task_id(job.pk, job.attempt, job.token, rank)
 
 
 def broker_task_ids(client: redis.Redis) -> set[str]:
@@ -120,13 +147,28 @@ def broker_task_ids(client: redis.Redis) -> set[str]:
     return {item.decode() for item in ids}
 
 
-TASK_ID = re.compile(rb'"id": ?"(\d+-\d+-[^"]{1,8})"')
+TASK_ID = re.compile(rb'"id": ?"(\d+-\d+-[^"-]{1,8}(?:-r\d+)?)"')
 
 
 def reraise_cancels() -> None:
     ids = list(Job.objects.filter(state=JobState.RUNNING, cancel_requested_at__isnull=False)
                .values_list("pk", flat=True)[:BATCH])
     signal_cancel(*ids)
+
+
+def reassert_rendezvous(client: redis.Redis) -> None:
+    """Redis keeps nothing across a restart: where each running gang's rank 0 listens is
+    published again from the database, for its ranks still on their way there."""
+    found = {protocol.rendezvous_key(job_id, attempt): address
+             for job_id, attempt, address in AttemptRank.objects.filter(
+                 rank=0, attempt=F("job__attempt"), job__state=JobState.RUNNING,
+                 state=AttemptState.RUNNING).exclude(address="")
+             .values_list("job_id", "attempt", "address")[:BATCH]}
+    if found:
+        pipe = client.pipeline(transaction=False)
+        for key, address in found.items():
+            pipe.set(key, address, ex=protocol.FLAG_TTL_S, nx=True)
+        pipe.execute()
 
 
 def reassert_drains() -> None:
@@ -157,12 +199,14 @@ def mark_offline(now) -> int:
 def resend_reserved(node: Node, now) -> int:
     """Messages a node had taken but not started die with it (the broker would give them back
     only after its visibility timeout): send those attempts again. Should the node return, the
-    old copy finds the attempt started (or ended) and is dropped."""
+    old copy finds the attempt started (or ended) and is dropped. A gang's rank is not sent
+    again: its node lost, the whole gang is placed anew (lifecycle.lose_lost_ranks)."""
     waiting = {(job, attempt) for job, attempt in node.reserved or []}
     if not waiting:
         return 0
     resend = [job for job in Job.objects.filter(pk__in={job for job, _ in waiting},
-                                                state=JobState.QUEUED)
+                                                state=JobState.QUEUED, nodes=1,
+                                                slots_per_node=1)
               if (job.pk, job.attempt) in waiting]
     if resend:
         log.warning("node %s lost with %d unstarted jobs: sending them again", node.name,
@@ -178,7 +222,7 @@ def publish_summary(now) -> None:
     outbox.publish()
 
 
-def recover(client: redis.Redis, now, suspects: dict[int, int]) -> dict:
+def recover(client: redis.Redis, now, suspects: set[str]) -> dict:
     """One recovery pass: what dead nodes, a restarted Redis or a crashed process left."""
     done = {"lost": 0, "resent": 0, "offline": 0}
     try:
@@ -190,6 +234,7 @@ def recover(client: redis.Redis, now, suspects: dict[int, int]) -> dict:
         done["resent"] = redispatch_missing(client, now, suspects)
         reraise_cancels()
         reassert_drains()
+        reassert_rendezvous(client)
         fanout.reassert_outcomes(client)
         dependencies.settle_all()
         lifecycle.cancel_children(*lifecycle.orphans())

@@ -33,7 +33,7 @@ class Reconciler:
 
     def __init__(self, client: redis.Redis | None = None):
         self.client = client or protocol.redis_client()
-        self.suspects: dict[int, int] = {}  # queued jobs seen without a marker: id -> attempt
+        self.suspects: set[str] = set()  # messages seen without their marker (dispatch members)
         self.rolled_minute = None
 
     def once(self) -> dict:

@@ -32,6 +32,17 @@ def nodes(*names, concurrency=1, queues=("train",), labels=None, heard=0.0):
             labels=labels or {}, last_heartbeat=at))
 
 
+def admitted(api, body, *names):
+    """A gang submitted and placed on these nodes (heard from again after the request, which
+    may be slow: the first of a process)."""
+    job = Job.objects.get(pk=post(api, body).json()["id"])
+    nodes(*names)
+    admission.admit()
+    job.refresh_from_db()
+    assert job.state == JobState.QUEUED, job.message
+    return job
+
+
 def gang(nodes=2, slots=1, **extra):
     return {"kind": "diag.sleep", "queue": "train", "params": {"seconds": 1}, "nodes": nodes,
             "slots_per_node": slots, **extra}
@@ -194,6 +205,50 @@ def test_a_rank_whose_node_goes_silent_loses_the_whole_gang(api):
     states = dict(AttemptRank.objects.filter(job=job, attempt=1).values_list("rank", "state"))
     assert states == {0: "cancelled", 1: "lost"}
     assert lifecycle.lose_lost_ranks(timezone.now()) == 0  # once
+
+
+def test_a_rank_stopped_with_its_gang_writes_nothing_more(api):
+    """The last attempt fails with rank 1 (its token stays: nothing moves on): rank 0, still
+    running until its node stops it, lands no more log lines, metrics or files."""
+    from jobs.models import Artifact, LogLine, MetricPoint
+
+    nodes("n1", "n2")
+    job = admitted(api, gang(nodes=2, max_attempts=1), "n1", "n2")
+    ingest.apply_events(events_for(job, 0, "started") + events_for(job, 1, "started"))
+    line = {"type": "log", "job": job.pk, "attempt": 1, "token": job.token, "rank": 0,
+            "level": "info", "ts": time.time()}
+    ingest.apply_events([{**line, "seq": 1, "text": "epoch 1"}])
+    after = [{**line, "seq": 2, "text": "epoch 2"},
+             {**line, "type": "metric", "name": "loss", "step": 2, "value": 0.5},
+             {**line, "type": "artifact", "name": "checkpoint.pt", "path": "x", "size": 1}]
+    # In the batch that fails the gang, after the failure; and in a batch of its own.
+    ingest.apply_events(events_for(job, 1, "finished", outcome="failed", error="boom")
+                        + after[:1])
+    ingest.apply_events(after[1:])
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED
+    assert list(LogLine.objects.filter(job=job).values_list("text", flat=True)) == ["epoch 1"]
+    assert not MetricPoint.objects.filter(job=job).exists()
+    assert not Artifact.objects.filter(job=job).exists()
+
+
+def test_rank_0_listens_where_its_peers_reach_it(monkeypatch):
+    """NODE_ADDRESS if set; else the host name's address, unless it is a loopback one (a
+    node in a network namespace of its own, or a host whose name maps to 127.0.1.1): then
+    the address this node reaches the broker from."""
+    from workers import context
+
+    monkeypatch.setenv("NODE_ADDRESS", "10.1.2.3")
+    assert context.node_address() == "10.1.2.3"
+    monkeypatch.delenv("NODE_ADDRESS")
+    monkeypatch.setattr(context.socket, "gethostbyname", lambda name: "192.0.2.7")
+    assert context.node_address() == "192.0.2.7"
+    monkeypatch.setattr(context.socket, "gethostbyname", lambda name: "127.0.1.1")
+    monkeypatch.setattr(context, "REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert context.node_address() == "127.0.0.1"  # the route to the broker's, not 127.0.1.1
+    # The ranks' own connections (gloo's) use the interface that has the address.
+    assert context.interface_of("127.0.0.1") is None
+    assert context.interface_of("192.0.2.250") is None  # no interface has it
 
 
 def test_cancel_of_a_queued_gang_ends_its_ranks(api):

@@ -1,4 +1,5 @@
-"""The reconciler: lost attempts, lost messages, forgotten cancels, silent nodes."""
+"""The reconciler: lost attempts, lost messages (a gang's ranks' too), forgotten cancels,
+silent nodes."""
 
 import time
 from datetime import timedelta
@@ -6,11 +7,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from jobs import dispatch, ingest
+from jobs import reconcile as recovery
 from jobs.ingest import ALIVE_KEY
-from jobs.models import Attempt, Job, JobState
-from nodes.models import Node
+from jobs.models import Attempt, AttemptRank, Job, JobState
+from nodes.models import Node, NodeState
 from portal.reconciler import Reconciler
 from tests.factories import make_job
+from tests.test_gangs import admitted, events_for, gang, nodes
 from workers import protocol
 
 
@@ -117,6 +121,93 @@ def test_a_marked_message_that_no_queue_or_worker_holds_is_sent_again_after_the_
     assert gone.dispatched_at > timezone.now() - timedelta(seconds=5)
     assert there.dispatched_at < timezone.now() - timedelta(seconds=50)
     assert caught_up.llen("cpu") == 2  # `there`'s message, and `gone`'s sent again
+
+
+def gang_started_on_n1(api, *, dispatched_ago=60):
+    """A gang of two on n1 and n2 whose rank 0 started (and reported where it listens) and
+    whose rank 1 has not."""
+    nodes("n1", "n2")
+    job = admitted(api, gang(nodes=2), "n1", "n2")
+    ingest.apply_events(events_for(job, 0, "started", "rendezvous"))
+    Job.objects.filter(pk=job.pk).update(
+        dispatched_at=timezone.now() - timedelta(seconds=dispatched_ago))
+    job.refresh_from_db()
+    assert job.state == JobState.RUNNING, job.message
+    assert dict(AttemptRank.objects.filter(job=job).values_list("rank", "node")) == {
+        0: "n1", 1: "n2"}
+    return job
+
+
+def task_ids(client, queue):
+    return [found for raw in client.lrange(queue, 0, -1)
+            for found in recovery.TASK_ID.findall(raw)]
+
+
+def test_a_lost_rank_message_is_sent_again_to_its_node_alone(api, caught_up):
+    """One rank's message went to its node's blocked BRPOP as the link was cut: its marker
+    stays, no queue has it and no worker holds it. Past the visibility timeout, that rank
+    alone is sent again, to its own node; the rank already running is left alone, and the
+    rendezvous that a restarted Redis forgot is published again from the database."""
+    job = gang_started_on_n1(api)
+    caught_up.zadd(protocol.DISPATCHED, {protocol.dispatch_member(job.pk, 1, 1): time.time()})
+    assert Reconciler().once()["resent"] == 1
+    assert task_ids(caught_up, protocol.node_queue("n2")) == [
+        dispatch.task_id(job.pk, 1, job.token, 1).encode()]
+    assert caught_up.llen(protocol.node_queue("n1")) == 0
+    job.refresh_from_db()
+    assert (job.state, job.attempt) == (JobState.RUNNING, 1)
+    assert job.dispatched_at > timezone.now() - timedelta(seconds=5)
+    assert dict(AttemptRank.objects.filter(job=job).values_list("rank", "state")) == {
+        0: "running", 1: "queued"}
+    assert caught_up.get(protocol.rendezvous_key(job.pk, 1)) == b"10.0.0.1:29500"
+    assert Reconciler().once()["resent"] == 0  # once: in its queue now
+
+
+def test_a_rank_message_redis_forgot_is_sent_again_after_two_passes(api, caught_up):
+    job = gang_started_on_n1(api)
+    reconciler = Reconciler()
+    assert reconciler.once()["resent"] == 0  # a first sighting may be a rank just started
+    assert reconciler.once()["resent"] == 1
+    assert task_ids(caught_up, protocol.node_queue("n2")) == [
+        dispatch.task_id(job.pk, 1, job.token, 1).encode()]
+    assert caught_up.zscore(protocol.DISPATCHED, protocol.dispatch_member(job.pk, 1, 1))
+
+
+def test_a_rank_message_in_its_queue_or_held_by_its_node_is_not_sent_again(
+        api, cast, caught_up):
+    job = gang_started_on_n1(api)
+    dispatch.send(dispatch.sends_of([job], ranks={job.pk: {1}}))  # waiting in n2's queue
+    assert Reconciler().once()["resent"] == 0
+    caught_up.delete(protocol.node_queue("n2"), protocol.DISPATCHED)
+    # n2's heartbeat says it runs rank 1 (its "started" went with a restarted Redis); a plain
+    # job's node says the same of it.
+    held = timezone.now() + timedelta(seconds=30)
+    AttemptRank.objects.filter(job=job, rank=1).update(lease_expires_at=held)
+    plain = queued_job(cast.alice, dispatched_ago=60)
+    Job.objects.filter(pk=plain.pk).update(lease_expires_at=held)
+    reconciler = Reconciler()
+    assert reconciler.once()["resent"] == 0
+    assert reconciler.once()["resent"] == 0
+    assert caught_up.llen(protocol.node_queue("n2")) == 0 and caught_up.llen("cpu") == 0
+
+
+def test_a_lost_rank_message_whose_node_is_offline_sends_the_whole_gang_back(
+        api, caught_up, django_capture_on_commit_callbacks):
+    """The gang lives and dies together: a rank whose node is gone is not sent anywhere; its
+    attempt is given up and the job goes back to admission for a fresh gang."""
+    job = gang_started_on_n1(api)
+    caught_up.zadd(protocol.DISPATCHED, {protocol.dispatch_member(job.pk, 1, 1): time.time()})
+    Node.objects.filter(name="n2").update(state=NodeState.OFFLINE)
+    with django_capture_on_commit_callbacks(execute=True):
+        done = Reconciler().once()
+    assert done["resent"] == 0 and done["lost"] == 1
+    job.refresh_from_db()
+    assert (job.state, job.attempt) == (JobState.PENDING, 2)
+    assert Attempt.objects.get(job=job, number=1).error == "rank 1 lost with node n2"
+    assert dict(AttemptRank.objects.filter(job=job, attempt=1).values_list(
+        "rank", "state")) == {0: "cancelled", 1: "lost"}
+    assert caught_up.llen(protocol.node_queue("n2")) == 0
+    assert caught_up.exists(protocol.stop_key(job.pk, 1))  # rank 0's node stops it
 
 
 def test_a_queued_job_that_starts_between_two_passes_is_not_sent_again(cast, caught_up):

@@ -3,19 +3,23 @@ and fan-out of partitions over the cluster."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
 from workers import protocol
-from workers.config import CANCEL_POLL_S, HEARTBEAT_S, env_str
+from workers.config import CANCEL_POLL_S, HEARTBEAT_S, REDIS_URL, env_str
 from workers.config import artifacts_dir as artifacts_dir
 from workers.events import EventSink
 
@@ -25,9 +29,49 @@ _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def node_address() -> str:
-    """The address this node's ranks listen on for their gang (NODE_ADDRESS, else the host
-    name's)."""
-    return env_str("NODE_ADDRESS") or socket.gethostbyname(socket.gethostname())
+    """The address this node's ranks listen on for their gang: NODE_ADDRESS; else the host
+    name's, unless that is a loopback one (a host whose name maps to 127.0.1.1, or a node in a
+    network namespace of its own), since the other ranks could not reach it there; then the
+    address this node reaches the broker from, which its peers on that network can reach."""
+    if configured := env_str("NODE_ADDRESS"):
+        return configured
+    try:
+        named = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        named = "127.0.0.1"
+    if not ipaddress.ip_address(named).is_loopback:
+        return named
+    broker = urlsplit(REDIS_URL)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((broker.hostname or "127.0.0.1", broker.port or 6379))  # sends nothing
+            return probe.getsockname()[0]
+    except OSError:
+        return named
+
+
+def interface_of(address: str) -> str | None:
+    """The name of this host's network interface that has `address` (None for none, or for a
+    loopback address): a gang's ranks use it for their own connections (gloo's, nccl's), so
+    that they too go over the network the rendezvous address is on."""
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return None
+    except ValueError:  # a host name, not an address
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(probe.fileno(), SIOCGIFADDR,
+                                  struct.pack("256s", name[:15].encode()))
+            except OSError:  # no IPv4 address
+                continue
+            if socket.inet_ntoa(raw[20:24]) == address:
+                return name
+    return None
+
+
+SIOCGIFADDR = 0x8915
 
 
 class Cancelled(Exception):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import os
 import tempfile
 import time
 from datetime import timedelta
@@ -30,7 +31,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from workers import data, training
-from workers.context import artifacts_dir
+from workers.context import artifacts_dir, interface_of, node_address
 from workers.kinds import JobKind, Params
 from workers.kinds.train import _names, _optional_number
 
@@ -183,6 +184,10 @@ class Group:
             return self
         started = time.monotonic()
         address, port = self.ctx.rendezvous(self.timeout_s)
+        own = interface_of(node_address())
+        if own:  # the ranks' own connections, on the network the others reach this node on
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", own)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", own)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}",
                                 rank=self.ctx.rank, world_size=self.ctx.world_size,
