@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -22,6 +23,7 @@ from jobs import selectors
 from workers import wire
 
 log = logging.getLogger(__name__)
+BAD_REQUEST = 4400  # a `show` that names what this socket does not offer
 NOT_AUTHENTICATED = 4401
 NOT_FOUND = 4404
 ACCESS_CHANGED = 4409  # the user's teams or rights changed: reconnect, and see what is allowed
@@ -84,6 +86,22 @@ def relay() -> Relay:
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
+    # What a page may ask for with `?show=a,b` (all of them without it): it gets the streams of
+    # what it shows and no others.
+    TOPICS: tuple[str, ...] = ()
+
+    def shown(self) -> set[str]:
+        query = parse_qs((getattr(self, "scope", None) or {}).get("query_string", b"").decode())
+        asked = query.get("show")
+        if not asked:
+            return set(self.TOPICS)
+        names = {name.strip() for value in asked for name in value.split(",") if name.strip()}
+        unknown = names - set(self.TOPICS)
+        if unknown:
+            raise ValueError(f"show: {', '.join(sorted(unknown))} is not one of "
+                             f"{', '.join(self.TOPICS) or 'nothing'}")
+        return names
+
     async def connect(self):
         self.joined: list[str] = []
         self.held: list[str] | None = []  # frames that came before "hello" went out
@@ -91,6 +109,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not user or not user.is_authenticated:
             await self.accept()
             await self.close(code=NOT_AUTHENTICATED)
+            return
+        try:
+            self.shown()
+        except ValueError as exc:
+            await self.accept()
+            await self.close(code=BAD_REQUEST, reason=str(exc)[:120])
             return
         streams = await database_sync_to_async(self.allowed_streams)(user)
         if streams is None:
@@ -155,6 +179,29 @@ class JobConsumer(LiveConsumer):
 
 
 class ClusterConsumer(LiveConsumer):
+    """The dashboard (`?show=nodes,jobs,alerts`) and the job list (`?show=jobs`): node cards,
+    the summary and the feed (nodes), the states and progress of the jobs the user may see
+    (jobs), incidents for staff (alerts)."""
+
+    TOPICS = ("nodes", "jobs", "alerts")
+
     def allowed_streams(self, user):
-        staff = [wire.ALERTS] if user.is_staff else []
-        return [*selectors.job_groups(user), wire.CLUSTER, *staff]
+        show = self.shown()
+        jobs = selectors.job_groups(user) if "jobs" in show else []
+        nodes = [wire.CLUSTER] if "nodes" in show else []
+        staff = [wire.ALERTS] if user.is_staff and "alerts" in show else []
+        return [*jobs, *nodes, *staff]
+
+
+class NodeConsumer(LiveConsumer):
+    """A node's page: its whole health at each heartbeat (its own stream), and with `jobs` the
+    states of the jobs the user may see (the page lists those that ran there)."""
+
+    TOPICS = ("jobs",)
+
+    def allowed_streams(self, user):
+        name = self.scope["url_route"]["kwargs"]["name"]
+        if not selectors.nodes().filter(name=name).exists():
+            return None
+        jobs = selectors.job_groups(user) if "jobs" in self.shown() else []
+        return [wire.node_group(name), *jobs]

@@ -249,7 +249,7 @@ class Batch:
         node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
                                  "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
-        self.outbox.add([wire.CLUSTER], node_event(node, changed=created or was != node.state))
+        self.outbox.node(node_event(node, changed=created or was != node.state))
 
 
 def superseded(held) -> set[tuple[int, int]]:

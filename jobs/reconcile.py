@@ -141,7 +141,7 @@ def mark_offline(now) -> int:
         if Node.objects.filter(pk=node.pk, last_heartbeat=node.last_heartbeat).update(
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
-            outbox.add([wire.CLUSTER], node_event(node, changed=True))
+            outbox.node(node_event(node, changed=True))
             resend_reserved(node, now)
     outbox.publish()
     return len(silent)

@@ -26,7 +26,7 @@ from jobs.lifecycle import (  # noqa: F401  (their long-standing home for caller
 from jobs.models import Job, JobState
 from spaces.selectors import space_for
 from workers import data as workers_data
-from workers import protocol, wire
+from workers import protocol
 from workers.kinds import get_kind
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
             record(actor, "node.drain" if draining else "node.undrain", node, via=via)
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         outbox = Outbox()
-        outbox.add([wire.CLUSTER], node_event(node, changed=True))
+        outbox.node(node_event(node, changed=True))
         outbox.publish_on_commit()
     return node
 
