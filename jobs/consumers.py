@@ -1,9 +1,10 @@
 """Websockets: authenticate, join the streams the user may see (the selectors' rule), forward.
 
 A web process holds one relay: it joins each stream once for all of the process's websockets
-and writes each frame (encoded once by the broadcaster) to them itself. So a frame costs one
-channel-layer message per process, not one per client, and a thousand dashboards cost the
-process little more than their sockets' writes.
+and writes each frame (encoded once by the broadcaster, framed once per process) to them
+itself. So a frame costs one channel-layer message per process, not one per client, and a
+thousand dashboards cost the process little more than their sockets' writes. There is one web
+process per core (portal.web), each with its own relay and its share of the sockets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from functools import partial
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -68,9 +70,16 @@ class Relay:
                 continue
             if message.get("type") != "portal.frame":
                 continue
+            text, prepared = message["text"], None
             for consumer in list(self.members.get(message["stream"], ())):
                 try:
-                    await consumer.frame(message["text"])
+                    socket = consumer.socket
+                    if socket is None or consumer.held is not None:
+                        await consumer.frame(text)
+                    elif socket.state == socket.STATE_OPEN:
+                        if prepared is None:
+                            prepared = socket.factory.prepareMessage(text.encode())
+                        socket.sendPreparedMessage(prepared)
                 except Exception:  # a socket closing as we write: the others still get it
                     log.debug("relay: a socket missed a frame", exc_info=True)
 
@@ -85,7 +94,18 @@ def relay() -> Relay:
     return _relays[loop]
 
 
+def daphne_socket(send):
+    """The websocket protocol object under daphne (its ASGI send is the server's handle_reply
+    bound to it), else None. Through it a frame is framed once per process and the same bytes
+    written to every socket (autobahn's prepared messages), instead of once per socket through
+    the ASGI send; under another server frames take the ASGI send."""
+    protocol = send.args[0] if isinstance(send, partial) and send.args else None
+    return protocol if hasattr(protocol, "sendPreparedMessage") else None
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
+    socket = None  # daphne's protocol object for this connection, once accepted
+
     # What a page may ask for with `?show=a,b` (all of them without it): it gets the streams of
     # what it shows and no others.
     TOPICS: tuple[str, ...] = ()
@@ -125,6 +145,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await relay().join(streams, self)
         self.joined = streams
         await self.accept()
+        self.socket = daphne_socket(self.base_send)
         await self.send_json({"type": "hello", "streams": streams})
         held, self.held = self.held, None
         for text in held:
