@@ -71,7 +71,8 @@ BENCH_MSG = re.compile(r"bench (\d+) ")
 BENCH_MSG_BYTES = re.compile(rb"bench (\d+) ")
 HEAD = re.compile(rb'"stream"\s*:\s*"([^"]*)"\s*,\s*"seq"\s*:\s*(\d+)')
 # Portal settings read from the environment that change what is measured; shown when set.
-LIVE_TUNING = (*TUNING, "LIVE_COALESCE_S", "LIVE_CLUSTER_COALESCE_S", "NODE_OFFLINE_S")
+LIVE_TUNING = (*TUNING, "WEB_PROCESSES", "LIVE_COALESCE_S", "LIVE_CLUSTER_COALESCE_S",
+               "LIVE_NODE_DELTA", "LIVE_NODE_REFRESH_S", "NODE_OFFLINE_S", "LEASE_S")
 
 
 def raise_nofile() -> int:
@@ -680,7 +681,10 @@ class LiveBench:
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        start_portal(self)
+        # The simulated jobs run for the whole benchmark: between phases (and while thousands
+        # of sockets open) no node heartbeats, and they must not be taken for lost.
+        start_portal(self, lambda pg: {name: os.environ.get(name, "86400")
+                                       for name in ("LEASE_S", "NODE_OFFLINE_S")})
         self.jobs = self.make_running_jobs(self.args.jobs)
 
         port = free_port()
@@ -1137,6 +1141,9 @@ def sweep(args, bench: LiveBench) -> bool:
               f"{phase.pct('ingester'):>11.1f} {phase.pct('bench clients'):>10.1f} "
               f"{max(0.0, busy - ours):>8.1f}")
     print("=" * 100)
+    for phase in results:
+        for why, n in phase.failures.most_common(3):
+            print(f"{phase.clients} clients: websocket open failed: {n} x {why}")
     for phase in results:
         print(f"RESULT live sweep {phase.clients} clients {phase.nodes} nodes: p50 "
               f"{ms(phase.p(50)):.2f} ms, p99 {ms(phase.p(99)):.2f} ms, web "

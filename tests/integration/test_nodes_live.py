@@ -365,3 +365,26 @@ def test_two_web_processes_share_the_port_and_both_deliver_a_broadcast(live, sta
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_web_process_that_dies_is_started_again_while_the_other_serves(live, staff_key):
+    import psutil
+
+    launcher = psutil.Process(live.cluster.procs["web"].pid)
+    before = {p.pid for p in launcher.children()}
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    # Meanwhile the port is served: every connection goes to the one left.
+    client = Client(live.ws_url("/ws/cluster/?show=nodes"), staff_key)
+    try:
+        assert client.hello()["streams"] == ["cluster"]
+    finally:
+        client.close()
+    after = poll(lambda: len(now := {p.pid for p in launcher.children()
+                                     if p.status() != psutil.STATUS_ZOMBIE}) == 2
+                 and victim not in now and now, "a web process started again", 30)
+    assert len(after & before) == 1
+    new, = after - before
+    poll(lambda: any(c.laddr.port == live.port and c.status == psutil.CONN_LISTEN
+                     for c in psutil.Process(new).net_connections(kind="tcp")),
+         "the new web process listening on the port", 30)
