@@ -65,6 +65,13 @@ class Outbox:
             groups.append(wire.job_group(parent))
         self.add(groups, {**event, "job": str(job_id)})
 
+    def node(self, event: dict) -> None:
+        """A node's health: whole (every figure, each core) to its own stream, which its page
+        follows; to every dashboard (`cluster`) only what a card shows, and only once it has
+        moved (the broadcaster drops the rest: Cards)."""
+        self.add([wire.node_group(event["node"])], event)
+        self.add([wire.CLUSTER], card(event))
+
     def __bool__(self):
         return bool(self.groups)
 
@@ -85,14 +92,19 @@ class Broadcaster:
     Each group is throttled: its first update goes out at once, and whatever arrives within
     `interval` after a frame waits and goes out as one frame, with repeated node health and job
     progress folded to their latest. So a thousand heartbeats a second make a few frames a
-    second per dashboard. A frame is encoded once, not once per connected client."""
+    second per dashboard. A frame is encoded once, not once per connected client.
 
-    def __init__(self, interval: float | None = None, cluster_interval: float | None = None):
+    On the `cluster` stream a node's card goes out only when it moved (Cards): a thousand
+    dashboards do not get two hundred unchanged nodes every second."""
+
+    def __init__(self, interval: float | None = None, cluster_interval: float | None = None,
+                 cards: Cards | None = None):
         self.interval = settings.LIVE_COALESCE_S if interval is None else interval
         # Node health comes from every node every few seconds, to every dashboard: once a
         # second is plenty for a card or a chart, and keeps a thousand dashboards cheap.
         self.cluster_interval = (settings.LIVE_CLUSTER_COALESCE_S if cluster_interval is None
                                  else cluster_interval)
+        self.cards = cards or Cards()
         self.loop = asyncio.new_event_loop()
         self.layer = get_channel_layer()
         self.pending: dict[str, list[dict]] = {}  # touched only on the loop's thread
@@ -106,6 +118,13 @@ class Broadcaster:
     def _take(self, groups: dict[str, list[dict]]) -> None:
         now = self.loop.time()
         due = []
+        if wire.CLUSTER in groups:
+            groups = dict(groups)
+            groups[wire.CLUSTER] = [event for event in groups[wire.CLUSTER]
+                                    if event.get("type") != "node.health"
+                                    or self.cards.moved(event, now)]
+            if not groups[wire.CLUSTER]:
+                del groups[wire.CLUSTER]
         for name, events in groups.items():
             if name in self.pending:  # a frame for it is already waiting
                 self.pending[name].extend(events)
@@ -167,6 +186,58 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+CARD_FIGURES = ("cpu", "mem")
+
+
+def card(event: dict) -> dict:
+    """A node.health event as a dashboard's card shows it: state, jobs, CPU, memory and each
+    GPU's use; no per-core list, disks or network (the node page has those)."""
+    util = event.get("utilization") or {}
+    slim = {key: util[key] for key in CARD_FIGURES if key in util}
+    if util.get("gpus"):
+        slim["gpus"] = [{"util": gpu["util"]} for gpu in util["gpus"]
+                        if isinstance(gpu, dict) and "util" in gpu]
+    return {**event, "utilization": slim}
+
+
+def _figures(event: dict) -> list[float | None]:
+    util = event.get("utilization") or {}
+    gpus = [gpu.get("util") for gpu in util.get("gpus") or ()]
+    return [util.get(key) for key in CARD_FIGURES] + gpus
+
+
+class Cards:
+    """What each node's card last showed, to send a node's health to the dashboards only when
+    it says something new: a state change, other running or slot counts, a figure moved by
+    `delta` percentage points or more, or `refresh` seconds since the last (so that "seen"
+    stays recent). Kept per process: each publisher decides for what it publishes."""
+
+    def __init__(self, delta: float | None = None, refresh: float | None = None):
+        self.delta = settings.LIVE_NODE_DELTA if delta is None else delta
+        self.refresh = settings.LIVE_NODE_REFRESH_S if refresh is None else refresh
+        self.shown: dict[str, tuple[tuple, list, float]] = {}
+
+    def moved(self, event: dict, now: float) -> bool:
+        node = event.get("node")
+        fixed = (event.get("state"), event.get("running"), event.get("concurrency"))
+        figures = _figures(event)
+        last = self.shown.get(node)
+        if not (event.get("changed") or last is None or last[0] != fixed
+                or now - last[2] >= self.refresh or len(figures) != len(last[1])
+                or any(self._apart(a, b) for a, b in zip(figures, last[1], strict=True))):
+            return False
+        self.shown[node] = (fixed, figures, now)
+        return True
+
+    def _apart(self, a, b) -> bool:
+        if a is None or b is None:
+            return (a is None) != (b is None)
+        try:
+            return abs(a - b) >= self.delta
+        except TypeError:
+            return a != b
 
 
 def group_channel(group: str) -> str:

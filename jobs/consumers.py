@@ -1,9 +1,10 @@
 """Websockets: authenticate, join the streams the user may see (the selectors' rule), forward.
 
 A web process holds one relay: it joins each stream once for all of the process's websockets
-and writes each frame (encoded once by the broadcaster) to them itself. So a frame costs one
-channel-layer message per process, not one per client, and a thousand dashboards cost the
-process little more than their sockets' writes.
+and writes each frame (encoded once by the broadcaster, framed once per process) to them
+itself. So a frame costs one channel-layer message per process, not one per client, and a
+thousand dashboards cost the process little more than their sockets' writes. There is one web
+process per core (portal.web), each with its own relay and its share of the sockets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from functools import partial
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -22,6 +25,7 @@ from jobs import selectors
 from workers import wire
 
 log = logging.getLogger(__name__)
+BAD_REQUEST = 4400  # a `show` that names what this socket does not offer
 NOT_AUTHENTICATED = 4401
 NOT_FOUND = 4404
 ACCESS_CHANGED = 4409  # the user's teams or rights changed: reconnect, and see what is allowed
@@ -66,9 +70,16 @@ class Relay:
                 continue
             if message.get("type") != "portal.frame":
                 continue
+            text, prepared = message["text"], None
             for consumer in list(self.members.get(message["stream"], ())):
                 try:
-                    await consumer.frame(message["text"])
+                    socket = consumer.socket
+                    if socket is None or consumer.held is not None:
+                        await consumer.frame(text)
+                    elif socket.state == socket.STATE_OPEN:
+                        if prepared is None:
+                            prepared = socket.factory.prepareMessage(text.encode())
+                        socket.sendPreparedMessage(prepared)
                 except Exception:  # a socket closing as we write: the others still get it
                     log.debug("relay: a socket missed a frame", exc_info=True)
 
@@ -83,7 +94,34 @@ def relay() -> Relay:
     return _relays[loop]
 
 
+def daphne_socket(send):
+    """The websocket protocol object under daphne (its ASGI send is the server's handle_reply
+    bound to it), else None. Through it a frame is framed once per process and the same bytes
+    written to every socket (autobahn's prepared messages), instead of once per socket through
+    the ASGI send; under another server frames take the ASGI send."""
+    protocol = send.args[0] if isinstance(send, partial) and send.args else None
+    return protocol if hasattr(protocol, "sendPreparedMessage") else None
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
+    socket = None  # daphne's protocol object for this connection, once accepted
+
+    # What a page may ask for with `?show=a,b` (all of them without it): it gets the streams of
+    # what it shows and no others.
+    TOPICS: tuple[str, ...] = ()
+
+    def shown(self) -> set[str]:
+        query = parse_qs((getattr(self, "scope", None) or {}).get("query_string", b"").decode())
+        asked = query.get("show")
+        if not asked:
+            return set(self.TOPICS)
+        names = {name.strip() for value in asked for name in value.split(",") if name.strip()}
+        unknown = names - set(self.TOPICS)
+        if unknown:
+            raise ValueError(f"show: {', '.join(sorted(unknown))} is not one of "
+                             f"{', '.join(self.TOPICS) or 'nothing'}")
+        return names
+
     async def connect(self):
         self.joined: list[str] = []
         self.held: list[str] | None = []  # frames that came before "hello" went out
@@ -91,6 +129,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not user or not user.is_authenticated:
             await self.accept()
             await self.close(code=NOT_AUTHENTICATED)
+            return
+        try:
+            self.shown()
+        except ValueError as exc:
+            await self.accept()
+            await self.close(code=BAD_REQUEST, reason=str(exc)[:120])
             return
         streams = await database_sync_to_async(self.allowed_streams)(user)
         if streams is None:
@@ -101,6 +145,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await relay().join(streams, self)
         self.joined = streams
         await self.accept()
+        self.socket = daphne_socket(self.base_send)
         await self.send_json({"type": "hello", "streams": streams})
         held, self.held = self.held, None
         for text in held:
@@ -155,6 +200,29 @@ class JobConsumer(LiveConsumer):
 
 
 class ClusterConsumer(LiveConsumer):
+    """The dashboard (`?show=nodes,jobs,alerts`) and the job list (`?show=jobs`): node cards,
+    the summary and the feed (nodes), the states and progress of the jobs the user may see
+    (jobs), incidents for staff (alerts)."""
+
+    TOPICS = ("nodes", "jobs", "alerts")
+
     def allowed_streams(self, user):
-        staff = [wire.ALERTS] if user.is_staff else []
-        return [*selectors.job_groups(user), wire.CLUSTER, *staff]
+        show = self.shown()
+        jobs = selectors.job_groups(user) if "jobs" in show else []
+        nodes = [wire.CLUSTER] if "nodes" in show else []
+        staff = [wire.ALERTS] if user.is_staff and "alerts" in show else []
+        return [*jobs, *nodes, *staff]
+
+
+class NodeConsumer(LiveConsumer):
+    """A node's page: its whole health at each heartbeat (its own stream), and with `jobs` the
+    states of the jobs the user may see (the page lists those that ran there)."""
+
+    TOPICS = ("jobs",)
+
+    def allowed_streams(self, user):
+        name = self.scope["url_route"]["kwargs"]["name"]
+        if not selectors.nodes().filter(name=name).exists():
+            return None
+        jobs = selectors.job_groups(user) if "jobs" in self.shown() else []
+        return [wire.node_group(name), *jobs]

@@ -262,7 +262,7 @@ class Batch:
                                  "reserved", "utilization", "last_heartbeat", "state"])
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
         changed = created or was != node.state
-        self.outbox.add([wire.CLUSTER], node_event(node, changed=changed))
+        self.outbox.node(node_event(node, changed=changed))
         if changed:
             feed.record([feed.node_entry(node.name, "node.online", f"node {node.name} "
                                          f"{'online' if created else 'back online'}")],

@@ -186,7 +186,7 @@ def mark_offline(now) -> int:
         if Node.objects.filter(pk=node.pk, last_heartbeat=node.last_heartbeat).update(
                 state=NodeState.OFFLINE):
             node.state = NodeState.OFFLINE
-            outbox.add([wire.CLUSTER], node_event(node, changed=True))
+            outbox.node(node_event(node, changed=True))
             since = (f"no heartbeat since {node.last_heartbeat:%H:%M:%S} UTC"
                      if node.last_heartbeat else "no heartbeat")
             feed.record([feed.node_entry(node.name, "node.offline",

@@ -11,7 +11,7 @@ from django.db import transaction
 from audit import feed
 from audit.log import actor_or_none, record
 from nodes.models import Node, NodeState
-from workers import protocol, wire
+from workers import protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def drain_node(*, node, draining: bool = True, actor=None, via: str = "admin"):
         transaction.on_commit(lambda: signal_drain(node.name, draining))
         if _outbox is not None:
             outbox = _outbox()
-            outbox.add([wire.CLUSTER], node_event(node, changed=True))
+            outbox.node(node_event(node, changed=True))
             if moved:
                 by = f" by {actor.get_username()}" if actor_or_none(actor) else ""
                 feed.record([feed.node_entry(node.name, "node.draining", f"node {node.name} "

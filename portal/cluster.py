@@ -1,5 +1,6 @@
 """Runs a whole local cluster in the foreground: Redis (unless REDIS_URL is set), the web
-server, worker nodes, the ingester and the reconciler. A part that dies is started again, with
+server (`portal.web`: WEB_PROCESSES processes on one port, one per core unless set), worker
+nodes, the ingester and the reconciler. A part that dies is started again, with
 backoff; Ctrl-C (SIGINT) or SIGTERM stops all of it.
 
     python -m portal.cluster            (what `make run` does)

@@ -272,13 +272,17 @@ DISPATCH_GRACE_S = env_float("DISPATCH_GRACE_S", 5.0)
 RECONCILE_EVERY_S = env_float("RECONCILE_EVERY_S", 2.0)
 NODE_OFFLINE_S = env_float("NODE_OFFLINE_S", 30.0)
 # Per websocket stream, at most one frame per this many seconds; what arrives between is merged.
-LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.25)
+LIVE_COALESCE_S = env_float("LIVE_COALESCE_S", 0.05)
 # How often an open websocket checks again that its user may still see what it streams.
 WS_ACCESS_RECHECK_S = env_float("WS_ACCESS_RECHECK_S", 15.0)
 # Schedules: at most this many per team, none running more often than every this many seconds.
 SCHEDULES_PER_TEAM = env_int("SCHEDULES_PER_TEAM", 50)
 SCHEDULE_MIN_INTERVAL_S = env_float("SCHEDULE_MIN_INTERVAL_S", 300.0)
 LIVE_CLUSTER_COALESCE_S = env_float("LIVE_CLUSTER_COALESCE_S", 1.0)
+# A node's card on the dashboards is sent again only when a figure moved this many percentage
+# points (or its state or job count changed), or after LIVE_NODE_REFRESH_S.
+LIVE_NODE_DELTA = env_float("LIVE_NODE_DELTA", 3.0)
+LIVE_NODE_REFRESH_S = env_float("LIVE_NODE_REFRESH_S", 15.0)
 # Utilization history: raw samples for this many hours, one-minute rollups for this many days.
 NODE_SAMPLES_RAW_H = env_float("NODE_SAMPLES_RAW_H", 24.0)
 NODE_MINUTES_DAYS = env_float("NODE_MINUTES_DAYS", 30.0)

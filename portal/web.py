@@ -1,103 +1,113 @@
-"""The web server: daphne, with request bodies limited while they arrive.
+"""The web server: WEB_PROCESSES daphne processes (`portal.server`) sharing one port.
 
-Daphne (through Twisted) reads a whole request body, to memory or a temporary file, before the
-application sees the request, so no check in Django can stop a huge one. Here the limit is
-applied as the body arrives: a declared Content-Length over MAX_BODY_BYTES is answered 413 as
-soon as the headers are in, a chunked body the moment its count passes the limit, and a body
-still incomplete REQUEST_BODY_TIMEOUT_S after its headers gets 408; each then closes the
-connection without reading the rest. `portal.bodylimit` applies the same limit at the ASGI
-level, for any other server.
+    python -m portal.web -b 127.0.0.1 -p 8000 portal.asgi:application
 
-Run as daphne is: `python -m portal.web -b 127.0.0.1 -p 8000 portal.asgi:application`.
+One Python process writes websocket frames one socket after another, on one core. So there are
+as many processes as cores (`WEB_PROCESSES`, default: the cores this process may run on), each
+with its own socket bound to the port with SO_REUSEPORT: the kernel spreads new connections
+over them, and each process has its own relay that joins the live streams once for its sockets.
+With one process the server runs here, in this process, as before.
+
+This process only starts the others and waits: it imports neither Django nor daphne, so it adds
+little memory. A process that exits is started again (after 1 s, doubling on each quick death,
+up to 30 s); SIGTERM or SIGINT stops them all. Each one is started so that it dies with this one.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import os
+import signal
+import subprocess
+import sys
 import time
 
-from daphne.cli import CommandLineInterface
-from daphne.http_protocol import HTTPFactory, WebRequest
-from daphne.server import Server
-from django.conf import settings
+from workers.config import env_int
 
-REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0
 
 
-def refusal(status: int, detail: str) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
-    body = json.dumps({"detail": detail}).encode()
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (status, REASONS[status], len(body))) + body
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-class LimitedRequest(WebRequest):
-    refused = False
-    received = 0
-    body_since: float | None = None
-
-    def gotLength(self, length):
-        limit = settings.MAX_BODY_BYTES
-        if length is not None and length > limit:
-            self.refuse(413, f"Request body is {length} bytes; the limit is {limit}.")
-            length = 0  # what arrives before the connection closes is dropped
-        super().gotLength(length)
-        self.body_since = time.monotonic()
-
-    def handleContentChunk(self, data):
-        if self.refused:
-            return
-        self.received += len(data)
-        if self.received > settings.MAX_BODY_BYTES:
-            self.refuse(413, f"Request body is over the limit of {settings.MAX_BODY_BYTES} "
-                             "bytes.")
-            return
-        super().handleContentChunk(data)
-
-    def process(self):
-        self.body_since = None  # all of it is in
-        if self.refused:
-            return None
-        return super().process()
-
-    def check_timeouts(self):
-        if self.body_since is not None and not self.refused \
-                and time.monotonic() - self.body_since > settings.REQUEST_BODY_TIMEOUT_S:
-            self.refuse(408, "The request body did not arrive in time.")
-            return
-        super().check_timeouts()
-
-    def refuse(self, status: int, detail: str) -> None:
-        """Answer at once and close: the rest of the body is never read."""
-        self.refused = True
-        self.body_since = None
-        if self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.write(refusal(status, detail))
-            self.channel.loseConnection()
+def processes() -> int:
+    return max(1, env_int("WEB_PROCESSES", 0) or cores())
 
 
-class LimitedHTTPFactory(HTTPFactory):
-    def buildProtocol(self, addr):
-        protocol = super().buildProtocol(addr)
-        protocol.requestFactory = LimitedRequest
-        return protocol
+def _die_with_parent() -> None:
+    """Run in each child before it starts: SIGKILL when this process goes, however it goes."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
-class PortalServer(Server):
-    """Daphne's server with LimitedHTTPFactory in place of the one its run() makes."""
+class Launcher:
+    def __init__(self, argv: list[str], count: int):
+        self.argv = [sys.executable, "-m", "portal.server", "--reuse-port", *argv]
+        self.count = count
+        self.children: dict[int, subprocess.Popen] = {}  # slot -> process
+        self.started: dict[int, float] = {}
+        self.backoff: dict[int, float] = {}
+        self.due: dict[int, float] = {}  # slot -> when to start it again
+        self.stopping = False
 
-    @property
-    def http_factory(self):
-        return self._http_factory
+    def start(self, slot: int) -> None:
+        env = {**os.environ, "WEB_PROCESS": str(slot)}
+        self.children[slot] = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        self.started[slot] = time.monotonic()
 
-    @http_factory.setter
-    def http_factory(self, factory):
-        self._http_factory = LimitedHTTPFactory(self)
+    def stop(self, signum=None, frame=None) -> None:
+        self.stopping = True
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        for slot in range(self.count):
+            self.start(slot)
+        while not self.stopping:
+            now = time.monotonic()
+            for slot, proc in list(self.children.items()):
+                if slot in self.due or proc.poll() is None:
+                    continue
+                quick = now - self.started[slot] < STABLE_S
+                wait = min(RESTART_MAX_S, self.backoff.get(slot, 0.5) * 2) if quick else 1.0
+                self.backoff[slot] = wait
+                self.due[slot] = now + wait
+                print(f"web process {slot} exited with {proc.returncode}; starting it again in "
+                      f"{wait:.0f} s", file=sys.stderr, flush=True)
+            for slot, when in list(self.due.items()):
+                if when <= now and not self.stopping:
+                    del self.due[slot]
+                    self.start(slot)
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        for proc in self.children.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return 0
 
 
-class PortalCommandLine(CommandLineInterface):
-    server_class = PortalServer
+def main(argv: list[str]) -> int:
+    count = processes()
+    if count == 1:
+        from portal.server import main as serve
+
+        serve(argv)
+        return 0
+    return Launcher(argv, count).run()
 
 
 if __name__ == "__main__":
-    PortalCommandLine.entrypoint()
+    sys.exit(main(sys.argv[1:]))

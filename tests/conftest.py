@@ -27,6 +27,7 @@ TIMINGS = {
     "BROKER_VISIBILITY_TIMEOUT": "8",
     "BROKER_RESTORE_EVERY_S": "2",
     "WS_ACCESS_RECHECK_S": "1",
+    "LIVE_NODE_REFRESH_S": "2",  # a node's unchanged card is sent again within seconds
 }
 # Throttled but never reached: tests submit fast, and the counts outlive a test in Redis.
 # tests/test_throttle.py sets low rates of its own.
@@ -88,6 +89,8 @@ def pytest_configure(config):
         "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        # Two web processes on one port, whatever the cores: every live test goes through both.
+        "WEB_PROCESSES": "2",
         **TIMINGS,
         **GENEROUS_RATES,
     })

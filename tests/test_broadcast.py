@@ -6,7 +6,7 @@ import json
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from jobs.broadcast import Broadcaster, coalesce
+from jobs.broadcast import Broadcaster, Cards, Outbox, card, coalesce
 
 
 def test_latest_node_health_and_job_progress_win_and_the_rest_is_kept():
@@ -146,3 +146,104 @@ def test_an_urgent_frame_leaves_no_second_timer_behind(redis_client):
     urgent, steady = async_to_sync(run)()
     assert urgent == 6  # the first frame and five changes
     assert steady <= 5  # 1.5 s of steady updates in 0.5 s windows, not one frame each
+
+
+def test_the_first_event_after_a_quiet_spell_goes_out_without_waiting_the_window(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("quiet", channel)
+        broadcaster = Broadcaster(interval=30)
+        # Its last frame went long ago: the next one is not held for the 30 s window ...
+        broadcaster.last_sent["quiet"] = broadcaster.loop.time() - 100
+        broadcaster.publish({"quiet": [{"type": "job.log", "job": "1", "seq": 1}]})
+        first = await asyncio.wait_for(layer.receive(channel), 5)
+        # ... and what follows within the window waits for it, merged.
+        broadcaster.publish({"quiet": [{"type": "job.log", "job": "1", "seq": 2}]})
+        broadcaster.publish({"quiet": [{"type": "job.log", "job": "1", "seq": 3}]})
+        try:
+            early = await asyncio.wait_for(layer.receive(channel), 1.0)
+        except TimeoutError:
+            early = None
+        waiting = list(broadcaster.pending.get("quiet", ()))
+        await layer.group_discard("quiet", channel)
+        return json.loads(first["text"]), early, waiting
+
+    first, early, waiting = async_to_sync(run)()
+    assert [e["seq"] for e in first["events"]] == [1]
+    assert early is None
+    assert [e["seq"] for e in waiting] == [2, 3]
+
+
+def health(node="w1", cpu=40.0, mem=50.0, **fields):
+    util = {"cpu": cpu, "mem": mem, "cpu_cores": [cpu] * 4, "disk": 12.0, "net_rx_bps": 5e6,
+            "gpus": [{"index": 0, "util": 70.0, "mem_used": 2**30}]}
+    return {"type": "node.health", "node": node, "state": "online", "running": 1,
+            "concurrency": 4, "utilization": util, "changed": False,
+            "last_heartbeat": "2026-01-01T00:00:00+00:00", **fields}
+
+
+def test_a_nodes_card_is_sent_again_only_when_it_moved_past_the_threshold():
+    cards = Cards(delta=3.0, refresh=60.0)
+    sent = [cards.moved(card(event), now) for now, event in [
+        (0.0, health()),                                # the first: the card has nothing yet
+        (1.0, health(cpu=41.5, mem=51.0)),              # moved less than 3 points: not resent
+        (2.0, health(cpu=42.9)),                        # 2.9 from what the card shows: not yet
+        (3.0, health(cpu=43.0)),                        # 3 points: sent
+        (4.0, health(cpu=43.0, running=2)),             # another job on it: sent
+        (5.0, health(cpu=43.0, running=2, state="draining")),
+        (6.0, health(cpu=43.0, running=2, state="draining", changed=True)),  # always
+        (7.0, health(node="w2")),                       # another node: its own card
+        (70.0, health(node="w2")),                      # unchanged, but a minute on: refreshed
+    ]]
+    assert sent == [True, False, False, True, True, True, True, True, True]
+    gpu = Cards(delta=3.0, refresh=60.0)
+    assert gpu.moved(health(), 0.0)
+    moved_gpu = health()
+    moved_gpu["utilization"]["gpus"][0]["util"] = 90.0
+    assert gpu.moved(card(moved_gpu), 1.0)
+
+
+def test_the_cluster_stream_gets_a_nodes_card_and_its_own_stream_the_whole_health():
+    outbox = Outbox()
+    outbox.node(health())
+    whole, = outbox.groups["node-w1"]
+    shown, = outbox.groups["cluster"]
+    assert whole["utilization"]["cpu_cores"] == [40.0] * 4
+    assert shown["utilization"] == {"cpu": 40.0, "mem": 50.0, "gpus": [{"util": 70.0}]}
+    assert {k: v for k, v in shown.items() if k != "utilization"} == \
+        {k: v for k, v in whole.items() if k != "utilization"}
+
+
+def test_unchanged_node_health_never_reaches_the_dashboards_but_its_page_gets_each(redis_client):
+    async def run():
+        layer = get_channel_layer()
+        cluster, page = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("cluster", cluster)
+        await layer.group_add("node-w1", page)
+        broadcaster = Broadcaster(interval=0, cluster_interval=0,
+                                  cards=Cards(delta=3.0, refresh=60.0))
+        frames = {"cluster": [], "page": []}
+        for cpu in (40.0, 40.5, 41.0, 39.8, 45.0):
+            outbox = Outbox()
+            outbox.node(health(cpu=cpu))
+            broadcaster.publish(dict(outbox.groups))
+            frames["page"].append(json.loads((await asyncio.wait_for(
+                layer.receive(page), 5))["text"]))
+        await asyncio.sleep(0.2)  # whatever the dashboards were sent has arrived by now
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(cluster), 0.5)
+            except TimeoutError:
+                break
+            frames["cluster"].append(json.loads(message["text"]))
+        await layer.group_discard("cluster", cluster)
+        await layer.group_discard("node-w1", page)
+        return frames
+
+    frames = async_to_sync(run)()
+    assert [f["events"][0]["utilization"]["cpu"] for f in frames["page"]] == \
+        [40.0, 40.5, 41.0, 39.8, 45.0]
+    assert [e["utilization"]["cpu"] for f in frames["cluster"] for e in f["events"]] == \
+        [40.0, 45.0]
+    assert "cpu_cores" not in frames["cluster"][0]["events"][0]["utilization"]

@@ -92,6 +92,36 @@ def test_staff_dashboards_join_the_alerts_stream(cast):
     assert consumer.allowed_streams(cast.alice) == [f"jobs-team-{cast.ml.pk}", "cluster"]
 
 
+def test_a_page_gets_the_streams_of_what_it_shows_and_no_others(cast):
+    from jobs.consumers import ClusterConsumer, NodeConsumer
+
+    def cluster(query):
+        consumer = ClusterConsumer()
+        consumer.scope = {"query_string": query.encode()}
+        return consumer
+
+    team = f"jobs-team-{cast.ml.pk}"
+    assert cluster("show=jobs").allowed_streams(cast.alice) == [team]  # the job list
+    assert cluster("show=nodes,jobs,alerts").allowed_streams(cast.alice) == [team, "cluster"]
+    assert cluster("show=nodes,alerts").allowed_streams(cast.admin) == ["cluster", "alerts"]
+    assert cluster("").allowed_streams(cast.admin) == ["jobs-staff", "cluster", "alerts"]
+    with pytest.raises(ValueError, match="show: everything is not one of nodes, jobs, alerts"):
+        cluster("show=everything").shown()
+
+    Node.objects.create(name="w1")
+
+    def node(name, query=""):
+        consumer = NodeConsumer()
+        consumer.scope = {"query_string": query.encode(),
+                          "url_route": {"kwargs": {"name": name}}}
+        return consumer
+
+    # Its page: that node's whole health, and the states of the jobs the user may see.
+    assert node("w1").allowed_streams(cast.alice) == ["node-w1", team]
+    assert node("w1", "show=").allowed_streams(cast.alice) == ["node-w1", team]
+    assert node("nope").allowed_streams(cast.alice) is None
+
+
 def test_the_api_needs_a_login_for_the_cluster():
     assert APIClient().get("/api/v1/cluster/").status_code in (401, 403)
 

@@ -12,6 +12,7 @@ against its type where it is built, and a mismatch raises. Importable without Dj
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 from typing import (
     Any,
@@ -34,6 +35,11 @@ ALERTS = "alerts"  # incidents, staff only
 
 def job_group(job_id: int | str) -> str:
     return f"job-{job_id}"
+
+
+def node_group(name: str) -> str:
+    """One node's whole health (every figure, each core), for its page."""
+    return "node-" + re.sub(r"[^A-Za-z0-9._-]", "_", name)[:90]
 
 
 def team_group(team_id: int) -> str:

@@ -1,4 +1,7 @@
-/* The cluster overview and the node page: a snapshot over HTTP, then deltas over /ws/cluster/.
+/* The cluster overview and the node page: a snapshot over HTTP, then deltas over a websocket
+   that carries what the page shows: the overview's /ws/cluster/ the node cards (a node's only
+   when it moved), the summary, failed jobs and alerts; a node page's /ws/nodes/NAME/ that node's
+   whole health at each heartbeat (each core too) and the states of the jobs it lists.
    Node cards, tables, notices and toasts are built as text, never as HTML. */
 "use strict";
 const Dashboard = (() => {
@@ -256,7 +259,7 @@ const Dashboard = (() => {
     }, 1000);
     setInterval(() => { if (windowS > LIVE_MAX_WINDOW) loadSeries().catch(() => {}); }, 60000);
 
-    new Portal.Stream("/ws/cluster/", {
+    new Portal.Stream("/ws/cluster/?show=nodes,jobs,alerts", {
       onEvent(event) {
         if (event.type === "node.health") { showNode(event.node ? {...event, name: event.node} : event); liveUtilization(); }
         else if (event.type === "cluster.summary") showSummary(event);
@@ -348,7 +351,9 @@ const Dashboard = (() => {
     const listed = (job) => [...$("node-jobs").querySelectorAll("td:first-child a")]
       .some((a) => a.textContent === String(job))
       || [...$("node-running-jobs").querySelectorAll("a")].some((a) => a.textContent.split(" ")[0] === String(job));
-    new Portal.Stream("/ws/cluster/", {
+    // Each node.health on this stream is the node's whole health: none depends on the last, so
+    // the snapshot gives no seq for it.
+    new Portal.Stream(`/ws/nodes/${encodeURIComponent(name)}/?show=jobs`, {
       onEvent(event) {
         if (event.type === "job.state" && ((event.node || "").split("+").includes(name) || listed(event.job))) redrawJobs();
         if (event.type !== "node.health" || event.node !== name) return;

@@ -508,7 +508,7 @@ const Portal = (() => {
     if (filter) query.set("state", filter);
     if (kind) query.set("kind", kind);
     if (q) query.set("q", table.dataset.q);
-    new Stream("/ws/cluster/", {
+    new Stream("/ws/cluster/?show=jobs", {
       onEvent(event) { if (event.type === "job.state" || event.type === "job.progress") update(event); },
       // A job's final state cannot go stale, whenever it arrives.
       keep: (event) => event.type === "job.state" && TERMINAL.has(event.state),

@@ -115,6 +115,7 @@ def test_a_job_submitted_through_the_form_is_watched_live_to_success_without_a_r
     user = log_in(tab)
     tab.get_by_role("link", name="Submit", exact=True).click()
     expect(tab.get_by_role("heading", name="Submit a job")).to_be_visible()
+    tab.wait_for_load_state()  # the picker's script is in: a choice made before it is lost
     tab.get_by_label("Kind").select_option("diag.sleep")  # the picker reloads the form
     expect(tab).to_have_url(re.compile(r"/jobs/new/\?kind=diag\.sleep$"))
     tab.get_by_label("Seconds").fill("3")
@@ -282,7 +283,8 @@ def test_every_page_loads_its_assets_and_data_from_the_portal_alone(tab, live):
     urls = tab.traffic.urls
     for needed in ("/static/portal/app.css", "/static/portal/live.js", "/api/schema/"):
         assert any(needed in url for url in urls), f"{needed} was never requested"
-    assert live.ws_url("/ws/cluster/") in urls and live.ws_url(f"/ws/jobs/{job.pk}/") in urls
+    assert live.ws_url("/ws/cluster/?show=jobs") in urls  # the job list: job states only
+    assert live.ws_url(f"/ws/jobs/{job.pk}/") in urls
     tab.traffic.assert_clean()
 
 
@@ -326,7 +328,7 @@ def test_a_job_submitted_elsewhere_appears_on_the_open_list_live_as_text(tab):
     tab.traffic.assert_clean()
 
 
-def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab):
+def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab, live):
     user = log_in(tab, "operator", staff=True)
     done = [submit(user, kind="diag.noop") for _ in range(3)]
     running = submit(user, kind="diag.sleep", params={"seconds": 20})
@@ -356,6 +358,18 @@ def test_the_cluster_overview_draws_two_live_nodes_and_their_charts(tab):
     tab.locator('#windows button[data-window="3600"]').click()
     expect(tab.locator('#windows button[data-window="3600"]')).to_have_class("on")
     expect(tab.locator("#chart-util .scatterlayer .trace")).to_have_count(2)
+
+    # A node's page follows the node's own stream: its whole health at each heartbeat.
+    tab.goto("/nodes/w1/")
+    expect(tab.locator("#live-indicator")).to_have_attribute("data-state", "live")
+    seen = tab.locator("#node-seen")
+    expect(seen).not_to_have_attribute("data-at", "")
+    first = seen.get_attribute("data-at")
+    expect(seen).not_to_have_attribute("data-at", first, timeout=JOB_MS)
+    expect(tab.locator("#chart-cores .main-svg").first).to_be_visible()
+    urls = tab.traffic.urls
+    assert live.ws_url("/ws/cluster/?show=nodes,jobs,alerts") in urls
+    assert live.ws_url("/ws/nodes/w1/?show=jobs") in urls
     tab.traffic.assert_clean()
 
 

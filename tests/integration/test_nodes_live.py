@@ -313,3 +313,78 @@ def test_streams_keep_their_order_and_a_dropped_client_resyncs_from_the_snapshot
         for client in (first, second, cluster):
             if client is not None:
                 client.close()
+
+
+def test_two_web_processes_share_the_port_and_both_deliver_a_broadcast(live, staff_key):
+    """WEB_PROCESSES=2 (tests/conftest.py): both processes accept websockets on the one port,
+    each relays the frames of the streams its sockets joined, and a node's page gets the
+    node's whole health while the dashboards get its card."""
+    import psutil
+
+    from jobs.broadcast import Outbox
+
+    launcher = psutil.Process(live.cluster.procs["web"].pid)
+    servers = launcher.children()
+    assert len(servers) == 2, [" ".join(p.cmdline()) for p in servers]
+
+    def served_by(client: Client) -> int:
+        port = client.ws.socket.getsockname()[1]
+        for server in servers:
+            if any(c.raddr and c.raddr.port == port and c.laddr.port == live.port
+                   for c in server.net_connections(kind="tcp")):
+                return server.pid
+        raise AssertionError(f"no web process holds the connection from port {port}")
+
+    clients, by_process = [], {}
+    try:
+        while len(by_process) < 2:  # the kernel spreads connections over the two
+            assert len(clients) < 64, f"every connection went to one process: {by_process}"
+            client = Client(live.ws_url("/ws/cluster/?show=nodes"), staff_key)
+            assert client.hello()["streams"] == ["cluster"]
+            clients.append(client)
+            by_process.setdefault(served_by(client), []).append(client)
+
+        outbox = Outbox()
+        outbox.add(["cluster"], {"type": "job.notice", "job": "0", "text": "to every dashboard"})
+        outbox.publish()
+        for client in clients:
+            client.wait_for(lambda client=client: any(
+                e.get("text") == "to every dashboard" for e in client.events("cluster")),
+                "the broadcast on a socket of each web process")
+
+        # The node page's stream carries each core; the dashboards' cards do not.
+        page = Client(live.ws_url("/ws/nodes/w1/?show=jobs"), staff_key)
+        clients.append(page)
+        assert page.hello()["streams"] == ["node-w1", "jobs-staff"]
+        whole = page.wait_for(lambda: [e for e in page.events("node-w1")
+                                       if e["type"] == "node.health"], "w1's health")[0]
+        assert whole["node"] == "w1" and "cpu_cores" in whole["utilization"]
+        cards = clients[0].wait_for(lambda: [e for e in clients[0].events("cluster")
+                                             if e["type"] == "node.health"], "a node's card")
+        assert all("cpu_cores" not in e["utilization"] for e in cards)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_web_process_that_dies_is_started_again_while_the_other_serves(live, staff_key):
+    import psutil
+
+    launcher = psutil.Process(live.cluster.procs["web"].pid)
+    before = {p.pid for p in launcher.children()}
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    # Meanwhile the port is served: every connection goes to the one left.
+    client = Client(live.ws_url("/ws/cluster/?show=nodes"), staff_key)
+    try:
+        assert client.hello()["streams"] == ["cluster"]
+    finally:
+        client.close()
+    after = poll(lambda: len(now := {p.pid for p in launcher.children()
+                                     if p.status() != psutil.STATUS_ZOMBIE}) == 2
+                 and victim not in now and now, "a web process started again", 30)
+    assert len(after & before) == 1
+    new, = after - before
+    poll(lambda: any(c.laddr.port == live.port and c.status == psutil.CONN_LISTEN
+                     for c in psutil.Process(new).net_connections(kind="tcp")),
+         "the new web process listening on the port", 30)
