@@ -247,7 +247,8 @@ def test_the_cluster_stream_carries_node_health_and_my_jobs_only(live, http, use
     frames = Frames(live.ws_url("/ws/cluster/"), user_key)
     mine = submit(live, http, {"kind": "diag.noop"})
     wait_for_job(mine["id"], timeout=30)
-    time.sleep(1.5)
+    # A node's card is sent when it moved, and at least every LIVE_NODE_REFRESH_S (2 s here).
+    time.sleep(2.5)
     frames.close()
     events = frames.events()
     assert {e["node"] for e in events if e["type"] == "node.health"} >= {"w1", "w2"}
