@@ -36,3 +36,12 @@ def make_job(owner, state=JobState.QUEUED, *, attempt: int = 1, token: str | Non
 def make_attempt(job: Job, number: int, *, token: str, state: str = "queued") -> Attempt:
     return Attempt.objects.create(job=job, number=number, token=token, state=state,
                                   node=job.node)
+
+
+def make_ran(owner, *, seconds: float = 0.01, ended_ago: float = 0.0,
+             state=JobState.SUCCEEDED, **fields) -> Job:
+    """A job that ran for `seconds` and ended `ended_ago` seconds ago (negative: its worker's
+    clock is ahead of the portal's)."""
+    finished = timezone.now() - timedelta(seconds=ended_ago)
+    return make_job(owner, state, started_at=finished - timedelta(seconds=seconds),
+                    finished_at=finished, **fields)
