@@ -12,7 +12,7 @@ Within a team, higher priority first, then first come first served.
 A pass runs after every submit (in its transaction), when the ingester ends jobs (in the
 transaction that records their end, so a job's successor is queued in the same commit), and on
 each reconciler pass (quota edits, nodes coming and going). While one team alone waits for a
-queue, the window grows with what the queue has just finished (Room). Passes are serialized
+queue, it may hold a few more of its short jobs in the broker (Room). Passes are serialized
 by an advisory lock on PostgreSQL, so fifty simultaneous submits cannot overshoot a quota; each
 waiting job's message says why it waits, and `place_in_line` says how many go before it.
 """
@@ -20,6 +20,7 @@ waiting job's message says why it waits, and `place_in_line` says how many go be
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from math import inf
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from accounts.models import Team
@@ -36,9 +37,13 @@ from jobs.models import Job, JobState
 from nodes.models import Node, NodeState
 from usage import fairshare
 
+log = logging.getLogger(__name__)
 LOCK_KEY = 0x706F7274  # "port"
 WINDOW = 100  # pending jobs looked at per team, queue and pass
 HELD = (JobState.QUEUED, JobState.RUNNING)
+# The lone team's extra places in a queue (Room.ahead) are at most this many per online slot:
+# what a team that comes to wait later may find ahead of it in the broker.
+AHEAD_PER_SLOT = 8
 # A gang back from a lost rank waits this long, so that its dead node is no longer heard from
 # (gangs.FRESH_S) before it is placed again.
 SETTLE_S = gangs.FRESH_S + gangs.HEARTBEAT_S
@@ -136,11 +141,15 @@ class Room:
     that no node has ever served is not limited here (its jobs wait in the broker for one); one
     whose nodes are all offline has no room.
 
-    The window adapts: for a queue where one team alone waits, there is nobody to be fair to,
-    so it may also hold in the broker as many jobs as the queue finished in the last
-    ADMIT_AHEAD_S seconds. Short jobs then never wait for a pass between two of them, and a
-    team that comes to wait later finds at most that much work ahead of it; once several teams
-    wait, the window is the slots alone again and fair share picks who goes next."""
+    The lone team's extra (ADMIT_AHEAD_S): for a queue where one team alone waits, there is
+    nobody to be fair to, so once its places are taken it may hold a few more in the broker:
+    as many as the queue's jobs (not partitions) that ran for at most ADMIT_AHEAD_S seconds and
+    ended in the last ADMIT_AHEAD_S seconds (by the portal's clock: a worker's ahead of it does
+    not count), at most AHEAD_PER_SLOT per online slot, and only for jobs of those jobs' kinds,
+    without labels, not gangs. A burst of short jobs then
+    never waits for a pass between two of them, while long jobs wait in pending, where fair
+    share can still reorder them; a team that comes to wait later finds at most that much extra
+    work ahead of it, and once several teams wait, there is no extra."""
 
     TAKEN = "is taken"  # how a wait for a free slot ends (and nothing else)
 
@@ -151,22 +160,33 @@ class Room:
         self.nodes = list(Node.objects.values_list("state", "queues", "labels", "concurrency"))
         self.served = {queue for _, queues, _, _ in self.nodes for queue in queues or []}
         self.free: dict[tuple[str, str], float] = {}
-        self.extended: set[str] = set()
+        self.extra: dict[str, tuple[int, set[str]]] = {}  # queue: (places left, kinds)
+
+    def slots(self, queue: str, labels: dict) -> int:
+        wanted = set((labels or {}).items())
+        return sum(concurrency for state, queues, offered, concurrency in self.nodes
+                   if state == NodeState.ONLINE and queue in (queues or [])
+                   and wanted <= set((offered or {}).items()))
 
     def capacity(self, queue: str, labels: dict) -> float:
-        wanted = set((labels or {}).items())
-        slots = sum(concurrency for state, queues, offered, concurrency in self.nodes
-                    if state == NodeState.ONLINE and queue in (queues or [])
-                    and wanted <= set((offered or {}).items()))
-        return slots * (1 + settings.ADMIT_AHEAD)
+        return self.slots(queue, labels) * (1 + settings.ADMIT_AHEAD)
 
-    def ahead(self, queue: str) -> int:
-        """How many more of a lone team's jobs the queue may hold: what it finished in the
-        last ADMIT_AHEAD_S seconds (nothing for a queue of long jobs)."""
-        if queue not in self.alone or settings.ADMIT_AHEAD_S <= 0:
-            return 0
-        since = (self.now or timezone.now()) - timedelta(seconds=settings.ADMIT_AHEAD_S)
-        return Job.objects.filter(finished_at__gte=since, queue=queue).count()
+    def ahead(self, queue: str) -> tuple[int, set[str]]:
+        """The lone team's extra places in the queue, and the kinds they are for: its jobs
+        that ran short and ended just now, at most AHEAD_PER_SLOT per online slot (the class)."""
+        window = settings.ADMIT_AHEAD_S
+        if queue not in self.alone or window <= 0:
+            return 0, set()
+        now = self.now or timezone.now()
+        short = (Job.objects.filter(
+            queue=queue, parent__isnull=True, state__in=[JobState.SUCCEEDED, JobState.FAILED],
+            finished_at__gte=now - timedelta(seconds=window),
+            finished_at__lte=now)
+            # ran short (a job that never started has no started_at, and does not count)
+            .filter(finished_at__lte=F("started_at") + timedelta(seconds=window))
+            .values("kind").annotate(n=Count("id")))
+        counts = {row["kind"]: row["n"] for row in short}
+        return min(sum(counts.values()), AHEAD_PER_SLOT * self.slots(queue, {})), set(counts)
 
     def _left(self, queue: str, labels: dict) -> float:
         key = (queue, labels_key(labels))
@@ -177,17 +197,24 @@ class Room:
                 self.free[key] = self.capacity(queue, labels) - self.routes.get(key, 0)
             else:
                 self.free[key] = self.capacity(queue, {}) - self.busy.get(queue, 0)
-        if self.free[key] < 1 and not labels and queue not in self.extended:
-            self.extended.add(queue)  # the slots are taken: the lone team's window, once
-            if self.capacity(queue, {}):
-                self.free[key] += self.ahead(queue)
         return self.free[key]
+
+    def _extra_for(self, job) -> bool:
+        """Whether the job may take one of the lone team's extra places."""
+        if job.labels or job.is_gang:
+            return False
+        if job.queue not in self.extra:
+            self.extra[job.queue] = self.ahead(job.queue)
+        left, kinds = self.extra[job.queue]
+        return left >= 1 and job.kind in kinds
 
     def why_not(self, job) -> str:
         """Why the job has no place now, or ""."""
         if self._left(job.queue, {}) < 1:
             if not self.capacity(job.queue, {}):
                 return f"queue {job.queue}: no node serving it is online"
+            if self._extra_for(job):
+                return ""
             return f"queue {job.queue}: every slot {self.TAKEN}"
         if job.labels and self._left(job.queue, job.labels) < 1:
             text = ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items()))
@@ -196,7 +223,12 @@ class Room:
 
     def take(self, job) -> None:
         ranks = job.nodes * job.slots_per_node
-        self.free[(job.queue, labels_key({}))] -= ranks
+        key = (job.queue, labels_key({}))
+        if self.free.get(key, inf) < 1:  # one of the lone team's extra places
+            left, kinds = self.extra[job.queue]
+            self.extra[job.queue] = (left - ranks, kinds)
+            return
+        self.free[key] -= ranks
         if job.labels:
             self.free[(job.queue, labels_key(job.labels))] -= ranks
 
@@ -369,12 +401,18 @@ def admit_now_or_on_commit() -> None:
     in the same commit (the ingester: a job's end admits its successor, and both are written
     at once); if another pass holds the lock, one once this commits instead. The lock is only
     tried: the caller holds row locks, and a pass that waits for the lock while holding them
-    could deadlock with one that holds the lock and updates those rows."""
-    with transaction.atomic(savepoint=False):
-        if _try_lock():
-            admit(locked=True)
-        else:
-            admit_on_commit()
+    could deadlock with one that holds the lock and updates those rows. The pass runs in a
+    savepoint: if it fails, what it wrote is undone, the caller's work stands, and a pass
+    runs once that commits (the reconciler's passes, should that one fail too)."""
+    try:
+        with transaction.atomic():
+            if _try_lock():
+                admit(locked=True)
+                return
+    except Exception:
+        log.exception("an admission pass in the ingester's transaction failed; one runs after "
+                      "its commit")
+    transaction.on_commit(admit, robust=True)
 
 
 def place_in_line(job: Job) -> int | None:

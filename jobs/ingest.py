@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit import feed
-from jobs import fanout, lifecycle
+from jobs import admission, fanout, lifecycle
 from jobs.broadcast import Outbox
 from jobs.lifecycle import Plan
 from jobs.models import (
@@ -122,6 +122,10 @@ class Batch:
         if outcomes:
             transaction.on_commit(lambda: fanout.publish_outcomes(outcomes))
         lifecycle.stop_on_commit(*sorted(self.to_stop))
+        if any(self.plans[job_id].state in TERMINAL for job_id in won):
+            # Last, so that the pass lock is held for the pass alone: what the ended jobs
+            # freed goes to the next in line in this same transaction.
+            admission.admit_now_or_on_commit()
         return self.outbox
 
     def load_ranks(self) -> None:

@@ -249,20 +249,17 @@ def to_feed(*entries, outbox: Outbox | None = None) -> None:
         outbox.publish_on_commit()
 
 
-def _ended(job_ids: list[int], *, parents: list[int] = (), admit_now: bool = False) -> None:
+def _ended(job_ids: list[int], *, parents: list[int] = (), admit: bool = True) -> None:
     """What follows jobs ending, once the transaction commits: the jobs that wait for them move
-    on, their quota and slots go to the next in line, and a parent's partitions end with it.
-    With `admit_now` (the ingester's batches), the next in line are admitted in this same
-    transaction when the pass lock is free."""
+    on, their quota and slots go to the next in line (unless `admit` is False: the caller runs
+    the pass itself), and a parent's partitions end with it."""
     from jobs import admission, dependencies
 
     if not job_ids:
         return
     ended = list(job_ids)
     transaction.on_commit(lambda: dependencies.after_ended(ended))
-    if admit_now:
-        admission.admit_now_or_on_commit()
-    else:
+    if admit:
         admission.admit_on_commit()
     if parents:
         stopped = list(parents)
@@ -826,9 +823,10 @@ class Plan:
 
 def write_plans(plans: dict[int, Plan], now, *, outbox: Outbox | None = None) -> set[int]:
     """Write a batch's plans grouped by how the jobs moved, each group in guarded UPDATEs, then
-    what follows: attempts' rows, partitions sent again, dependants, admission, children of
-    parents that ended without success; the feed's lines go out with `outbox`. Returns the
-    ids whose rows moved as planned."""
+    what follows: attempts' rows, partitions sent again, dependants, children of parents that
+    ended without success; the feed's lines go out with `outbox`. Returns the ids whose rows
+    moved as planned. Admitting the successors of the jobs that ended is the caller's
+    (Batch.apply, once it wrote the rest)."""
     groups: dict[tuple[str, ...], dict[int, dict]] = defaultdict(dict)
     for job_id, plan in plans.items():
         if plan.fields or len(plan.path) > 1:
@@ -861,7 +859,7 @@ def write_plans(plans: dict[int, Plan], now, *, outbox: Outbox | None = None) ->
             *[moved_entry(job, "job.requeued") for job in again], outbox=outbox)
     parents = [job_id for job_id in ended if not plans[job_id].row["parent_id"]
                and plans[job_id].state != S.SUCCEEDED]
-    _ended(ended, parents=parents, admit_now=True)
+    _ended(ended, parents=parents, admit=False)
     return won
 
 

@@ -264,8 +264,9 @@ JOB_MAX_BATCH = env_int("JOB_MAX_BATCH", 1000)
 # Jobs admitted to a queue beyond its online slots, per slot (they wait in the broker, so a
 # worker does not idle between two admission passes; fewer keeps fair share tighter).
 ADMIT_AHEAD = env_float("ADMIT_AHEAD", 1.0)
-# For a queue where one team alone waits: also as many as the queue finished in the last this
-# many seconds (jobs.admission.Room; 0 turns it off).
+# For a queue where one team alone waits: also as many of its jobs as the queue ran for at most
+# this many seconds and ended in the last this many seconds, at most 8 per online slot, of
+# those jobs' kinds (jobs.admission.Room; 0 turns it off).
 ADMIT_AHEAD_S = env_float("ADMIT_AHEAD_S", 0.5)
 # Seconds a queued job's message may be missing from Redis before it is dispatched again.
 DISPATCH_GRACE_S = env_float("DISPATCH_GRACE_S", 5.0)

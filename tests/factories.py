@@ -54,3 +54,12 @@ def make_partitions(parent: Job, states, **fields) -> list[Job]:
     fields = {"team": parent.team, "kind": f"{parent.kind}.part", **fields}
     return [make_job(parent.owner, state, parent=parent, partition=index, **fields)
             for index, state in enumerate(states)]
+
+
+def make_ran(owner, *, seconds: float = 0.01, ended_ago: float = 0.0,
+             state=JobState.SUCCEEDED, **fields) -> Job:
+    """A job that ran for `seconds` and ended `ended_ago` seconds ago (negative: its worker's
+    clock is ahead of the portal's)."""
+    finished = timezone.now() - timedelta(seconds=ended_ago)
+    return make_job(owner, state, started_at=finished - timedelta(seconds=seconds),
+                    finished_at=finished, **fields)

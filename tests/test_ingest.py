@@ -3,8 +3,11 @@
 import json
 import time
 
+import psycopg
 import pytest
+from django.db import connection
 
+from jobs import admission
 from jobs.ingest import Batch, Ingester, apply_events
 from jobs.models import Attempt, Job, JobState, LogLine, MetricPoint
 from nodes.models import Node
@@ -116,16 +119,8 @@ def test_broadcasts_wait_for_the_commit(job, django_capture_on_commit_callbacks)
     assert len(callbacks) == 1
 
 
-def test_a_jobs_end_admits_its_successor_in_the_same_transaction(job, cast, settings,
-                                                                  django_capture_on_commit_callbacks):
-    settings.ADMIT_AHEAD = 0
-    settings.ADMIT_AHEAD_S = 0
-    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
-    apply_events([ev(job, "started", node="w1")])
-    successor = Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop",
-                                   queue="cpu", state=JobState.PENDING, attempt=1, token="t2",
-                                   timeout_s=60)
-    Attempt.objects.create(job=successor, number=1, token="t2")
+def test_a_jobs_end_admits_its_successor_in_the_same_transaction(
+        job, successor, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
         Batch([ev(job, "finished", outcome="succeeded")]).apply()
         # Before anything runs after the commit, the successor holds the slot the job left:
@@ -133,12 +128,64 @@ def test_a_jobs_end_admits_its_successor_in_the_same_transaction(job, cast, sett
         successor.refresh_from_db()
         assert successor.state == JobState.QUEUED and successor.dispatched_at is not None
     assert Job.objects.get(pk=job.pk).state == JobState.SUCCEEDED
+    assert run_after_commit(callbacks, django_capture_on_commit_callbacks) == [successor.pk]
+
+
+@pytest.fixture
+def successor(job, cast, settings):
+    """The job runs on w1's one slot, and another of ml's waits for it."""
+    settings.ADMIT_AHEAD = 0
+    settings.ADMIT_AHEAD_S = 0
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
+    apply_events([ev(job, "started", node="w1")])
+    return make_job(cast.alice, JobState.PENDING, team=cast.ml, token="t2")
+
+
+def run_after_commit(callbacks, capture) -> list[int]:
+    """Run what waited for the commit (and what that leaves for its own commit): the jobs it
+    sent to the workers."""
     sent = []
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, capture(execute=True):
         patch.setattr("jobs.dispatch.send", sent.append)
         for callback in callbacks:
             callback()
-    assert [spec.job for batch in sent for spec, _ in batch] == [successor.pk]
+    return [spec.job for batch in sent for spec, _ in batch]
+
+
+def test_a_pass_that_fails_in_the_batch_leaves_the_end_and_runs_after_the_commit(
+        job, successor, monkeypatch, caplog, django_capture_on_commit_callbacks):
+    real, calls = admission.held, []
+
+    def fails_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in admission")
+        return real()
+
+    monkeypatch.setattr(admission, "held", fails_once)
+    with django_capture_on_commit_callbacks() as callbacks:
+        apply_events([ev(job, "finished", outcome="succeeded")])
+        # The end is written; what the failed pass did is undone.
+        assert Job.objects.get(pk=job.pk).state == JobState.SUCCEEDED
+        assert Job.objects.get(pk=successor.pk).state == JobState.PENDING
+    assert "admission pass" in caplog.text
+    assert run_after_commit(callbacks, django_capture_on_commit_callbacks) == [successor.pk]
+    assert Job.objects.get(pk=successor.pk).state == JobState.QUEUED
+
+
+def test_while_another_pass_holds_the_lock_the_successor_is_admitted_after_the_commit(
+        job, successor, django_capture_on_commit_callbacks):
+    db = connection.settings_dict
+    with psycopg.connect(dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"],
+                         host=db["HOST"], port=db["PORT"], autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [admission.LOCK_KEY])
+        with django_capture_on_commit_callbacks() as callbacks:
+            apply_events([ev(job, "finished", outcome="succeeded")])  # does not wait for it
+        assert Job.objects.get(pk=job.pk).state == JobState.SUCCEEDED
+        assert Job.objects.get(pk=successor.pk).state == JobState.PENDING
+        other.execute("SELECT pg_advisory_unlock(%s)", [admission.LOCK_KEY])
+    assert run_after_commit(callbacks, django_capture_on_commit_callbacks) == [successor.pk]
+    assert Job.objects.get(pk=successor.pk).state == JobState.QUEUED
 
 
 def test_a_malformed_event_is_dropped_without_blocking_the_others(job, redis_client):

@@ -132,6 +132,30 @@ def test_a_job_cannot_write_into_another_teams_space(api, cast, bobs_files, kind
     assert "read-only" in message
 
 
+def test_a_list_for_two_teams_checks_each_item_in_its_own_teams_space(cast, bobs_files):
+    from accounts.models import Team
+    from jobs.models import Job
+    from tests.test_teams import client_for, join, post_json
+
+    join(cast.alice, cast.etl)  # alice submits for ml and etl, not for ops
+    Team.objects.create(name="ops")
+    put("ml", "mine/a.csv", "a\n1\n")
+
+    def ingest(team, path):
+        return {"kind": "etl.ingest", "team": team, "params": {"input": path, "output": "out"}}
+
+    response = post_json(client_for(cast.alice), [
+        ingest("ml", "mine/a.csv"), ingest("etl", "mine/a.csv"), ingest("ops", "mine/a.csv"),
+        ingest("etl", "sales/a.csv"), ingest("ml", "sales/a.csv"), ingest("ml", "mine/a.csv")])
+    assert response.status_code == 400, response.content
+    errors = response.json()
+    assert errors[0] == errors[3] == errors[5] == {}
+    assert "matches no file" in " ".join(errors[1]["params"]["input"])  # ml's, not etl's
+    assert errors[2] == {"team": ["you may not submit jobs to team 'ops'"]}
+    assert "matches no file" in " ".join(errors[4]["params"]["input"])  # etl's, not ml's
+    assert not Job.objects.exists()
+
+
 def test_the_demo_examples_read_the_shared_area(api):
     call_command("demo_data", stdout=io.StringIO())
     for example in etl.EXAMPLES:

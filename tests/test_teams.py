@@ -14,6 +14,7 @@ from jobs import admission, lifecycle, services
 from jobs.models import Job, JobState
 from jobs.selectors import job_groups
 from nodes.models import Node
+from tests.factories import make_job, make_ran
 
 SLEEP = {"kind": "diag.sleep", "params": {"seconds": 1}}
 
@@ -196,30 +197,100 @@ def test_fair_share_lets_a_small_team_in_before_a_big_backlog(api, cast, setting
         == [int(ml_jobs[2]["id"])]
 
 
-def test_a_lone_team_may_hold_what_its_queue_just_finished_in_the_broker(api, cast, settings):
+@pytest.fixture
+def lone_window(settings):
+    """No ADMIT_AHEAD: only the lone team's extra goes beyond the slots."""
     settings.ADMIT_AHEAD = 0
     settings.ADMIT_AHEAD_S = 60
+
+
+def queued_of(jobs) -> int:
+    return [j["state"] for j in jobs].count("queued")
+
+
+def test_a_lone_team_may_hold_a_few_more_short_jobs_in_the_broker(api, cast, lone_window):
     Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
-    for _ in range(3):  # the queue finished three jobs within the last ADMIT_AHEAD_S
-        Job.objects.create(owner=cast.alice, team=cast.ml, kind="diag.noop", queue="cpu",
-                           state=JobState.SUCCEEDED, finished_at=timezone.now(), timeout_s=60)
-    ml_jobs = post_json(api, [{"kind": "diag.noop"}] * 10).json()
-    # ml alone waits: its one slot, and three more waiting in the broker.
-    assert [j["state"] for j in ml_jobs].count("queued") == 1 + 3
+    for _ in range(admission.AHEAD_PER_SLOT + 3):  # the queue just ran short jobs
+        make_ran(cast.alice, team=cast.ml)
+    ml_jobs = post_json(api, [{"kind": "diag.noop"}] * 20).json()
+    # ml alone waits: its slot, and AHEAD_PER_SLOT more (at most) waiting in the broker.
+    held = 1 + admission.AHEAD_PER_SLOT
+    assert queued_of(ml_jobs) == held
     # Another team waits now: the slots alone count, and fair share decides the next.
     etl = post_json(client_for(cast.bob), {"kind": "diag.noop"}).json()
     assert etl["state"] == "pending" and etl["message"] == "queue cpu: every slot is taken"
     finish(int(ml_jobs[0]["id"]))
-    assert Job.objects.filter(team=cast.ml, state="queued").count() == 3
-    assert Job.objects.get(pk=etl["id"]).state == "pending"  # 3 held, 1 slot: none free
+    assert Job.objects.filter(team=cast.ml, state="queued").count() == held - 1
+    assert Job.objects.get(pk=etl["id"]).state == "pending"  # the slot is still taken
 
 
-def test_without_recent_finishes_a_lone_team_has_the_slots_alone(api, settings):
-    settings.ADMIT_AHEAD = 0
-    settings.ADMIT_AHEAD_S = 60
+def test_without_recent_finishes_a_lone_team_has_the_slots_alone(api, lone_window):
     Node.objects.create(name="w1", queues=["cpu"], concurrency=2)
     jobs = post_json(api, [{"kind": "diag.sleep", "params": {"seconds": 1}}] * 5).json()
-    assert [j["state"] for j in jobs].count("queued") == 2
+    assert queued_of(jobs) == 2
+
+
+def test_jobs_that_never_ran_give_no_extra_room(api, cast, lone_window):
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
+    first = post_json(api, [{"kind": "diag.noop"}] * 4).json()
+    for waiting in first[1:]:  # cancelled while pending: they end without running
+        lifecycle.cancel(Job.objects.get(pk=waiting["id"]))
+    make_job(cast.alice, JobState.FAILED, team=cast.ml, finished_at=timezone.now())  # skipped
+    parent = make_ran(cast.alice, team=cast.ml, kind="diag.fanout", ended_ago=3600)
+    for partition in range(3):  # partitions run within their parent's place
+        make_ran(cast.alice, team=cast.ml, parent=parent, partition=partition)
+    jobs = post_json(api, [{"kind": "diag.noop"}] * 5).json()
+    assert queued_of(jobs) == 0  # the first still holds the one slot
+
+
+def test_long_jobs_and_finishes_ahead_of_the_portals_clock_give_no_extra_room(api, cast,
+                                                                            lone_window):
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=2)
+    for _ in range(3):
+        make_ran(cast.alice, team=cast.ml, seconds=3600)  # ran an hour, ended just now
+        make_ran(cast.alice, team=cast.ml, ended_ago=-30)  # a worker's clock 30 s ahead
+    jobs = post_json(api, [{"kind": "diag.noop"}] * 5).json()
+    assert queued_of(jobs) == 2
+
+
+def test_the_extra_room_is_for_the_kinds_that_just_ran_short(api, cast, lone_window):
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1)
+    for _ in range(3):
+        make_ran(cast.alice, team=cast.ml, kind="diag.noop")
+    hour = {"kind": "diag.sleep", "params": {"seconds": 3600}}
+    jobs = post_json(api, [hour] * 5 + [{"kind": "diag.noop"}] * 5).json()
+    # The first sleep takes the slot; the other sleeps wait in pending, where fair share can
+    # still reorder them, and as many noops as just ran (three) wait in the broker.
+    assert [j["state"] for j in jobs] == ["queued"] + ["pending"] * 4 + ["queued"] * 3 + \
+        ["pending"] * 2
+
+
+def test_jobs_with_labels_get_no_extra_room(api, cast, lone_window):
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=1, labels={"gpu": "a100"})
+    for _ in range(3):
+        make_ran(cast.alice, team=cast.ml)
+    jobs = post_json(api, [{"kind": "diag.noop", "labels": {"gpu": "a100"}}] * 4).json()
+    assert queued_of(jobs) == 1
+
+
+def test_a_queue_whose_nodes_are_offline_gets_no_room_from_its_recent_finishes(api, cast,
+                                                                            lone_window):
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=2, state="offline")
+    for _ in range(3):
+        make_ran(cast.alice, team=cast.ml)
+    jobs = post_json(api, [{"kind": "diag.noop"}] * 3).json()
+    assert queued_of(jobs) == 0
+    assert jobs[0]["message"] == "queue cpu: no node serving it is online"
+
+
+def test_the_quota_holds_over_the_extra_room(api, cast, lone_window):
+    Team.objects.filter(pk=cast.ml.pk).update(max_running_jobs=3)
+    Node.objects.create(name="w1", queues=["cpu"], concurrency=2)
+    for _ in range(5):
+        make_ran(cast.alice, team=cast.ml)
+    jobs = post_json(api, [{"kind": "diag.noop"}] * 10).json()
+    assert queued_of(jobs) == 3
+    assert jobs[3]["message"] == "team ml: 3 of 3 running jobs"
 
 
 def test_a_list_of_jobs_costs_the_queries_of_one(api):
