@@ -400,3 +400,29 @@ def test_the_kinds_are_registered_on_the_train_queue():
         assert kind.queue == "train" and not kind.internal
         assert "input" in kind.schema()["properties"]
     assert "space" in get_kind("train.sweep").schema()["required"]
+
+
+def test_a_torch_attempt_that_resumes_after_the_last_epoch_ends_with_the_checkpoints_metrics(
+        root, redis_client):
+    """The node died between the last epoch's checkpoint and the end: the next attempt has no
+    epoch left to train, and reports the metrics its checkpoint carries."""
+    kind = get_kind("train.torch")
+    params = {"dataset": "digits", "epochs": 2, "batch_size": 64, "hidden": 16, "seed": 3}
+
+    def attempt(number):
+        spec = protocol.AttemptSpec(job=502, attempt=number, token=f"tok{number}",
+                                    kind=kind.name, params=params)
+        sink = EventSink(redis_client)
+        try:
+            return kind.run(JobContext(spec, sink, redis_client),
+                            kind.params.model_validate(params))
+        finally:
+            assert sink.flush(retry_for=5)
+
+    first = attempt(1)
+    again = attempt(2)
+    assert again["resumed_from_epoch"] == 2
+    assert again["accuracy"] == first["accuracy"] and again["accuracy"] > 0.5
+    assert again["loss"] == first["loss"] and again["val_loss"] == first["val_loss"]
+    logs = [e["text"] for e in events_of(redis_client, 502) if e["type"] == protocol.LOG]
+    assert f"accuracy {first['accuracy']:.4f} after 2 epochs; kept model.pt" in logs

@@ -260,6 +260,7 @@ def run(ctx, params: TorchParams) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first = int(state["epoch"])
+        kept = list(state.get("history", []))
         ctx.log(f"resumed from epoch {first} (checkpoint of attempt "
                 f"{checkpoint.parent.name})")
         if rank == 0:
@@ -269,7 +270,9 @@ def run(ctx, params: TorchParams) -> dict:
         ctx.log(f"training a {params.model} on {about['rows']:,} rows ({len(Xtr):,} to learn "
                 f"from, {len(Xva):,} to validate) in {world} rank(s), {steps} steps of "
                 f"{params.batch_size} an epoch")
-    history: list[dict] = []
+    # The epochs behind a checkpoint are its history: an attempt that resumes after the last
+    # one (its node died between the last checkpoint and the end) still has the final metrics.
+    history: list[dict] = kept if checkpoint is not None else []
     epoch_seconds: list[float] = []
     with Group(ctx, params.rendezvous_timeout_s) as group:
         trained = group.wrap(model)
@@ -305,7 +308,8 @@ def run(ctx, params: TorchParams) -> dict:
                 for name in ("loss", "val_loss", "accuracy"):
                     ctx.metric(name, point[name], step=epoch + 1)
                 keep(ctx, "checkpoint.pt", {"epoch": epoch + 1, "model": model.state_dict(),
-                                             "optimizer": optimizer.state_dict()})
+                                             "optimizer": optimizer.state_dict(),
+                                             "history": history})
                 ctx.progress(epoch + 1, params.epochs, unit="epochs")
         del trained  # only the group holds the wrapper now, and frees it in time
     if rank != 0:
@@ -328,7 +332,8 @@ def run(ctx, params: TorchParams) -> dict:
         report = Path(tmp) / "metrics.json"
         report.write_text(json.dumps({**result, "history": history}, indent=1))
         ctx.artifact(report, "metrics.json")
-    ctx.log(f"accuracy {result['accuracy']:.4f} after {params.epochs} epochs; kept model.pt")
+    accuracy = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+    ctx.log(f"accuracy {accuracy} after {params.epochs} epochs; kept model.pt")
     return result
 
 
