@@ -1,5 +1,6 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts.api import InvitationAccept, InvitationDecline, InvitationList, TeamInvite, TeamList
@@ -10,6 +11,11 @@ from spaces.api import GrantDetail, GrantList
 from usage.api import UsageReport
 
 urlpatterns = [
+    # The node pages of the admin lived under the jobs app before nodes had their own: old
+    # bookmarks land where they are now.
+    re_path(r"^admin/jobs/(?P<model>node|nodesample|nodeminute)/(?P<rest>.*)$",
+            RedirectView.as_view(url="/admin/nodes/%(model)s/%(rest)s", permanent=True,
+                                 query_string=True)),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include("jobs.api.urls")),

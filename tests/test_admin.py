@@ -98,3 +98,11 @@ def test_a_jobs_after_is_shown_as_ids_not_a_list_of_every_job(staff, jobs):
                                                         "attempts-TOTAL_FORMS": "1",
                                                         "attempts-INITIAL_FORMS": "1"})
     assert list(second.after.values_list("pk", flat=True)) == [first.pk]
+
+
+def test_the_node_admin_pages_old_addresses_lead_to_where_they_are_now(staff):
+    node = Node.objects.create(name="w9", queues=["default"], concurrency=1)
+    answer = staff.get(f"/admin/jobs/node/{node.pk}/change/?x=1")
+    assert answer.status_code == 301
+    assert answer["Location"] == f"/admin/nodes/node/{node.pk}/change/?x=1"
+    assert staff.get(answer["Location"]).status_code == 200
