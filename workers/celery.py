@@ -41,10 +41,6 @@ app.conf.update(
 )
 
 
-def _add_agent():
-    from workers.agent import NodeAgentStep
-
-    app.steps["worker"].add(NodeAgentStep)
-
-
-_add_agent()
+# By name: Celery loads the step when a worker starts, so the portal, which only sends, never
+# imports the worker machinery (celery.worker, psutil) the agent needs.
+app.steps["worker"].add("workers.agent:NodeAgentStep")
