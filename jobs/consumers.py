@@ -22,6 +22,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from jobs import selectors
+from nodes import selectors as node_selectors
 from workers import wire
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class NodeConsumer(LiveConsumer):
 
     def allowed_streams(self, user):
         name = self.scope["url_route"]["kwargs"]["name"]
-        if not selectors.nodes().filter(name=name).exists():
+        if not node_selectors.nodes().filter(name=name).exists():
             return None
         jobs = selectors.job_groups(user) if "jobs" in self.shown() else []
         return [wire.node_group(name), *jobs]
