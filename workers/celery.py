@@ -41,6 +41,10 @@ app.conf.update(
 )
 
 
-# By name: Celery loads the step when a worker starts, so the portal, which only sends, never
-# imports the worker machinery (celery.worker, psutil) the agent needs.
-app.steps["worker"].add("workers.agent:NodeAgentStep")
+def _add_agent():
+    from workers.agent import NodeAgentStep
+
+    app.steps["worker"].add(NodeAgentStep)
+
+
+_add_agent()
