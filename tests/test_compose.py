@@ -148,8 +148,9 @@ def check_command_exists(name: str, argv: list[str]) -> None:
             f"{result.stderr[-2000:]}")
         assert result.stdout.strip() == "portal"
     elif program.startswith("python") and argv[1:3] == ["-m", "portal.web"]:
-        # portal.web starts WEB_PROCESSES of portal.server, daphne with the body limits.
-        assert '"-m", "portal.server"' in (ROOT / "portal" / "web.py").read_text()
+        # portal.web forks WEB_PROCESSES servers that run portal.server, daphne with the body
+        # limits.
+        assert "from portal.server import main as serve" in (ROOT / "portal" / "web.py").read_text()
         assert "class PortalCommandLine" in (ROOT / "portal" / "server.py").read_text()
         target = argv[-1]
         module, _, attribute = target.partition(":")

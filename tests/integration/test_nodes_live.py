@@ -367,6 +367,43 @@ def test_two_web_processes_share_the_port_and_both_deliver_a_broadcast(live, sta
             client.close()
 
 
+def listeners(port: int) -> int:
+    """The sockets listening on `port` (IPv4), whichever process holds them."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A")
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup in bytes."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return {line.split(":")[0]: int(line.split()[1]) * 1024
+                for line in f if line.rstrip().endswith(" kB")}
+
+
+def test_web_processes_are_forked_from_one_preloaded_parent(live, staff_key):
+    """The launcher loads Django and the application once and forks the servers: they run the
+    launcher's program without an exec, and share its memory copy-on-write. A process started
+    afresh shares only pages of files (libraries); anonymous pages (Python's objects) are
+    shared only with the process it was forked from."""
+    import psutil
+
+    launcher = psutil.Process(live.cluster.procs["web"].pid)
+    parent = smaps(launcher.pid)
+    assert parent["Anonymous"] > 30 * 2**20, parent  # Django and the application, loaded
+    client = Client(live.ws_url("/ws/cluster/?show=nodes"), staff_key)  # one of them serves
+    try:
+        assert client.hello()["streams"] == ["cluster"]
+        for server in launcher.children():
+            assert server.cmdline() == launcher.cmdline()
+            assert server.exe() == launcher.exe()
+            memory = smaps(server.pid)
+            assert memory["Shared_Dirty"] > 20 * 2**20, memory
+            assert memory["Pss"] < memory["Rss"] - 20 * 2**20, memory
+    finally:
+        client.close()
+
+
 def test_a_web_process_that_dies_is_started_again_while_the_other_serves(live, staff_key):
     import psutil
 
@@ -375,16 +412,10 @@ def test_a_web_process_that_dies_is_started_again_while_the_other_serves(live, s
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
-    def gone():
-        try:
-            return psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    # Once its socket closed with it (connections the kernel had queued on it just then are
-    # reset, as with any server that dies), the port is served: every connection goes to the
-    # one left.
-    poll(gone, "the killed web process gone", 10)
+    # The kernel closes its socket a moment later (after the last of its threads): until then
+    # a connection may still be queued to it, and is reset when it closes.
+    poll(lambda: listeners(live.port) == 1, "end of the killed web process's socket", 10)
+    # Meanwhile the port is served: every connection goes to the one left.
     client = Client(live.ws_url("/ws/cluster/?show=nodes"), staff_key)
     try:
         assert client.hello()["streams"] == ["cluster"]
