@@ -145,6 +145,32 @@ def api(cast):
     return client
 
 
+@pytest.fixture
+def alice(cast):
+    """The pages as alice sees them: a browser's client, signed in."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(cast.alice)
+    return client
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """What the broadcaster was asked to publish, one {group: [events]} per call; nothing
+    reaches a channel layer."""
+    from jobs import broadcast
+
+    calls = []
+
+    class Recorder:
+        def publish(self, groups):
+            calls.append(groups)
+
+    monkeypatch.setattr(broadcast, "broadcaster", lambda: Recorder())
+    return calls
+
+
 def pytest_collection_modifyitems(config, items):
     """Unit tests first, then those that need the whole cluster (started once, kept to the end)."""
     items.sort(key=lambda item: item.get_closest_marker("integration") is not None)

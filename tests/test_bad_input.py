@@ -18,13 +18,6 @@ FORM = "application/x-www-form-urlencoded"
 EVERY_5 = "*/5 * * * *"
 
 
-@pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
-
-
 def nothing_changed(cast, tokens_before):
     assert ApiToken.objects.filter(user=cast.alice).count() == tokens_before
     assert not Job.objects.exists() and not Schedule.objects.exists()

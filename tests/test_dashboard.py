@@ -15,13 +15,6 @@ from nodes.models import Node
 from tests.factories import make_job
 
 
-@pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
-
-
 def test_the_summary_counts_every_state_queue_and_finished_minute(api, cast):
     now = timezone.now()
     make_job(cast.alice, JobState.QUEUED, created_at=now - timedelta(minutes=5))

@@ -1,16 +1,8 @@
 """404 and 500 in the portal's own layout, Swagger with a way back and grouped by tag, and a
 favicon."""
 
-import pytest
 from django.test import Client, RequestFactory
 from django.views.defaults import server_error
-
-
-@pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
 
 
 def test_a_page_that_is_not_there_is_a_404_in_the_portals_layout(alice):

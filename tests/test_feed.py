@@ -22,18 +22,8 @@ from nodes.models import Node, NodeState
 from portal.reconciler import Reconciler
 from tests.factories import make_job
 
-
-@pytest.fixture(autouse=True)
-def published(monkeypatch):
-    """What the broadcaster was asked to publish: {group: [events]} per call."""
-    calls = []
-
-    class Recorder:
-        def publish(self, groups):
-            calls.append(groups)
-
-    monkeypatch.setattr(broadcast, "broadcaster", lambda: Recorder())
-    return calls
+# Every test here records what would be broadcast instead of sending it.
+pytestmark = pytest.mark.usefixtures("published")
 
 
 def client_for(user, key=None):

@@ -1,20 +1,12 @@
 """The cluster's pages: a node's page lists the jobs the user may see; staff drain and undrain
 a node from it, audited."""
 
-import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
 from jobs.models import JobState
 from nodes.models import Node, NodeState
 from tests.factories import make_job
-
-
-@pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
 
 
 def test_the_node_page_lists_only_the_jobs_the_user_may_see(cast, alice):

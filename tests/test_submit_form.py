@@ -3,18 +3,10 @@ embedded default (no warehouse), errors that belong to no field shown at the top
 people, multi-line editors, and fields that apply to one target marked as such."""
 
 import pytest
-from django.test import Client
 
 from jobs import forms
 from jobs.models import Job
 from workers.kinds import get_kind
-
-
-@pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
 
 
 @pytest.fixture

@@ -11,13 +11,6 @@ from audit.models import AuditEntry
 
 
 @pytest.fixture
-def alice(cast):
-    client = Client()
-    client.force_login(cast.alice)
-    return client
-
-
-@pytest.fixture
 def bob(cast):
     client = Client()
     client.force_login(cast.bob)
