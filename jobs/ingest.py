@@ -46,6 +46,8 @@ from workers.config import LEASE_S
 
 log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
+HEARTBEAT_FIELDS = ["worker", "queues", "labels", "concurrency", "running", "reserved",
+                    "utilization", "last_heartbeat", "state"]
 READ_COUNT = 200
 BLOCK_MS = 1000
 LIVE_RANK = (AttemptState.QUEUED, AttemptState.RUNNING)  # a gang's ranks that may still write
@@ -76,6 +78,8 @@ class Batch:
         self.metrics: list[MetricPoint] = []
         self.to_stop: set[tuple[int, int]] = set()  # attempts the portal no longer gives out
         self.samples: list = []
+        self.nodes: dict[str, Node] = {}  # the nodes heard from in this batch, by name
+        self.beaten: dict[str, Node] = {}  # of those, the ones whose heartbeat counted
         self.artifacts: list[Artifact] = []
         self.fanouts: list[tuple[Plan, dict]] = []
         self.parents: set[int] = set()  # whose progress to sum again
@@ -93,6 +97,8 @@ class Batch:
                 .values(*JOB_FIELDS))
         self.plans = {row["id"]: Plan(row, self.now) for row in rows}
         self.load_ranks()
+        names = {e["node"] for e in self.events if e.get("type") == protocol.HEARTBEAT}
+        self.nodes = Node.objects.in_bulk(names, field_name="name") if names else {}
         for event in self.events:
             kind = event.get("type")
             if kind == protocol.HEARTBEAT:
@@ -101,6 +107,8 @@ class Batch:
                 self.stopped(event)
             elif kind in self.handlers and "job" in event and self.current(event):
                 self.handlers[kind](self.plans[event["job"]], event)
+        # Every node that beat, in one statement (200 nodes at 1 Hz are 200 rows a second).
+        Node.objects.bulk_update(self.beaten.values(), HEARTBEAT_FIELDS)
         won = lifecycle.write_plans(self.plans, self.now, outbox=self.outbox)
         for job_id, plan in self.plans.items():
             self.publish(job_id, plan, moved=job_id in won)
@@ -233,7 +241,10 @@ class Batch:
             self.outbox.job(job_id, team, event, lists=lists, parent=parent if lists else None)
 
     def heartbeat(self, e) -> None:
-        node, created = Node.objects.get_or_create(name=e["node"])
+        node, created = self.nodes.get(e["node"]), False
+        if node is None:  # a node's first heartbeat
+            node, created = Node.objects.get_or_create(name=e["node"])
+            self.nodes[node.name] = node
         beat = at(e["ts"])
         if node.last_heartbeat and beat <= node.last_heartbeat:
             return  # a replayed or late copy: the node has said something newer
@@ -262,8 +273,7 @@ class Batch:
         fresh = self.now - beat < timedelta(seconds=settings.NODE_OFFLINE_S)
         if node.state == NodeState.OFFLINE and fresh:
             node.state = NodeState.ONLINE
-        node.save(update_fields=["worker", "queues", "labels", "concurrency", "running",
-                                 "reserved", "utilization", "last_heartbeat", "state"])
+        self.beaten[node.name] = node  # written with the batch's other nodes
         self.samples.append(history.sample_from(node, node.last_heartbeat, node.utilization))
         changed = created or was != node.state
         self.outbox.node(node_event(node, changed=changed))

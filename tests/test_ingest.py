@@ -253,6 +253,30 @@ def test_a_late_heartbeat_neither_moves_a_node_back_nor_wakes_it(db):
     assert Node.objects.get(pk=node.pk).state == "offline"
 
 
+def test_a_batch_of_heartbeats_costs_the_same_queries_for_two_nodes_as_for_forty(db):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def beats(count, ts):
+        return [{"t": "heartbeat", "node": f"h{i}", "worker": f"h{i}@box", "ts": ts,
+                 "attempts": [], "util": {"cpu": float(i)}, "concurrency": 2}
+                for i in range(count)]
+
+    now = time.time()
+    apply_events(beats(40, now))  # each node's first heartbeat makes its row
+    costs = []
+    for count in (2, 40):
+        with CaptureQueriesContext(connection) as queries:
+            apply_events(beats(count, now + count))
+        costs.append(len(queries))
+    assert costs[0] == costs[1]
+    nodes = {node.name: node for node in Node.objects.filter(name__startswith="h")}
+    assert len(nodes) == 40
+    assert nodes["h1"].last_heartbeat.timestamp() == pytest.approx(now + 40, abs=0.01)
+    assert nodes["h39"].utilization == {"cpu": 39.0} and nodes["h39"].concurrency == 2
+    assert nodes["h39"].last_heartbeat.timestamp() == pytest.approx(now + 40, abs=0.01)
+
+
 def test_an_entry_written_before_version_2_is_read_with_its_one_letter_names(job):
     from jobs.ingest import decode
 
