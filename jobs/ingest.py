@@ -107,14 +107,8 @@ class Batch:
                 self.stopped(event)
             elif kind in self.handlers and "job" in event and self.current(event):
                 self.handlers[kind](self.plans[event["job"]], event)
-        # Every node that beat, in one statement (200 nodes at 1 Hz are 200 rows a second):
-        # lifecycle.update_rows, since Django's bulk_update spends ~3 ms per node building
-        # its CASE expressions, most of the ingester's time under such a load.
-        beaten = list(self.beaten.values())
-        for i in range(0, len(beaten), lifecycle.CHUNK):
-            lifecycle.update_rows(Node, {node.pk: {name: getattr(node, name)
-                                                   for name in HEARTBEAT_FIELDS}
-                                         for node in beaten[i:i + lifecycle.CHUNK]})
+        # Every node that beat, in one statement (200 nodes at 1 Hz are 200 rows a second).
+        lifecycle.write_nodes(self.beaten.values(), HEARTBEAT_FIELDS)
         won = lifecycle.write_plans(self.plans, self.now, outbox=self.outbox)
         for job_id, plan in self.plans.items():
             self.publish(job_id, plan, moved=job_id in won)

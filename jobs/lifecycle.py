@@ -129,6 +129,16 @@ def claim_many(rows: dict[int, dict], *, path: list[str], token: dict[int, str])
 CHUNK = 200
 
 
+def write_nodes(nodes, fields: list[str]) -> None:
+    """Nodes' heartbeat fields, one UPDATE per CHUNK of nodes (no job moves here): Django's
+    bulk_update builds its CASE expressions at ~3 ms a node, which with 200 nodes at 1 Hz
+    was most of the ingester's time."""
+    nodes = list(nodes)
+    for i in range(0, len(nodes), CHUNK):
+        update_rows(type(nodes[i]), {node.pk: {name: getattr(node, name) for name in fields}
+                                     for node in nodes[i:i + CHUNK]})
+
+
 def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None,
                 match: dict[str, dict] | None = None) -> set:
     """One UPDATE that gives each row its own values: SET f = CASE key WHEN k THEN v ... END,
