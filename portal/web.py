@@ -9,11 +9,12 @@ over them, and each process has its own relay that joins the live streams once f
 With one process the server runs here, in this process, as before.
 
 With several, this process loads Django and the ASGI application once (settings, every app's
-models, the URLconf) and then forks the servers, as gunicorn's preload does: the ~100 MB of
-modules and objects are one copy in memory, shared copy-on-write, not one per process. As
-Python's documentation of `gc.freeze()` advises, the collector is off while loading (so that it
-leaves no freed holes in those pages for the children to fill) and everything is frozen before
-each fork (so that the children's collections do not write to, and so copy, those pages).
+models, the URLconf, the job kinds) and then forks the servers, as gunicorn's preload does: the
+~100 MB of modules and objects are one copy in memory, shared copy-on-write, not one per
+process. As Python's documentation of `gc.freeze()` advises, the collector is off while
+loading (so that it leaves no freed holes in those pages for the children to fill) and
+everything is frozen before each fork (so that the children's collections do not write to, and
+so copy, those pages).
 Nothing that must be a process's own exists before the fork: no thread, no database
 connection, no Redis client; the event loop and Twisted reactor that importing daphne makes
 are replaced in each child by fresh ones, and each child binds its own socket.
@@ -58,6 +59,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def load_kinds() -> None:
+    """Every kind module, as the first submit would import them (their parameters, not the
+    libraries their jobs run on, which load on the workers)."""
+    from workers.kinds import examples, registry
+
+    registry()
+    examples()
+
+
 def preload() -> None:
     """What every server needs and may share: Django set up, the ASGI application and the
     URLconf imported. Then nothing a process must own may be open: checked, not assumed."""
@@ -69,6 +79,7 @@ def preload() -> None:
     import portal.server  # noqa: F401
 
     _ = get_resolver().url_patterns  # every view module, as a first request would import
+    load_kinds()
     connections.close_all()
     if threading.active_count() != 1:
         raise RuntimeError("threads running before the web processes fork: "
@@ -228,6 +239,7 @@ def main(argv: list[str]) -> int:
     if count == 1:
         from portal.server import main as serve
 
+        load_kinds()
         serve(argv)
         return 0
     return Launcher(argv, count).run()

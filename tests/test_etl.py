@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from jobs import services
 from workers.etl import files, output, types
-from workers.etl.sql import check_select
+from workers.etl.spec import DEFAULT_NULLS, check_select
 from workers.kinds import etl, get_kind
 
 ROOT = Path(os.environ["DATA_ROOT"])
@@ -440,8 +440,8 @@ def test_paths_tables_and_sql_that_are_not_allowed_are_refused_naming_the_field(
         **base, "columns": '{"a": "int"}', "nulls": "NA, -"}})
     assert spec.params["columns"] == {"a": "int"} and spec.params["nulls"] == ["NA", "-"]
     spec = services.validate_spec({"kind": "etl.ingest", "params": {
-        **base, "columns": "None", "nulls": str(types.DEFAULT_NULLS)}})  # as the form shows
-    assert spec.params["columns"] is None and spec.params["nulls"] == types.DEFAULT_NULLS
+        **base, "columns": "None", "nulls": str(DEFAULT_NULLS)}})  # as the form shows
+    assert spec.params["columns"] is None and spec.params["nulls"] == DEFAULT_NULLS
     services.validate_spec({"kind": "etl.sql", "params": {
         **sql, "sql": "-- delays\nWITH x AS (SELECT * FROM a) SELECT count(*) AS n FROM x"}})
 
@@ -602,7 +602,7 @@ def test_the_browser_form_submits_both_kinds(cast):
         "kind": "etl.ingest", "param-input": "form/*.csv", "param-output": "out/form",
         "param-columns": '{"a": "int", "b": "text"}', "param-format": "auto",
         "param-target": "parquet", "param-chunk_rows": "0", "param-delimiter": ",",
-        "param-nulls": ", ".join(types.DEFAULT_NULLS)})
+        "param-nulls": ", ".join(DEFAULT_NULLS)})
     assert response.status_code == 302, response.content.decode()[-2000:]
     job = Job.objects.get()
     assert job.params["columns"] == {"a": "int", "b": "text"} and job.queue == "etl"

@@ -2,6 +2,11 @@
 embedded default (no warehouse), errors that belong to no field shown at the top, labels for
 people, multi-line editors, and fields that apply to one target marked as such."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from jobs import forms
@@ -77,3 +82,47 @@ def test_sql_and_json_fields_are_multi_line_and_target_fields_are_marked(alice):
     clicks = alice.get("/jobs/new/?kind=etl.clickstream").content.decode()
     assert 'id="field-table" data-for-target="warehouse"' in clicks
     assert 'id="field-seed" data-for-target' not in clicks
+
+
+# What the kinds' jobs run on, and what the web must not carry: ~190 MB and 1-2 s per process.
+RUN_TIME_LIBRARIES = ("numpy", "pandas", "pyarrow", "duckdb", "sklearn", "scipy", "joblib",
+                      "torch")
+WEB_SIDE = """
+import json, sys
+from pydantic import ValidationError
+from portal import web
+from workers.kinds import all_kinds, examples, get_kind
+
+def loaded():
+    return sorted(name for name in json.loads(sys.argv[1]) if name in sys.modules)
+
+web.preload()
+seen = {"preloaded": loaded(), "kinds": len(all_kinds(internal=True))}
+for kind in all_kinds(internal=True):
+    kind.schema()
+for name in ("etl.ingest", "train.tabular", "train.torch", "etl.clickstream"):
+    for example in [e for e in examples() if e["kind"] == name] or [{"params": {}}]:
+        try:
+            get_kind(name).params.model_validate(example["params"])
+        except ValidationError:
+            pass  # a missing demo file: checked, refused, all the same
+seen["checked"] = loaded()
+try:
+    get_kind("etl.sql").params.model_validate({"inputs": {"t": "none/*.csv"}, "sql": "select 1"})
+except ValidationError:
+    pass
+seen["sql checked"] = loaded()
+print(json.dumps(seen))
+"""
+
+
+def test_the_web_offers_and_checks_every_kind_without_the_libraries_that_run_them():
+    done = subprocess.run([sys.executable, "-c", WEB_SIDE, json.dumps(RUN_TIME_LIBRARIES)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["kinds"] >= 10
+    assert seen["preloaded"] == []
+    assert seen["checked"] == []
+    assert seen["sql checked"] == ["duckdb"]  # its parser decides what one SELECT is

@@ -43,17 +43,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-TASKS = ("classification", "regression")
-MODELS = ("gradient_boosting", "random_forest", "logistic", "linear")
-# Which models fit which task ("logistic" is SGD logistic regression, "linear" SGD least squares).
-MODEL_TASKS = {
-    "gradient_boosting": TASKS,
-    "random_forest": TASKS,
-    "logistic": ("classification",),
-    "linear": ("regression",),
-}
-SCORE = {"classification": "accuracy", "regression": "r2"}
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+from workers.training_spec import MODEL_TASKS, SCORE
+
 DATE_PARTS = ("month", "dayofweek", "hour")
 MAX_POINTS = 200  # scored (and charted) iterations per run at most, evenly spread
 MAX_FITS = 20  # warm-started fits of a tree model per run at most

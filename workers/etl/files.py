@@ -25,21 +25,9 @@ import pyarrow.parquet as pq
 
 from workers.etl.types import text_of
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 BATCH_ROWS = 20_000
 BLOCK_BYTES = 2 << 20  # CSV is read in blocks of about this many bytes of whole records
 csv.field_size_limit(64 * 1024 * 1024)
-
-
-def format_of(path: Path | str, declared: str = "auto") -> str:
-    if declared != "auto":
-        return declared
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{Path(path).name}: unknown format (name it .csv, .jsonl or .parquet, "
-                         "or set format)")
-    return fmt
 
 
 @dataclass

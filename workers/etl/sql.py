@@ -8,7 +8,6 @@ submission.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,29 +16,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from workers.etl.files import format_of
+from workers.etl.spec import ALIAS, format_of
 
-ALIAS = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_COMMENTS = re.compile(r"(--[^\n]*(\n|$))|(/\*.*?\*/)", re.S)
-FIRST_WORDS = ("select", "with", "from", "values")
 BATCH_ROWS = 100_000
-
-
-def check_select(text: str) -> str:
-    """The SQL if it is exactly one SELECT; else ValueError saying why."""
-    try:
-        statements = duckdb.extract_statements(text)
-    except duckdb.Error as exc:
-        raise ValueError(f"is not valid SQL: {str(exc).splitlines()[0]}") from None
-    if len(statements) != 1:
-        raise ValueError(f"must be a single SELECT statement, not {len(statements)} statements")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise ValueError(f"must be a SELECT (or WITH ... SELECT), not {kind.name}")
-    words = _COMMENTS.sub(" ", text).lstrip(" \t\r\n(").split(None, 1)
-    if not words or words[0].lower() not in FIRST_WORDS:
-        raise ValueError("must be a SELECT (or WITH ... SELECT) statement")
-    return text
 
 
 def _literal(text: str) -> str:

@@ -10,22 +10,18 @@ timestamps are ISO 8601 with an optional offset (`Z`, `+02:00`), stored as UTC w
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ColumnType = Literal["int", "float", "text", "bool", "date", "timestamp"]
-TYPES: tuple[str, ...] = ("int", "float", "text", "bool", "date", "timestamp")
 ARROW: dict[str, pa.DataType] = {
     "int": pa.int64(), "float": pa.float64(), "text": pa.string(), "bool": pa.bool_(),
     "date": pa.date32(), "timestamp": pa.timestamp("us")}
 POSTGRES: dict[str, str] = {
     "int": "bigint", "float": "double precision", "text": "text", "bool": "boolean",
     "date": "date", "timestamp": "timestamp"}
-DEFAULT_NULLS = ["", "NA", "N/A", "NULL", "null", "None", "\\N"]
 TRUE = ["true", "t", "yes", "y", "1"]
 FALSE = ["false", "f", "no", "n", "0"]
 # What inference calls a bool: words only, so a column of 0 and 1 stays an int.

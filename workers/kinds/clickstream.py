@@ -15,19 +15,19 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from workers import data
-from workers.etl.output import parquet_part
 from workers.kinds import JobKind, Params
 
-EPOCH = np.datetime64("2026-01-01T00:00:00", "s")
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+# NumPy and pyarrow load where a partition runs, not in the portal that checks the parameters.
+EPOCH = "2026-01-01T00:00:00"  # generated events start here (UTC)
 CHUNK_ROWS = 250_000  # rows per COPY statement and per progress report
 PARENT_PART = -1  # the fence of the parent's own write (the hourly table), beside its parts'
 
@@ -73,12 +73,16 @@ class PartParams(ClickstreamParams):
 
 def user_partition(user_ids: np.ndarray, partitions: int) -> np.ndarray:
     """A stable hash of the user (a multiplicative hash, not Python's salted one)."""
+    import numpy as np
+
     mixed = (user_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
     return (mixed % np.uint64(partitions)).astype(np.int64)
 
 
 def events_per_user(params: ClickstreamParams) -> np.ndarray:
     """How many events each user makes: the same on every worker for the same seed."""
+    import numpy as np
+
     rng = np.random.default_rng(params.seed)
     ranks = np.arange(1, params.users + 1, dtype=np.float64)
     weights = ranks ** -params.skew
@@ -90,6 +94,9 @@ def events_per_user(params: ClickstreamParams) -> np.ndarray:
 def generate(params: ClickstreamParams, partition: int) -> pa.Table:
     """This partition's events: its users' visits spread over the span, a few minutes apart
     within a visit. Deterministic for (seed, partition)."""
+    import numpy as np
+    import pyarrow as pa
+
     counts = events_per_user(params)
     users = np.arange(params.users, dtype=np.int64)
     mine = users[user_partition(users, params.partitions) == partition]
@@ -107,13 +114,17 @@ def generate(params: ClickstreamParams, partition: int) -> pa.Table:
     pick = (rng.random(user_ids.size) * np.repeat(visits, n)).astype(np.int64)
     offsets = rng.exponential(180.0, size=user_ids.size)
     seconds = np.minimum(visit_starts[np.repeat(first_visit, n) + pick] + offsets, span_s - 1)
-    ts = EPOCH + seconds.astype("timedelta64[s]")
+    ts = np.datetime64(EPOCH, "s") + seconds.astype("timedelta64[s]")
     page = rng.zipf(1.5, size=user_ids.size).clip(1, 5000).astype(np.int32)
     return pa.table({"user_id": user_ids, "ts": ts.astype("datetime64[ms]"), "page": page})
 
 
 def read_inputs(params: ClickstreamParams, partition: int) -> pa.Table:
     """This partition's users' events from the input files."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     tables = []
     for path in data.expand(params.input):
         table = (pq.read_table(path) if path.suffix == ".parquet"
@@ -130,6 +141,9 @@ def sessionize(events: pa.Table, gap_minutes: float, first_session: int) -> tupl
                                                                                    pa.Table]:
     """Events sorted by user and time with a session id; and the sessions. A session ends
     where the user changes or the user was quiet for more than gap_minutes."""
+    import numpy as np
+    import pyarrow as pa
+
     user = events["user_id"].to_numpy()
     ts = events["ts"].to_numpy().astype("datetime64[ms]").astype(np.int64)
     order = np.lexsort((ts, user))
@@ -154,6 +168,8 @@ def sessionize(events: pa.Table, gap_minutes: float, first_session: int) -> tupl
 def hourly(events: pa.Table, sessions: pa.Table) -> dict[str, list[int]]:
     """This partition's share of the per-hour figures. Users do not cross partitions, so the
     parent adds the shares up, distinct users included."""
+    import numpy as np
+
     hour = events["ts"].to_numpy().astype("datetime64[h]").astype(np.int64)
     user = events["user_id"].to_numpy()
     figures: dict[int, list[int]] = {}
@@ -185,6 +201,9 @@ def add_hourly(shares: list[dict[str, list[int]]]) -> dict[str, list[int]]:
 
 
 def hour_table(totals: dict[str, list[int]]) -> pa.Table:
+    import numpy as np
+    import pyarrow as pa
+
     hours = np.array([int(h) for h in totals], dtype=np.int64) * 3600
     return pa.table({
         "hour": pa.array(hours.astype("datetime64[s]"), pa.timestamp("s")),
@@ -205,6 +224,8 @@ HOURLY_DDL = ("hour timestamp NOT NULL, events bigint NOT NULL, sessions bigint 
 
 
 def csv_bytes(table: pa.Table) -> bytes:
+    import pyarrow.csv as pacsv
+
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
     return sink.getvalue()
@@ -232,6 +253,9 @@ def load_partition(params: PartParams, events: pa.Table, sessions: pa.Table, *,
     """One transaction, fenced for this attempt: a retried partition first removes what an
     earlier attempt of it may have committed, so the output holds each row once, and an
     attempt that a later one superseded writes nothing."""
+    import numpy as np
+    import pyarrow as pa
+
     with data.connect_warehouse() as conn:
         ensure_tables(conn, params.table)
         data.claim_fence(conn, params.job, params.partition, attempt)
@@ -256,6 +280,8 @@ def load_partition(params: PartParams, events: pa.Table, sessions: pa.Table, *,
 
 def write_parquet(folder: Path, name: str, table: pa.Table,
                   fence: tuple[int, int] | None = None) -> None:
+    from workers.etl.output import parquet_part
+
     with parquet_part(folder, name, table.schema, fence) as write:  # whole, or not at all
         write(table)
 
@@ -288,6 +314,9 @@ def run_partition(ctx, params: PartParams):
 
 
 def run(ctx, params: ClickstreamParams):
+    import numpy as np
+    import pyarrow as pa
+
     started = time.monotonic()
     source = params.input or f"{params.events:,} generated events of {params.users:,} users"
     ctx.log(f"clickstream: {source}, {params.partitions} partitions by user, "

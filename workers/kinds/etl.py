@@ -22,21 +22,18 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import duckdb
-import psycopg
-import pyarrow as pa
-import pyarrow.compute as pc
-from psycopg import sql as pgsql
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from workers import data
-from workers.etl import files as etl_files
-from workers.etl import output, types
-from workers.etl import sql as etl_sql
-from workers.etl.types import DEFAULT_NULLS, ColumnType
+from workers.etl.spec import ALIAS, DEFAULT_NULLS, ColumnType, check_select, format_of
 from workers.kinds import JobKind, Params
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from workers.etl import files as etl_files
 
 MAX_PARTITIONS = 1000
 TABLE_INPUT = "table:"  # an etl.sql input that names a warehouse table, not files
@@ -135,7 +132,7 @@ class IngestParams(Params):
     def _formats_known(cls, value: str, info: ValidationInfo) -> str:
         if value == "auto" and info.data.get("input"):
             for path in data.expand(info.data["input"]):
-                etl_files.format_of(path)
+                format_of(path)
         return value
 
     @field_validator("columns", mode="before")
@@ -197,6 +194,8 @@ class IngestPartParams(Params):
 
 def _file_columns(path: Path, fmt: str, delimiter: str) -> list[str] | None:
     """A file's column names (None for JSON lines, whose objects name their own)."""
+    from workers.etl import files as etl_files
+
     if fmt == "csv":
         names, _, _ = etl_files.csv_header(path, delimiter)
         names = [name or f"column_{i + 1}" for i, name in enumerate(names)]
@@ -210,6 +209,8 @@ def _file_columns(path: Path, fmt: str, delimiter: str) -> list[str] | None:
 
 
 def _is_empty(path: Path, fmt: str, delimiter: str) -> bool:
+    from workers.etl import files as etl_files
+
     if fmt == "csv":
         return not etl_files.csv_header(path, delimiter)[0]
     if fmt == "parquet":
@@ -220,6 +221,9 @@ def _is_empty(path: Path, fmt: str, delimiter: str) -> bool:
 def infer_columns(path: Path, fmt: str, p: IngestParams) -> list[tuple[str, str]]:
     """The first file's columns and the type that fits every value in it (its first
     INFER_ROWS records); Parquet's own types."""
+    from workers.etl import files as etl_files
+    from workers.etl import types
+
     if fmt == "parquet":
         return [(name, types.kind_of_arrow(dtype))
                 for name, dtype in etl_files.parquet_columns(path)]
@@ -245,7 +249,7 @@ def infer_columns(path: Path, fmt: str, p: IngestParams) -> list[tuple[str, str]
 def plan(p: IngestParams, job: int) -> tuple[list[tuple[str, str]], list[dict], list[str]]:
     """The schema, the partitions' parameters and notes for the log."""
     paths = _matching(p.input)
-    formats = {path: etl_files.format_of(path, p.format) for path in paths}
+    formats = {path: format_of(path, p.format) for path in paths}
     notes = []
     # The first file with something in it (an empty file loads nothing and is left out).
     empty = {path for path in paths if _is_empty(path, formats[path], p.delimiter)}
@@ -297,6 +301,8 @@ def plan(p: IngestParams, job: int) -> tuple[list[tuple[str, str]], list[dict], 
 
 
 def pieces(path: Path, fmt: str, p: IngestParams) -> list[etl_files.Piece]:
+    from workers.etl import files as etl_files
+
     if fmt == "parquet":
         total = etl_files.parquet_rows(path)
         step = p.chunk_rows or max(total, 1)
@@ -314,6 +320,11 @@ def pieces(path: Path, fmt: str, p: IngestParams) -> list[etl_files.Piece]:
 def check_rows(batch: etl_files.Batch, columns: list[tuple[str, str]],
                nulls: list[str]) -> tuple[pa.Table, list[tuple[int, str, dict]]]:
     """The batch's good rows, typed; and each bad row's (line, reason, values as read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from workers.etl import types
+
     n = len(batch.lines)
     source = {name: batch.columns.get(name, pa.nulls(n, pa.string())) for name, _ in columns}
     typed, masks = {}, {}
@@ -340,6 +351,9 @@ def check_rows(batch: etl_files.Batch, columns: list[tuple[str, str]],
 
 
 def run_ingest_part(ctx, p: IngestPartParams):
+    from workers.etl import files as etl_files
+    from workers.etl import output, types
+
     started = time.monotonic()
     path = data.resolve(p.file)
     columns = [(name, kind) for name, kind in p.columns]
@@ -408,6 +422,10 @@ def run_ingest_part(ctx, p: IngestPartParams):
 
 def prepare_target(ctx, p: IngestParams, columns: list[tuple[str, str]], parts: int,
                    quarantine: str) -> None:
+    from psycopg import sql as pgsql
+
+    from workers.etl import output
+
     if p.target == "warehouse":
         with data.connect_warehouse() as conn:
             if output.ensure_table(conn, p.table, output.ingest_columns(columns)):
@@ -508,14 +526,14 @@ class SqlParams(Params):
     @classmethod
     def _inputs_exist(cls, value: dict[str, str]) -> dict[str, str]:
         for alias, pattern in value.items():
-            if not etl_sql.ALIAS.match(alias):
+            if not ALIAS.match(alias):
                 raise ValueError(f"input name {alias!r}: lower-case letters, digits and "
                                  "underscores, not starting with a digit")
             if pattern.startswith(TABLE_INPUT):
                 continue  # read by the workers, as the team's role
             try:
                 found = _matching(pattern)
-                formats = {etl_files.format_of(path) for path in found}
+                formats = {format_of(path) for path in found}
             except ValueError as exc:
                 raise ValueError(f"{alias}: {exc}") from None
             if len(formats) > 1:
@@ -525,7 +543,7 @@ class SqlParams(Params):
     @field_validator("sql")
     @classmethod
     def _one_select(cls, value: str) -> str:
-        return etl_sql.check_select(value)
+        return check_select(value)
 
     @field_validator("output")
     @classmethod
@@ -549,6 +567,10 @@ class SqlParams(Params):
 def read_tables(names: dict[str, str]) -> dict[str, pa.Table]:
     """The warehouse tables an etl.sql job reads, as the team's role sees them: one it may
     not read is as missing as one that does not exist."""
+    import psycopg
+    import pyarrow as pa
+    from psycopg import sql as pgsql
+
     if not names:
         return {}
     tables = {}
@@ -568,6 +590,10 @@ def read_tables(names: dict[str, str]) -> dict[str, pa.Table]:
 
 
 def run_sql(ctx, p: SqlParams):
+    import duckdb
+
+    from workers.etl import sql as etl_sql
+
     started = time.monotonic()
     inputs = {alias: _matching(pattern) for alias, pattern in p.inputs.items()
               if not pattern.startswith(TABLE_INPUT)}
@@ -608,6 +634,11 @@ def run_sql(ctx, p: SqlParams):
 
 def _run_query(ctx, p: SqlParams, inputs: dict[str, list[Path] | pa.Table],
                whole: bool) -> tuple[pa.Schema, int]:
+    import pyarrow as pa
+
+    from workers.etl import output
+    from workers.etl import sql as etl_sql
+
     con = etl_sql.connect(inputs, p.nulls, whole)
     rows = 0
     try:
@@ -634,6 +665,11 @@ def _run_query(ctx, p: SqlParams, inputs: dict[str, list[Path] | pa.Table],
 
 
 def _sql_to_table(ctx, p: SqlParams, schema: pa.Schema, batches) -> int:
+    from psycopg import sql as pgsql
+
+    from workers.etl import output
+    from workers.etl import sql as etl_sql
+
     columns = [(name, etl_sql.postgres_type(field.type)) for name, field in
                zip(schema.names, schema, strict=True)]
     names = [name for name, _ in columns]

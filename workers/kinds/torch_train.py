@@ -25,15 +25,18 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from workers import data, training
+from workers import data
 from workers.context import artifacts_dir, interface_of, node_address
 from workers.kinds import JobKind, Params
 from workers.kinds.train import _names, _optional_number
+from workers.training_spec import TABLE_SUFFIXES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _torch_missing() -> str:
@@ -103,7 +106,7 @@ class TorchParams(Params):
             if not self.target:
                 raise ValueError("target: a table needs the column to predict")
             data.check_path(self.input)
-            if not self.input.lower().endswith(training.TABLE_SUFFIXES):
+            if not self.input.lower().endswith(TABLE_SUFFIXES):
                 raise ValueError("input must be a .csv or .parquet file")
             if self.model == "cnn":
                 raise ValueError("model: cnn is for the digits; a table takes mlp")
@@ -115,6 +118,10 @@ class TorchParams(Params):
 
 def load(params: TorchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Train and validation features (float32) and classes, the same on every rank."""
+    import numpy as np
+
+    from workers import training
+
     if params.dataset == "digits":
         from sklearn.datasets import load_digits
 

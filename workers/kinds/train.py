@@ -23,10 +23,8 @@ import tempfile
 import time
 import zoneinfo
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import joblib
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,8 +34,12 @@ from pydantic import (
     model_validator,
 )
 
-from workers import data, training
+from workers import data
 from workers.kinds import JobKind, Params
+from workers.training_spec import MODEL_TASKS, SCORE, TABLE_SUFFIXES
+
+if TYPE_CHECKING:
+    from workers import training
 
 Model = Literal["gradient_boosting", "random_forest", "logistic", "linear"]
 SWEEPABLE = ("model", "iterations", "learning_rate", "max_depth", "min_samples_leaf",
@@ -128,7 +130,7 @@ class TrainParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.task not in training.MODEL_TASKS[self.model]:
+        if self.task not in MODEL_TASKS[self.model]:
             other = "logistic" if self.model == "linear" else "linear"
             raise ValueError(f"model {self.model!r} does not do {self.task}"
                              + (f"; use {other!r}" if self.model in ("logistic", "linear")
@@ -157,13 +159,15 @@ class TrainParams(Params):
                 raise ValueError(f"timezone {self.timezone!r} is not a known time zone "
                                  "(like Europe/Paris or UTC)") from None
         path = data.resolve(self.input)
-        if path.suffix.lower() not in training.TABLE_SUFFIXES:
+        if path.suffix.lower() not in TABLE_SUFFIXES:
             raise ValueError("input must be a .csv or .parquet file")
         if not path.is_file():
             raise ValueError(f"input {self.input!r}: no such file")
         return self
 
     def hyper(self) -> training.Hyper:
+        from workers import training
+
         return training.Hyper(model=self.model, iterations=self.iterations,
                               learning_rate=self.learning_rate, max_depth=self.max_depth,
                               min_samples_leaf=self.min_samples_leaf,
@@ -171,6 +175,10 @@ class TrainParams(Params):
 
 
 def run_tabular(ctx, params: TrainParams) -> dict:
+    import joblib
+
+    from workers import training
+
     started = time.monotonic()
     path = data.resolve(params.input)
     columns = None
@@ -200,7 +208,7 @@ def run_tabular(ctx, params: TrainParams) -> dict:
                              test_size=params.test_size, seed=params.seed,
                              max_categories=params.max_categories, on_step=on_step,
                              check=ctx.check)
-    metric = training.SCORE[params.task]
+    metric = SCORE[params.task]
     report = {"job": ctx.job_id, "input": params.input, "params": params.model_dump(mode="json"),
               "train_seconds": round(trained.seconds, 3), **trained.report}
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
@@ -285,6 +293,8 @@ class SweepParams(TrainParams):
     def overrides(self) -> list[dict]:
         """Each trial's hyperparameters (what differs from the sweep's own), deterministic for
         a seed: the same on the portal and on every attempt of the sweep."""
+        import numpy as np  # its generator draws the trials: the same on every machine
+
         rng = np.random.default_rng(self.seed)
         names = sorted(self.space)  # by name: the database keeps no key order (jsonb)
         if self.search == "grid":
@@ -305,6 +315,8 @@ class SweepParams(TrainParams):
 
     @staticmethod
     def _draw(name: str, values, rng):
+        import numpy as np
+
         if isinstance(values, Range):
             if values.log:
                 value = math.exp(rng.uniform(math.log(values.min), math.log(values.max)))
@@ -327,7 +339,7 @@ def run_sweep(ctx, params: SweepParams) -> dict:
             f"{params.model if 'model' not in params.space else 'several models'} on "
             f"{params.input}")
     results = ctx.fan_out("train.tabular", trials)
-    metric = training.SCORE[params.task]
+    metric = SCORE[params.task]
     rows, best = [], None
     for index, (override, result) in enumerate(zip(overrides, results, strict=True)):
         score = result["val_score"]
