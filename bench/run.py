@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portal import web
 from portal.cluster import PYTHON, Cluster, free_port
 from tests.services import PostgresServer, RedisServer
 
@@ -314,8 +315,13 @@ class Bench:
             cur.execute(query, params or None)
             return cur.fetchall()
 
-    def post_jobs(self, payload) -> list[dict]:
-        resp = self.session().post(f"{self.base_url}/api/v1/jobs/", json=payload, timeout=120)
+    def post_jobs(self, payload, *, fresh: bool = False) -> list[dict]:
+        """fresh: on a connection of its own, not the thread's kept-alive one."""
+        import requests
+
+        post = requests.post if fresh else self.session().post
+        resp = post(f"{self.base_url}/api/v1/jobs/", json=payload, timeout=120,
+                    headers={"Authorization": f"Token {self.token}"})
         if resp.status_code != 201:
             raise RuntimeError(f"POST /api/v1/jobs/ answered {resp.status_code}: "
                                f"{resp.text[:500]}")
@@ -348,10 +354,16 @@ class Bench:
         wait_until(done, timeout, f"{count} jobs to succeed", interval=0.05)
 
     def warm_portal(self, count: int) -> None:
+        """Jobs through every web process, not only the one the kept-alive connection reached:
+        each batch comes on a new connection, which the kernel gives to any of the processes
+        sharing the port. With 8 connections per process, each has all but surely answered."""
         after = self.max_job_id()
-        for size in chunks(count, self.args.batch):
-            self.post_jobs([{"kind": "diag.noop", "name": "bench-warm"}] * size)
-        self.wait_jobs_done(after, count, timeout=120)
+        batches = max(8 * web.processes(), math.ceil(count / self.args.batch))
+        total = max(count, batches)
+        sizes = chunks(total, math.ceil(total / batches))
+        for size in sizes:
+            self.post_jobs([{"kind": "diag.noop", "name": "bench-warm"}] * size, fresh=True)
+        self.wait_jobs_done(after, sum(sizes), timeout=120)
 
     def idle(self, seconds: float = 1.0) -> None:
         """Let the last run's stragglers (events, heartbeats, flushes) settle."""
