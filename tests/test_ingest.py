@@ -1,6 +1,7 @@
 """The ingester's writes: idempotent, fenced by attempt and token, coalesced, after-commit."""
 
 import json
+import threading
 import time
 
 import psycopg
@@ -201,6 +202,51 @@ def test_a_malformed_event_is_dropped_without_blocking_the_others(job, redis_cli
     job.refresh_from_db()
     assert job.state == "running"
     assert redis_client.xlen(protocol.EVENTS_STREAM) == 0
+
+
+def _beat(name: str) -> dict:
+    return {"b": json.dumps([{"type": "heartbeat", "node": name, "worker": f"{name}@box",
+                              "ts": time.time(), "attempts": [], "util": {}}])}
+
+
+def _add_later(redis_client, *entries: tuple[float, dict]) -> threading.Thread:
+    def add():
+        for delay, fields in entries:
+            time.sleep(delay)
+            redis_client.xadd(protocol.EVENTS_STREAM, fields)
+
+    thread = threading.Thread(target=add)
+    thread.start()
+    return thread
+
+
+def test_heartbeats_wait_a_moment_for_others_and_a_jobs_event_ends_the_wait(
+        job, redis_client, monkeypatch):
+    ingester = Ingester(consumer="test")
+    ingester.ensure_group()
+    while ingester.replay:
+        ingester.step()
+    # Nodes beating a few milliseconds apart share one batch.
+    monkeypatch.setattr("jobs.ingest.HEARTBEAT_GATHER_S", 0.5)
+    redis_client.xadd(protocol.EVENTS_STREAM, _beat("g1"))
+    adding = _add_later(redis_client, (0.05, _beat("g2")), (0.05, _beat("g3")))
+    assert ingester.step() == 3
+    adding.join()
+    assert set(Node.objects.values_list("name", flat=True)) == {"g1", "g2", "g3"}
+    # A job's event is not held back: it ends the wait, and what comes after is the next batch.
+    monkeypatch.setattr("jobs.ingest.HEARTBEAT_GATHER_S", 30)
+    redis_client.xadd(protocol.EVENTS_STREAM, _beat("g1"))
+    adding = _add_later(redis_client,
+                        (0.1, {"b": json.dumps([ev(job, "started", node="g1")])}),
+                        (1.0, _beat("g4")))
+    assert ingester.step() == 2
+    job.refresh_from_db()
+    assert job.state == "running"
+    assert not Node.objects.filter(name="g4").exists()
+    monkeypatch.setattr("jobs.ingest.HEARTBEAT_GATHER_S", 0.1)
+    adding.join()
+    assert ingester.step() == 1
+    assert Node.objects.filter(name="g4").exists()
 
 
 def test_a_finish_whose_start_was_lost_still_ends_the_job(job):
