@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portal import web
 from portal.cluster import PYTHON, Cluster, free_port
 from tests.services import PostgresServer, RedisServer
 
@@ -357,6 +356,8 @@ class Bench:
         """Jobs through every web process, not only the one the kept-alive connection reached:
         each batch comes on a new connection, which the kernel gives to any of the processes
         sharing the port. With 8 connections per process, each has all but surely answered."""
+        from portal import web
+
         after = self.max_job_id()
         batches = max(8 * web.processes(), math.ceil(count / self.args.batch))
         total = max(count, batches)
