@@ -395,6 +395,21 @@ class Ingester:
         if not entries:
             return 0
         events = [event for _, fields in entries for event in decode(fields)]
+        # The jobs' events first, in a batch of their own: their broadcast does not wait for
+        # the nodes' heartbeats gathered with them.
+        beats = [event for event in events if event["type"] == protocol.HEARTBEAT]
+        for batch in ([event for event in events if event["type"] != protocol.HEARTBEAT],
+                      beats):
+            if batch:
+                self.apply(batch)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, *ids)
+        pipe.xdel(protocol.EVENTS_STREAM, *ids)
+        pipe.execute()
+        return len(events)
+
+    def apply(self, events: list[dict]) -> None:
         try:
             apply_events(events)
         except DatabaseError:
@@ -403,12 +418,6 @@ class Ingester:
         except Exception:
             log.exception("a batch failed; applying its %d events one by one", len(events))
             self.apply_one_by_one(events)
-        ids = [entry_id for entry_id, _ in entries]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xack(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, *ids)
-        pipe.xdel(protocol.EVENTS_STREAM, *ids)
-        pipe.execute()
-        return len(events)
 
     @staticmethod
     def apply_one_by_one(events: list[dict]) -> None:

@@ -221,7 +221,7 @@ def _add_later(redis_client, *entries: tuple[float, dict]) -> threading.Thread:
 
 
 def test_heartbeats_wait_a_moment_for_others_and_a_jobs_event_ends_the_wait(
-        job, redis_client, monkeypatch):
+        job, redis_client, monkeypatch, published, django_capture_on_commit_callbacks):
     ingester = Ingester(consumer="test")
     ingester.ensure_group()
     while ingester.replay:
@@ -239,7 +239,12 @@ def test_heartbeats_wait_a_moment_for_others_and_a_jobs_event_ends_the_wait(
     adding = _add_later(redis_client,
                         (0.1, {"b": json.dumps([ev(job, "started", node="g1")])}),
                         (1.0, _beat("g4")))
-    assert ingester.step() == 2
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert ingester.step() == 2
+    # ...and goes out first, in a batch of its own, not after the nodes gathered with it.
+    assert [sorted({e["type"] for events in groups.values() for e in events})
+            for groups in published] == [["job.state"], ["node.health"]]
     job.refresh_from_db()
     assert job.state == "running"
     assert not Node.objects.filter(name="g4").exists()
