@@ -232,11 +232,14 @@ class ClientSet:
         where = urlsplit(self.url)
         async with gate:
             t0 = time.perf_counter()
+            link = None
             try:
                 _, link = await asyncio.wait_for(loop.create_connection(
                     lambda: Link(self, index, where, self.key), where.hostname, where.port), 60)
                 await asyncio.wait_for(link.handshake, 60)
             except Exception as exc:
+                if link is not None:
+                    link.transport.close()
                 self.failures[f"connect: {type(exc).__name__}: {str(exc)[:80]}"] += 1
                 return
             try:
@@ -391,9 +394,10 @@ class Link(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc) -> None:
-        for waiting in (self.handshake, self.hello):
-            if not waiting.done():
-                waiting.set_exception(ConnectionError("closed before the first frame"))
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError("closed during the handshake"))
+        elif not self.hello.done():  # awaited once the handshake is through
+            self.hello.set_exception(ConnectionError("closed before the first frame"))
         reason = (f"closed by the server: {self.close_code}" if self.close_code is not None
                   else f"{type(exc).__name__}: {str(exc)[:80]}" if exc else "connection closed")
         self.owner.lost(self.index, reason)

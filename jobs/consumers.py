@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from twisted.internet import tcp
 
 from jobs import selectors
 from nodes import selectors as node_selectors
@@ -120,7 +121,10 @@ def send_prepared(socket, prepared) -> None:
     (what asyncio's own transports do); what the socket does not take, and every other case (a
     TLS transport, a backlog, compression), goes the usual way, after it, in order."""
     transport = socket.transport
-    send_some = getattr(transport, "writeSomeData", None)
+    # Plain TCP only: a TLS wrapper (daphne's ssl: endpoint) forwards what it lacks, the
+    # raw socket's writeSomeData included, to the connection under it.
+    plain = isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+    send_some = transport.writeSomeData if plain else None
     if (send_some is None or socket._perMessageCompress is not None or socket.send_queue
             or not transport.connected or transport.disconnecting
             or transport._tempDataLen or transport.offset < len(transport.dataBuffer)):

@@ -9,6 +9,8 @@ from functools import partial
 import pytest
 from channels.sessions import SessionMiddlewareStack
 from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from jobs.consumers import daphne_socket, send_prepared
 
@@ -127,3 +129,14 @@ def test_a_compressed_or_queued_socket_takes_the_usual_way(pair):
     socket.send_queue.append((b"sync", True))
     send_prepared(socket, Prepared(b"b"))
     assert [p.payloadHybi for p in socket.prepared_sent] == [b"a", b"b"]
+
+
+def test_a_tls_transport_takes_the_usual_way(pair):
+    """A wrapper such as TLS's forwards what it lacks to the TCP connection under it: the
+    frame must not go to that raw socket unencrypted."""
+    socket, peer, reactor = pair
+    wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+    wrapper.makeConnection(socket.transport)
+    socket.transport = wrapper
+    send_prepared(socket, Prepared(b"frame"))
+    assert len(socket.prepared_sent) == 1
