@@ -356,3 +356,18 @@ def test_events_that_do_not_match_their_type_are_refused_where_they_are_built():
     with pytest.raises(wire.WireError):
         wire.check_stream({"type": "no.such.event"})
     wire.check_stream({"type": "lease", "job": 1, "attempt": 1, "token": "t", "ts": 1.0})
+
+
+def test_a_time_limit_striking_while_an_event_is_checked_is_not_taken_for_a_bad_event(
+        monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers import wire
+
+    class Interrupted:
+        def validate_python(self, *args, **kwargs):
+            raise SoftTimeLimitExceeded()  # Celery's signal, raised wherever the job is
+
+    monkeypatch.setattr(wire, "_adapter", lambda kind: Interrupted())
+    with pytest.raises(SoftTimeLimitExceeded):
+        wire.check_stream({"type": "lease", "job": 1, "attempt": 1, "token": "t", "ts": 1.0})
