@@ -7,8 +7,10 @@ window, the token page safe to reload, Retry and a Cancel that asks first.
 
 Screenshots land in test-artifacts/ for a person to look at."""
 
+import os
 import re
 import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -504,7 +506,11 @@ def no_warehouse_web(live):
                                             str(port), "portal.asgi:application"], env=env)
     wait_for_port(port, proc=proc)
     yield f"http://127.0.0.1:{port}"
-    live.cluster.kill("web-plain", signal.SIGTERM)
+    try:
+        live.cluster.kill("web-plain", signal.SIGTERM)
+    except subprocess.TimeoutExpired:  # as portal.web ends a server that does not stop
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_the_clickstream_form_submits_as_it_opens_without_a_warehouse(tab, no_warehouse_web):
