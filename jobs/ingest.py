@@ -46,6 +46,7 @@ from workers.config import LEASE_S, env_float
 
 log = logging.getLogger(__name__)
 ALIVE_KEY = f"{protocol.PREFIX}:ingest:alive"
+STATS_TTL_S = 24 * 3600
 HEARTBEAT_FIELDS = ["worker", "queues", "labels", "concurrency", "running", "reserved",
                     "utilization", "last_heartbeat", "state"]
 READ_COUNT = 200
@@ -343,6 +344,8 @@ class Ingester:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.replay = True  # first read what this consumer was given and did not acknowledge
         self._last_reclaim = 0.0
+        self.stats = {"since": time.time(), "consumer": self.consumer, "batches": 0,
+                      "events": 0, "busy_s": 0.0}
 
     def ensure_group(self) -> None:
         try:
@@ -394,6 +397,7 @@ class Ingester:
         self.client.set(ALIVE_KEY, time.time(), ex=60)
         if not entries:
             return 0
+        began = time.perf_counter()
         events = [event for _, fields in entries for event in decode(fields)]
         # The jobs' events first, in a batch of their own: their broadcast does not wait for
         # the nodes' heartbeats gathered with them.
@@ -406,6 +410,11 @@ class Ingester:
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(protocol.EVENTS_STREAM, protocol.INGEST_GROUP, *ids)
         pipe.xdel(protocol.EVENTS_STREAM, *ids)
+        self.stats["batches"] += 1
+        self.stats["events"] += len(events)
+        self.stats["busy_s"] += time.perf_counter() - began
+        pipe.hset(protocol.INGEST_STATS + self.consumer, mapping=self.stats)
+        pipe.expire(protocol.INGEST_STATS + self.consumer, STATS_TTL_S)
         pipe.execute()
         return len(events)
 

@@ -371,3 +371,28 @@ def test_a_time_limit_striking_while_an_event_is_checked_is_not_taken_for_a_bad_
     monkeypatch.setattr(wire, "_adapter", lambda kind: Interrupted())
     with pytest.raises(SoftTimeLimitExceeded):
         wire.check_stream({"type": "lease", "job": 1, "attempt": 1, "token": "t", "ts": 1.0})
+
+
+def test_the_ingester_counts_its_batches_events_and_busy_time_where_a_benchmark_reads_them(
+        job, redis_client):
+    ingester = Ingester(consumer="counted")
+    ingester.ensure_group()
+    while ingester.replay:
+        ingester.step()
+    key = protocol.INGEST_STATS + "counted"
+    redis_client.delete(key)
+    redis_client.xadd(protocol.EVENTS_STREAM, {"b": json.dumps([ev(job, "started", node="n1")])})
+    redis_client.xadd(protocol.EVENTS_STREAM, _beat("n1"))
+    first = ingester.step()
+    redis_client.xadd(protocol.EVENTS_STREAM, {"b": json.dumps(
+        [ev(job, "finished", outcome="succeeded", result=None)])})
+    second = ingester.step()
+    assert ingester.step() == 0  # an empty read is no batch
+    stats = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    assert int(stats["batches"]) == 2
+    assert int(stats["events"]) == first + second == 3
+    assert 0 < float(stats["busy_s"]) < 30
+    assert stats["consumer"] == "counted"
+    assert 0 < redis_client.ttl(key) <= 24 * 3600
+    job.refresh_from_db()
+    assert job.state == "succeeded"

@@ -17,6 +17,11 @@ from workers.config import REDIS_PREFIX, REDIS_URL
 PREFIX = REDIS_PREFIX
 EVENTS_STREAM = f"{PREFIX}:events"
 INGEST_GROUP = "ingest"
+# What each ingester has done since it started, a hash per consumer (this + its name):
+# batches written, events in them, and seconds spent writing them (from the read's return to
+# the acknowledgement). Busy seconds over wall seconds is how near its limit the serial writer
+# is: a batch's rows, its admission pass and its broadcast all wait for the one before.
+INGEST_STATS = f"{PREFIX}:ingest:stats:"
 # Sorted set of "job:attempt" members whose task message is in the broker and not yet started.
 DISPATCHED = f"{PREFIX}:dispatched"
 TASK_NAME = "portal.run_attempt"
