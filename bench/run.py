@@ -11,8 +11,14 @@ Ctrl-C or an error. Then it measures, on the same workers:
    start times are in a Redis list.
 2. Portal throughput: N `diag.noop` jobs submitted over REST (JSON lists of --batch jobs from
    --clients threads), until all N are `succeeded` in the database.
-3. Latency on an idle cluster, one request at a time: raw send_task -> task start, and portal
-   REST POST -> the job's `started_at` (the worker's own start timestamp).
+3. Latency on an idle cluster, one request at a time: raw send_task -> task start; the raw
+   HTTP peer's POST -> task start (bench/http_peer.py: a bare Django view on daphne that calls
+   send_task, so what the web stack alone costs shows apart from the portal's own steps); and
+   portal REST POST -> the job's `started_at` (the worker's own start timestamp).
+
+Beside the figures: the CPU each component used during the throughput runs, and how much of
+the portal's run the ingester (the one serial writer) spent writing batches, from its own
+counters (workers.protocol.INGEST_STATS).
 
 Targets (from the issue): portal throughput >= 0.8x raw; portal p50 latency within 5 ms of raw.
 `--strict` exits 1 when a target is missed; otherwise a completed run exits 0.
@@ -224,6 +230,7 @@ class Bench:
         self.db = None
         self.token = ""
         self.base_url = ""
+        self.peer_url = ""
         self._local = threading.local()
 
     # Set-up and tear-down.
@@ -244,6 +251,7 @@ class Bench:
         self.cluster.start_reconciler()
         for node in NODES:
             self.cluster.start_worker(node)
+        self.peer_url = self.start_http_peer()
 
         import psycopg
         import redis
@@ -256,6 +264,17 @@ class Bench:
         self.wait_ready()
         log(f"cluster ready in {time.monotonic() - t0:.1f} s (web on :{port}, nodes "
             f"{', '.join(NODES)} x concurrency 2, ingester, reconciler)")
+
+    def start_http_peer(self) -> str:
+        """The raw HTTP peer (bench/http_peer.py): one stock daphne on its own port, sending
+        to the same broker and workers."""
+        from portal.cluster import wait_for_port
+
+        port = free_port()
+        proc = self.cluster.spawn("http-peer", [PYTHON, "-m", "daphne", "-b", "127.0.0.1",
+                                                "-p", str(port), "bench.http_peer:application"])
+        wait_for_port(port, proc=proc)
+        return f"http://127.0.0.1:{port}/submit/"
 
     def wait_ready(self) -> None:
         def procs_alive():
@@ -370,6 +389,17 @@ class Bench:
         """Let the last run's stragglers (events, heartbeats, flushes) settle."""
         time.sleep(seconds)
 
+    def ingester_stats(self) -> dict[str, float]:
+        """The ingesters' counters (protocol.INGEST_STATS), summed: batches, events, busy_s."""
+        from workers import protocol
+
+        totals = {"batches": 0.0, "events": 0.0, "busy_s": 0.0}
+        for key in self.redis.scan_iter(match=protocol.INGEST_STATS + "*"):
+            stats = self.redis.hgetall(key)
+            for name in totals:
+                totals[name] += float(stats.get(name.encode(), 0))
+        return totals
+
     # CPU accounting: which component spends the machine's two cores.
 
     def cpu_snapshot(self) -> dict[str, float]:
@@ -413,7 +443,7 @@ class Bench:
         sizes = chunks(n, self.args.batch)
         posted: list[float] = []
         timeline: list[tuple] = []
-        cpu0 = self.cpu_snapshot()
+        cpu0, ingest0 = self.cpu_snapshot(), self.ingester_stats()
         wall0, t0 = time.time(), time.perf_counter()
 
         def post(size: int) -> None:
@@ -444,6 +474,7 @@ class Bench:
                 time.sleep(0.05)
         seconds = time.perf_counter() - t0
         cpu = cpu_delta(cpu0, self.cpu_snapshot())
+        ingest = cpu_delta(ingest0, self.ingester_stats())
         (last_start, last_finish, first_start, admitted_late), = self.sql(
             "SELECT extract(epoch FROM max(started_at))::float8, "
             "extract(epoch FROM max(finished_at))::float8, "
@@ -476,6 +507,12 @@ class Bench:
             f"peak backlog: broker queue {peak_broker} messages, event stream "
             f"{peak_stream} entries",
         ]
+        if ingest.get("batches"):
+            result.notes.append(
+                f"ingester: writing batches {100 * ingest['busy_s'] / seconds:.0f}% of the run "
+                f"({ingest['batches']:.0f} batches of {ingest['events'] / ingest['batches']:.0f} "
+                f"events on average, {1000 * ingest['busy_s'] / ingest['batches']:.1f} ms each): "
+                "each batch's rows, admission pass and broadcast wait for the one before")
         if admitted_late:  # the queue's slots were full: admission held them pending
             result.notes.append(f"{admitted_late} of the jobs waited pending over 0.1 s for "
                                 "a free slot (ADMIT_AHEAD) before they were sent; messages "
@@ -498,6 +535,31 @@ class Bench:
                 if i >= warm:
                     out.samples.append(float(reply[1]) - t0)
                     out.extra["send"].append(t_sent - t0)
+        self.redis.delete(key)
+        return out
+
+    def peer_latency(self, samples: int) -> Latency:
+        """POST -> start through the raw HTTP peer: Django on daphne, then send_task."""
+        import requests
+
+        out = Latency([], {"rtt": []})
+        key = f"bench:peer:{uuid.uuid4().hex}"
+        warm = max(5, samples // 20)
+        with requests.Session() as session:
+            for i in range(warm + samples):
+                self.idle(self.args.gap)
+                t0 = time.time()
+                resp = session.post(self.peer_url, json={"reply_to": key}, timeout=30)
+                rtt = time.time() - t0
+                if resp.status_code != 201:
+                    raise RuntimeError(f"the HTTP peer answered {resp.status_code}: "
+                                       f"{resp.text[:300]}")
+                reply = self.redis.blpop([key], timeout=30)
+                if reply is None:
+                    raise TimeoutError("a ping task sent by the HTTP peer did not start in 30 s")
+                if i >= warm:
+                    out.samples.append(float(reply[1]) - t0)
+                    out.extra["rtt"].append(rtt)
         self.redis.delete(key)
         return out
 
@@ -539,10 +601,12 @@ def verdict(ok: bool) -> str:
 
 
 def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
-           portal_l: Latency) -> bool:
+           peer_l: Latency, portal_l: Latency) -> bool:
     ratio = portal_t.rate / raw_t.rate
     p50_diff = ms(portal_l.p(50) - raw_l.p(50))
     p99_diff = ms(portal_l.p(99) - raw_l.p(99))
+    stack_diff = ms(peer_l.p(50) - raw_l.p(50))  # the web stack alone, over raw Celery
+    own_diff = ms(portal_l.p(50) - peer_l.p(50))  # the portal's own steps, over that stack
     throughput_ok = ratio >= THROUGHPUT_TARGET
     latency_ok = p50_diff <= LATENCY_TARGET_MS
     rows = [
@@ -563,6 +627,14 @@ def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
         ("  portal - raw             p50", f"{p50_diff:+10.2f}", "ms",
          f"target <= +{LATENCY_TARGET_MS:.0f} ms: {verdict(latency_ok)}"),
         ("                           p99", f"{p99_diff:+10.2f}", "ms", ""),
+        ("  HTTP peer POST -> start   p50", f"{ms(peer_l.p(50)):10.2f}", "ms",
+         f"{len(peer_l.samples)} samples: a bare Django view on daphne that calls send_task"),
+        ("                           p99", f"{ms(peer_l.p(99)):10.2f}", "ms", ""),
+        ("  HTTP peer - raw           p50", f"{stack_diff:+10.2f}", "ms",
+         "the web stack the portal stands on, before any step of its own"
+         + (" (alone over the target)" if stack_diff > LATENCY_TARGET_MS else "")),
+        ("  portal - HTTP peer        p50", f"{own_diff:+10.2f}", "ms",
+         "the portal's own steps: token, checks, rows, admission, audit"),
         ("  split: raw send_task call p50", f"{ms(raw_l.p(50, 'send')):10.2f}", "ms",
          "t0 -> send_task returned"),
         ("  split: portal POST rtt    p50", f"{ms(portal_l.p(50, 'rtt')):10.2f}", "ms",
@@ -609,6 +681,8 @@ def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
           f"{verdict(latency_ok)}")
     print(f"RESULT latency p99: raw {ms(raw_l.p(99)):.2f} ms, portal {ms(portal_l.p(99)):.2f} ms, "
           f"diff {p99_diff:+.2f} ms")
+    print(f"RESULT latency floor p50: HTTP peer {ms(peer_l.p(50)):.2f} ms, {stack_diff:+.2f} ms "
+          f"over raw (Django on daphne alone); portal {own_diff:+.2f} ms over the peer")
     print(f"RESULT portal POST round trip p50: {ms(portal_l.p(50, 'rtt')):.2f} ms", flush=True)
     return throughput_ok and latency_ok
 
@@ -677,9 +751,11 @@ def main(argv=None) -> int:
         bench.idle(2)
         log(f"raw latency: {args.latency_samples} samples")
         raw_l = bench.raw_latency(args.latency_samples)
+        log(f"HTTP peer latency: {args.latency_samples} samples")
+        peer_l = bench.peer_latency(args.latency_samples)
         log(f"portal latency: {args.latency_samples} samples")
         portal_l = bench.portal_latency(args.latency_samples)
-        return report(args, raw_t, portal_t, raw_l, portal_l)
+        return report(args, raw_t, portal_t, raw_l, peer_l, portal_l)
 
     return guarded(bench, started, measure, strict=args.strict)
 
