@@ -1,0 +1,70 @@
+"""Short runs of the two hot-path benchmarks (`make bench` runs the long ones): each starts its
+own cluster, measures the portal beside its raw peer in the same run, prints its RESULT lines
+and stops everything. Nothing here judges a figure (the machines are shared and noisy): the
+benchmarks must run end to end, measure every part they name, and leave nothing behind."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from portal.cluster import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def run_bench(*argv: str, timeout: int) -> str:
+    done = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report
+    assert "everything stopped" in report, report
+    return report
+
+
+def result(report: str, pattern: str) -> re.Match:
+    line = next((line for line in report.splitlines() if line.startswith("RESULT")
+                 and re.search(pattern, line)), None)
+    assert line is not None, f"no RESULT line matching {pattern!r} in:\n{report}"
+    return re.search(pattern, line)
+
+
+@pytest.mark.timeout(300)
+def test_dispatch_bench_measures_the_portal_its_raw_celery_and_http_peers_and_the_ingester():
+    report = run_bench("bench.run", "--jobs", "120", "--latency-samples", "10", "--batch", "40",
+                       timeout=280)
+    tput = result(report, r"raw ([\d.]+) tasks/s, portal ([\d.]+) jobs/s, ratio ([\d.]+)x "
+                          r"\(target >= 0.8x\) (PASS|MISS)")
+    raw, portal, ratio = map(float, tput.groups()[:3])
+    assert raw > 0 and portal > 0 and ratio == pytest.approx(portal / raw, abs=0.01)
+    floor = result(report, r"HTTP peer ([\d.]+) ms, ([+-][\d.]+) ms over raw .*; portal "
+                           r"([+-][\d.]+) ms over the peer")
+    assert float(floor.group(1)) > 0
+    lat = result(report, r"latency p50: raw ([\d.]+) ms, portal ([\d.]+) ms, diff ([+-][\d.]+)")
+    raw_p50, portal_p50, diff = map(float, lat.groups())
+    # The three latencies are one run's: the splits add up.
+    assert diff == pytest.approx(portal_p50 - raw_p50, abs=0.02)
+    assert float(floor.group(2)) + float(floor.group(3)) == pytest.approx(diff, abs=0.05)
+    # The serial writer's share of the run, from the ingester's own counters.
+    busy = re.search(r"ingester: writing batches (\d+)% of the run \((\d+) batches", report)
+    assert busy and int(busy.group(2)) >= 1, report
+    for component in ("web", "workers", "ingester", "postgres", "redis"):
+        assert re.search(rf"^\s+{component}\s+[\d.]+ s", report, re.M), report
+
+
+@pytest.mark.timeout(300)
+def test_live_bench_measures_the_portal_beside_the_raw_channels_peer():
+    report = run_bench("bench.live", "--quick", "--clients", "40", "--nodes", "10",
+                       "--seconds", "3", "--warmup", "1", timeout=280)
+    portal = result(report, r"live latency p99: ([\d.]+) ms with 40 clients and 10 nodes")
+    peer = result(report, r"portal p99 ([\d.]+) ms, peer p99 ([\d.]+) ms with 40 clients, "
+                          r"ratio ([\d.]+)")
+    p99, peer_p99, ratio = map(float, peer.groups())
+    assert p99 == float(portal.group(1)) > 0 and peer_p99 > 0
+    assert ratio == pytest.approx(p99 / peer_p99, abs=0.01)
+    result(report, r"live 1 client p99: [\d.]+ ms")
+    # Every event reached every client: nothing is lost on the way, whatever the timing.
+    delivered = result(report, r"deliveries: [\d.]+ % .* \((\d+) of (\d+)\)")
+    assert delivered.group(1) == delivered.group(2) != "0", report
+    result(report, r"web processes: \d+, [\d.]+ % of one core and [\d.]+ MB PSS")
