@@ -144,24 +144,21 @@ def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None
     """One UPDATE that gives each row its own values: SET f = CASE key WHEN k THEN v ... END,
     for the rows whose key is listed, that match `where` (same value for all) and `match`
     (each row its own value). Returns the keys of the rows it changed. Django's Case/When
-    costs a quarter of a millisecond per value to build; this costs next to nothing."""
+    costs a quarter of a millisecond per value to build; this costs next to nothing. On
+    PostgreSQL the same statement takes its values as arrays (_update_rows_unnest)."""
     if not rows:
         return set()
+    if connection.vendor == "postgresql":
+        return _update_rows_unnest(model, rows, key=key, where=where, match=match)
     quote = connection.ops.quote_name
     meta = model._meta
     key_field = meta.get_field(key)
-    typed = connection.vendor == "postgresql"
-
-    def placeholder(field) -> str:  # untyped parameters in a CASE would be taken for text
-        return f"CAST(%s AS {field.db_type(connection)})" if typed else "%s"
-
-    key_sql = placeholder(key_field)
     keys = {row_key: key_field.get_db_prep_value(row_key, connection) for row_key in rows}
     sets, params = [], []
     names = sorted({name for fields in rows.values() for name in fields})
     for name in names:
         field = meta.get_field(name)
-        when = f"WHEN {key_sql} THEN {placeholder(field)}"
+        when = "WHEN %s THEN %s"
         whens = []
         for row_key, fields in rows.items():
             if name in fields:
@@ -184,7 +181,7 @@ def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None
         field = meta.get_field(name)
         whens = []
         for row_key, value in values.items():
-            whens.append(f"WHEN {key_sql} THEN %s")
+            whens.append("WHEN %s THEN %s")
             key_value = keys[row_key] if row_key in keys else \
                 key_field.get_db_prep_value(row_key, connection)
             params += [key_value, field.get_db_prep_value(value, connection)]
@@ -194,6 +191,59 @@ def update_rows(model, rows: dict, *, key: str = "id", where: dict | None = None
            f"WHERE {' AND '.join(conditions)} RETURNING {quote(key_field.column)}")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _update_rows_unnest(model, rows: dict, *, key: str, where: dict | None,
+                        match: dict[str, dict] | None) -> set:
+    """update_rows on PostgreSQL: the rows' values go as one array per column, joined back by
+    unnest(), so the statement's text depends on which columns it sets, not on how many rows
+    it has. The driver then parses it once per shape instead of once per call (a CASE with a
+    few hundred parameters took about a millisecond to parse), and the server gets a handful
+    of parameters instead of two per value. A column that not every row sets keeps its value
+    in the rows that leave it out (a flag array says which)."""
+    quote = connection.ops.quote_name
+    meta = model._meta
+    key_field = meta.get_field(key)
+    keys = list(rows)
+    names = sorted({name for fields in rows.values() for name in fields})
+    columns = [("k", key_field, [key_field.get_db_prep_value(k, connection) for k in keys])]
+    sets = []
+    for i, name in enumerate(names):
+        field = meta.get_field(name)
+        column = quote(field.column)
+        columns.append((f"v{i}", field, [
+            field.get_db_prep_value(rows[k][name], connection) if name in rows[k] else None
+            for k in keys]))
+        if all(name in rows[k] for k in keys):
+            sets.append(f"{column} = v.v{i}")
+        else:
+            columns.append((f"h{i}", None, [name in rows[k] for k in keys]))
+            sets.append(f"{column} = CASE WHEN v.h{i} THEN v.v{i} ELSE t.{column} END")
+    conditions = [f"t.{quote(key_field.column)} = v.k"]
+    params: list = []
+    for i, (name, values) in enumerate(sorted((match or {}).items())):
+        field = meta.get_field(name)
+        columns.append((f"m{i}", field, [
+            field.get_db_prep_value(values[k], connection) if k in values else None
+            for k in keys]))
+        conditions.append(f"t.{quote(field.column)} = v.m{i}")
+    for name, value in (where or {}).items():
+        field = meta.get_field(name)
+        if isinstance(value, list | tuple | set | frozenset):
+            conditions.append(f"t.{quote(field.column)} = ANY(CAST(%s AS "
+                              f"{field.db_type(connection)}[]))")
+            params.append([field.get_db_prep_value(item, connection) for item in value])
+        else:
+            conditions.append(f"t.{quote(field.column)} = %s")
+            params.append(field.get_db_prep_value(value, connection))
+    arrays = ", ".join(f"CAST(%s AS {'boolean' if field is None else field.db_type(connection)}[])"
+                       for _, field, _ in columns)
+    sql = (f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
+           f"FROM unnest({arrays}) AS v({', '.join(alias for alias, _, _ in columns)}) "
+           f"WHERE {' AND '.join(conditions)} RETURNING t.{quote(key_field.column)}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values for _, _, values in columns] + params)
         return {row[0] for row in cursor.fetchall()}
 
 

@@ -257,3 +257,49 @@ def test_a_stopped_attempt_never_starts_on_any_node(cast, redis_client):
                          client=redis_client)
     assert outcome == "skipped"
     assert not redis_client.exists(protocol.start_key(1234, 1))
+
+
+def test_update_rows_gives_each_row_its_own_values_and_keeps_what_a_row_leaves_out(cast):
+    a, b, c = (make_job(cast.alice, S.RUNNING, message="m", progress=0.1) for _ in range(3))
+    now = timezone.now()
+    moved = states.update_rows(
+        Job,
+        {a.pk: {"progress": 0.5, "message": "half", "labels": {"gpu": "a100"}},
+         b.pk: {"progress": 0.9, "finished_at": now},  # message and labels left as they are
+         c.pk: {"progress": 1.0, "message": "other"}},
+        where={"state": [S.RUNNING, S.QUEUED]},
+        match={"token": {a.pk: a.token, b.pk: b.token, c.pk: "not its token"}})
+    assert moved == {a.pk, b.pk}  # c's token does not match: it is left alone
+    for job in (a, b, c):
+        job.refresh_from_db()
+    assert (a.progress, a.message, a.labels, a.finished_at) == (0.5, "half", {"gpu": "a100"}, None)
+    assert (b.progress, b.message, b.labels, b.finished_at) == (0.9, "m", {}, now)
+    assert (c.progress, c.message) == (0.1, "m")
+    # A row not in the state `where` names does not move either.
+    assert states.update_rows(Job, {a.pk: {"message": "x"}}, where={"state": S.QUEUED}) == set()
+    # Another key: the attempts by their token.
+    attempt = make_job_with_attempt(cast.alice, state=S.RUNNING).attempts.get()
+    assert states.update_rows(Attempt, {attempt.token: {"node": "n9"}}, key="token") == \
+        {attempt.token}
+    attempt.refresh_from_db()
+    assert attempt.node == "n9"
+
+
+def test_update_rows_says_the_same_statement_for_three_rows_as_for_fifty(cast):
+    """The driver parses a statement once per text: the rows' count must not change it."""
+    from django.test.utils import CaptureQueriesContext
+
+    jobs = [make_job(cast.alice, S.RUNNING) for _ in range(50)]
+    texts = []
+    for some in (jobs[:3], jobs):
+        with CaptureQueriesContext(connection) as queries:
+            moved = states.update_rows(Job, {job.pk: {"progress": 0.5, "message": "x"}
+                                             for job in some}, where={"state": S.RUNNING},
+                                       match={"token": {job.pk: job.token for job in some}})
+        assert moved == {job.pk for job in some}
+        texts.append(queries.captured_queries[0]["sql"])
+    if connection.vendor == "postgresql":
+        # The captured text has the values in it: compare it with them taken out.
+        shapes = [re.sub(r"'[^']*'", "?", text) for text in texts]
+        assert shapes[0] == shapes[1]
+    assert Job.objects.filter(progress=0.5, message="x").count() == 50
