@@ -600,6 +600,24 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def cpu_budget(raw_t: Throughput, portal_t: Throughput) -> dict[str, float]:
+    """CPU milliseconds a job: what each run spent, what the target rate would leave on this
+    machine's cores, and the part of it that any job costs whatever the portal's own code
+    does: Celery's workers and Redis as the raw run spent them on a task, and the portal's
+    PostgreSQL, which holds every job's rows."""
+    per_job = {name: 1000 * used / portal_t.count for name, used in portal_t.cpu.items()}
+    per_task = {name: 1000 * used / raw_t.count for name, used in raw_t.cpu.items()}
+    return {
+        "portal": sum(per_job.values()),
+        "raw": sum(per_task.values()),
+        "budget": 1000 * (os.cpu_count() or 1) / (THROUGHPUT_TARGET * raw_t.rate),
+        "floor": (per_task.get("workers", 0.0) + per_task.get("redis", 0.0)
+                  + per_job.get("postgres", 0.0)),
+        "ingester": per_job.get("ingester", 0.0),
+        "web": per_job.get("web", 0.0),
+    }
+
+
 def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
            peer_l: Latency, portal_l: Latency) -> bool:
     ratio = portal_t.rate / raw_t.rate
@@ -670,12 +688,24 @@ def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
               for r in (raw_t, portal_t)]
     print(f"  {'total':<14} {totals[0]:>18} {totals[1]:>18}   "
           f"(the machine has {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%)")
+    budget = cpu_budget(raw_t, portal_t)
+    print(f"  CPU a job: portal {budget['portal']:.2f} ms, raw {budget['raw']:.2f} ms a task. At "
+          f"{THROUGHPUT_TARGET:.1f}x raw's rate, all {os.cpu_count()} cores give the portal "
+          f"{budget['budget']:.2f} ms a job;\n  Celery's workers and Redis (as raw spent them) "
+          f"and the portal's PostgreSQL take {budget['floor']:.2f} ms of it, leaving "
+          f"{budget['budget'] - budget['floor']:+.2f} ms for the ingester (now "
+          f"{budget['ingester']:.2f}) and the web (now {budget['web']:.2f})")
     print("-" * 100)
     for note in portal_t.notes:
         print(f"portal path: {note}")
     print("=" * 100)
     print(f"RESULT throughput: raw {raw_t.rate:.1f} tasks/s, portal {portal_t.rate:.1f} jobs/s, "
           f"ratio {ratio:.2f}x (target >= {THROUGHPUT_TARGET:.1f}x) {verdict(throughput_ok)}")
+    budget = cpu_budget(raw_t, portal_t)
+    print(f"RESULT cpu a job: portal {budget['portal']:.2f} ms, raw {budget['raw']:.2f} ms; at "
+          f"{THROUGHPUT_TARGET:.1f}x the cores allow {budget['budget']:.2f} ms, of which Celery, "
+          f"Redis and PostgreSQL take {budget['floor']:.2f} ms and the ingester and web now "
+          f"{budget['ingester'] + budget['web']:.2f} ms")
     print(f"RESULT latency p50: raw {ms(raw_l.p(50)):.2f} ms, portal {ms(portal_l.p(50)):.2f} ms, "
           f"diff {p50_diff:+.2f} ms (target <= +{LATENCY_TARGET_MS:.0f} ms) "
           f"{verdict(latency_ok)}")

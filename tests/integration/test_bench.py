@@ -3,6 +3,7 @@ own cluster, measures the portal beside its raw peer in the same run, prints its
 and stops everything. Nothing here judges a figure (the machines are shared and noisy): the
 benchmarks must run end to end, measure every part they name, and leave nothing behind."""
 
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,13 @@ def test_dispatch_bench_measures_the_portal_its_raw_celery_and_http_peers_and_th
                           r"\(target >= 0.8x\) (PASS|MISS)")
     raw, portal, ratio = map(float, tput.groups()[:3])
     assert raw > 0 and portal > 0 and ratio == pytest.approx(portal / raw, abs=0.01)
+    cpu = result(report, r"cpu a job: portal ([\d.]+) ms, raw ([\d.]+) ms; at 0.8x the cores "
+                         r"allow ([\d.]+) ms, of which .* take ([\d.]+) ms and the ingester and "
+                         r"web now ([\d.]+) ms")
+    portal_ms, raw_ms, allowed, floor_ms, own = map(float, cpu.groups())
+    assert portal_ms > own > 0 and raw_ms > 0 and floor_ms > 0
+    # What 0.8x of raw's rate leaves a job on this machine's cores, from the same run's rate.
+    assert allowed == pytest.approx(1000 * os.cpu_count() / (0.8 * raw), rel=0.01)
     floor = result(report, r"HTTP peer ([\d.]+) ms, ([+-][\d.]+) ms over raw .*; portal "
                            r"([+-][\d.]+) ms over the peer")
     assert float(floor.group(1)) > 0
