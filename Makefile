@@ -37,7 +37,7 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install system-deps
-	$(PY) -m bench.run && $(PY) -m bench.live && $(PY) -m bench.etl && $(PY) -m bench.joblist
+	$(PY) -m bench.run && $(PY) -m bench.submit && $(PY) -m bench.live && $(PY) -m bench.etl && $(PY) -m bench.joblist
 
 ## The live path alone: event -> websocket latency with 1,000 clients and 200 nodes.
 bench-live: install system-deps

@@ -76,3 +76,22 @@ def test_live_bench_measures_the_portal_beside_the_raw_channels_peer():
     delivered = result(report, r"deliveries: [\d.]+ % .* \((\d+) of (\d+)\)")
     assert delivered.group(1) == delivered.group(2) != "0", report
     result(report, r"web processes: \d+, [\d.]+ % of one core and [\d.]+ MB PSS")
+
+
+@pytest.mark.timeout(200)
+def test_submit_bench_times_every_step_of_a_submit_once_a_request():
+    report = run_bench("bench.submit", "--requests", "20", "--warm", "5", timeout=180)
+    line = result(report, r"submit p50: ([\d.]+) ms in-process; steps (.*); durable part "
+                          r"([\d.]+) ms")
+    whole = float(line.group(1))
+    steps = {name: float(ms) for name, ms in
+             (item.rsplit(" ", 1) for item in line.group(2).split(", "))}
+    assert set(steps) == {"token", "lockout", "throttles", "parameters", "team", "rows",
+                          "admission", "audit", "commit", "send"}
+    assert all(ms > 0 for ms in steps.values()), steps  # each step ran, and was timed
+    assert float(line.group(3)) == pytest.approx(
+        steps["rows"] + steps["commit"] + steps["send"], abs=0.02)
+    assert steps["token"] < whole and steps["lockout"] <= steps["token"]
+    # Every step ran once a request: none was missed, none counted twice.
+    for name in steps:
+        assert re.search(rf"^\s+{name}\b.*\s1\.0 a request", report, re.M), report
