@@ -259,12 +259,17 @@ def test_a_stopped_attempt_never_starts_on_any_node(cast, redis_client):
     assert not redis_client.exists(protocol.start_key(1234, 1))
 
 
+# What an error message may hold: quotes, commas, braces and backslashes (an array literal's own
+# syntax), a NULL-looking word, a line break, and text beyond ASCII.
+HARD_TEXT = 'a "quoted", {braced} NULL \\ back\nslash, ü'
+
+
 def test_update_rows_gives_each_row_its_own_values_and_keeps_what_a_row_leaves_out(cast):
     a, b, c = (make_job(cast.alice, S.RUNNING, message="m", progress=0.1) for _ in range(3))
     now = timezone.now()
     moved = states.update_rows(
         Job,
-        {a.pk: {"progress": 0.5, "message": "half", "labels": {"gpu": "a100"}},
+        {a.pk: {"progress": 0.5, "message": HARD_TEXT, "labels": {"gpu": "a100"}},
          b.pk: {"progress": 0.9, "finished_at": now},  # message and labels left as they are
          c.pk: {"progress": 1.0, "message": "other"}},
         where={"state": [S.RUNNING, S.QUEUED]},
@@ -272,7 +277,8 @@ def test_update_rows_gives_each_row_its_own_values_and_keeps_what_a_row_leaves_o
     assert moved == {a.pk, b.pk}  # c's token does not match: it is left alone
     for job in (a, b, c):
         job.refresh_from_db()
-    assert (a.progress, a.message, a.labels, a.finished_at) == (0.5, "half", {"gpu": "a100"}, None)
+    assert (a.progress, a.message, a.labels, a.finished_at) == \
+        (0.5, HARD_TEXT, {"gpu": "a100"}, None)
     assert (b.progress, b.message, b.labels, b.finished_at) == (0.9, "m", {}, now)
     assert (c.progress, c.message) == (0.1, "m")
     # A row not in the state `where` names does not move either.
