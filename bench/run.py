@@ -615,6 +615,7 @@ def cpu_budget(raw_t: Throughput, portal_t: Throughput) -> dict[str, float]:
                   + per_job.get("postgres", 0.0)),
         "ingester": per_job.get("ingester", 0.0),
         "web": per_job.get("web", 0.0),
+        "reconciler": per_job.get("reconciler", 0.0),
     }
 
 
@@ -694,18 +695,18 @@ def report(args, raw_t: Throughput, portal_t: Throughput, raw_l: Latency,
           f"{budget['budget']:.2f} ms a job;\n  Celery's workers and Redis (as raw spent them) "
           f"and the portal's PostgreSQL take {budget['floor']:.2f} ms of it, leaving "
           f"{budget['budget'] - budget['floor']:+.2f} ms for the ingester (now "
-          f"{budget['ingester']:.2f}) and the web (now {budget['web']:.2f})")
+          f"{budget['ingester']:.2f}), the web ({budget['web']:.2f}) and the reconciler "
+          f"({budget['reconciler']:.2f})")
     print("-" * 100)
     for note in portal_t.notes:
         print(f"portal path: {note}")
     print("=" * 100)
     print(f"RESULT throughput: raw {raw_t.rate:.1f} tasks/s, portal {portal_t.rate:.1f} jobs/s, "
           f"ratio {ratio:.2f}x (target >= {THROUGHPUT_TARGET:.1f}x) {verdict(throughput_ok)}")
-    budget = cpu_budget(raw_t, portal_t)
     print(f"RESULT cpu a job: portal {budget['portal']:.2f} ms, raw {budget['raw']:.2f} ms; at "
           f"{THROUGHPUT_TARGET:.1f}x the cores allow {budget['budget']:.2f} ms, of which Celery, "
-          f"Redis and PostgreSQL take {budget['floor']:.2f} ms and the ingester and web now "
-          f"{budget['ingester'] + budget['web']:.2f} ms")
+          f"Redis and PostgreSQL take {budget['floor']:.2f} ms and the ingester, web and "
+          f"reconciler now {budget['ingester'] + budget['web'] + budget['reconciler']:.2f} ms")
     print(f"RESULT latency p50: raw {ms(raw_l.p(50)):.2f} ms, portal {ms(portal_l.p(50)):.2f} ms, "
           f"diff {p50_diff:+.2f} ms (target <= +{LATENCY_TARGET_MS:.0f} ms) "
           f"{verdict(latency_ok)}")

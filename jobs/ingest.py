@@ -415,7 +415,12 @@ class Ingester:
         self.stats["busy_s"] += time.perf_counter() - began
         pipe.hset(protocol.INGEST_STATS + self.consumer, mapping=self.stats)
         pipe.expire(protocol.INGEST_STATS + self.consumer, STATS_TTL_S)
-        pipe.execute()
+        acked, deleted, *counted = pipe.execute(raise_on_error=False)
+        for reply in (acked, deleted):
+            if isinstance(reply, Exception):
+                raise reply
+        if any(isinstance(reply, Exception) for reply in counted):  # a counter never stops a batch
+            log.debug("ingester stats not written: %s", counted)
         return len(events)
 
     def apply(self, events: list[dict]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 from collections import defaultdict
 from datetime import timedelta
@@ -232,19 +233,33 @@ def _update_rows_unnest(model, rows: dict, *, key: str, where: dict | None,
         field = meta.get_field(name)
         if isinstance(value, list | tuple | set | frozenset):
             conditions.append(f"t.{quote(field.column)} = ANY(CAST(%s AS "
-                              f"{field.db_type(connection)}[]))")
+                              f"{_unbounded(field.db_type(connection))}[]))")
             params.append([field.get_db_prep_value(item, connection) for item in value])
         else:
             conditions.append(f"t.{quote(field.column)} = %s")
             params.append(field.get_db_prep_value(value, connection))
-    arrays = ", ".join(f"CAST(%s AS {'boolean' if field is None else field.db_type(connection)}[])"
-                       for _, field, _ in columns)
+    arrays = ", ".join(f"CAST(%s AS {_array_of(alias, field)}[])" for alias, field, _ in columns)
     sql = (f"UPDATE {quote(meta.db_table)} AS t SET {', '.join(sets)} "
            f"FROM unnest({arrays}) AS v({', '.join(alias for alias, _, _ in columns)}) "
            f"WHERE {' AND '.join(conditions)} RETURNING t.{quote(key_field.column)}")
     with connection.cursor() as cursor:
         cursor.execute(sql, [values for _, _, values in columns] + params)
         return {row[0] for row in cursor.fetchall()}
+
+
+def _array_of(alias: str, field) -> str:
+    """The element type of a column's array: a flag is boolean; a key or a value to match is
+    compared whole (a varchar(32) cast would cut a longer token down to one that matches); a
+    value to set keeps its column's type, cut to its length as an UPDATE's CAST always did."""
+    if field is None:
+        return "boolean"
+    kind = field.db_type(connection)
+    return kind if alias.startswith("v") else _unbounded(kind)
+
+
+def _unbounded(kind: str) -> str:
+    """varchar(32) -> varchar: the same type without its length."""
+    return re.sub(r"\(\d+\)$", "", kind)
 
 
 # --- what follows a move ------------------------------------------------------------------

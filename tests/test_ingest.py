@@ -396,3 +396,18 @@ def test_the_ingester_counts_its_batches_events_and_busy_time_where_a_benchmark_
     assert 0 < redis_client.ttl(key) <= 24 * 3600
     job.refresh_from_db()
     assert job.state == "succeeded"
+
+
+def test_a_counter_that_cannot_be_written_never_stops_a_batch(job, redis_client):
+    ingester = Ingester(consumer="uncounted")
+    ingester.ensure_group()
+    while ingester.replay:
+        ingester.step()
+    redis_client.set(protocol.INGEST_STATS + "uncounted", "not a hash")  # HSET: WRONGTYPE
+    redis_client.xadd(protocol.EVENTS_STREAM, {"b": json.dumps([ev(job, "started", node="n1")])})
+    assert ingester.step() == 1
+    job.refresh_from_db()
+    assert job.state == "running"
+    # Acknowledged and gone from the stream all the same: nothing is read twice.
+    assert redis_client.xlen(protocol.EVENTS_STREAM) == 0
+    assert redis_client.xpending(protocol.EVENTS_STREAM, protocol.INGEST_GROUP)["pending"] == 0

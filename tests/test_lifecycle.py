@@ -281,6 +281,13 @@ def test_update_rows_gives_each_row_its_own_values_and_keeps_what_a_row_leaves_o
         (0.5, HARD_TEXT, {"gpu": "a100"}, None)
     assert (b.progress, b.message, b.labels, b.finished_at) == (0.9, "m", {}, now)
     assert (c.progress, c.message) == (0.1, "m")
+    # A token compared whole: one past the column's length is not cut down to one that matches.
+    full = "x" * Job._meta.get_field("token").max_length
+    Job.objects.filter(pk=a.pk).update(token=full)
+    assert states.update_rows(Job, {a.pk: {"message": "y"}},
+                              match={"token": {a.pk: full + "EXTRA"}}) == set()
+    assert states.update_rows(Job, {a.pk: {"message": "y"}}, match={"token": {a.pk: full}}) == \
+        {a.pk}
     # A row not in the state `where` names does not move either.
     assert states.update_rows(Job, {a.pk: {"message": "x"}}, where={"state": S.QUEUED}) == set()
     # Another key: the attempts by their token.

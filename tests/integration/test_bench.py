@@ -5,6 +5,7 @@ benchmarks must run end to end, measure every part they name, and leave nothing 
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -16,10 +17,21 @@ pytestmark = pytest.mark.integration
 
 
 def run_bench(*argv: str, timeout: int) -> str:
-    done = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-    report = done.stdout + done.stderr
-    assert done.returncode == 0, report
+    """Run a benchmark to its end. One that overruns is interrupted as Ctrl-C would (it then
+    stops every process it started) before it is killed, so that nothing is left behind."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        report, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            report, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            report, _ = proc.communicate()
+        pytest.fail(f"{' '.join(argv)} ran past {timeout} s:\n{report}")
+    assert proc.returncode == 0, report
     assert "everything stopped" in report, report
     return report
 
@@ -38,14 +50,15 @@ def test_dispatch_bench_measures_the_portal_its_raw_celery_and_http_peers_and_th
     tput = result(report, r"raw ([\d.]+) tasks/s, portal ([\d.]+) jobs/s, ratio ([\d.]+)x "
                           r"\(target >= 0.8x\) (PASS|MISS)")
     raw, portal, ratio = map(float, tput.groups()[:3])
-    assert raw > 0 and portal > 0 and ratio == pytest.approx(portal / raw, abs=0.01)
+    # (The rates are printed to a tenth: a tolerance for that rounding at low rates.)
+    assert raw > 0 and portal > 0 and ratio == pytest.approx(portal / raw, rel=0.02, abs=0.01)
     cpu = result(report, r"cpu a job: portal ([\d.]+) ms, raw ([\d.]+) ms; at 0.8x the cores "
-                         r"allow ([\d.]+) ms, of which .* take ([\d.]+) ms and the ingester and "
-                         r"web now ([\d.]+) ms")
+                         r"allow ([\d.]+) ms, of which .* take ([\d.]+) ms and the ingester, web "
+                         r"and reconciler now ([\d.]+) ms")
     portal_ms, raw_ms, allowed, floor_ms, own = map(float, cpu.groups())
     assert portal_ms > own > 0 and raw_ms > 0 and floor_ms > 0
     # What 0.8x of raw's rate leaves a job on this machine's cores, from the same run's rate.
-    assert allowed == pytest.approx(1000 * os.cpu_count() / (0.8 * raw), rel=0.01)
+    assert allowed == pytest.approx(1000 * os.cpu_count() / (0.8 * raw), rel=0.02)
     floor = result(report, r"HTTP peer ([\d.]+) ms, ([+-][\d.]+) ms over raw .*; portal "
                            r"([+-][\d.]+) ms over the peer")
     assert float(floor.group(1)) > 0
